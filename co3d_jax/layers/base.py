@@ -1,0 +1,161 @@
+"""The continual-layer contract shared by every layer and container.
+
+A layer is a frozen dataclass (static configuration, hashable, safe to close over under
+`jax.jit`) whose methods are pure functions of explicit arrays:
+
+* ``init(key, in_shape) -> params``: random parameters (PyTorch default-like init).
+* ``forward(params, clip) -> clip``: clip mode, ``(B, T, H, W, C) -> (B, T', H', W', C')``,
+  exactly the ``torch.nn`` computation (zero temporal padding at both ends).
+* ``init_state(batch, in_shape, dtype) -> state``: a fixed-shape pytree (``None`` when stateless).
+* ``step(params, state, frame, valid) -> (state, frame, valid)``: continual mode for one frame
+  ``(B, H, W, C) -> (B, H', W', C')``; ``valid`` is a ``(B,)`` bool vector. A layer only advances
+  its state for streams whose input is valid, and returns the validity of its own output, as
+  continual-inference does by returning ``None``.
+* ``out_shape(in_shape) -> shape``: per-frame output shape ``(H', W', C')``.
+* metadata: ``receptive_field``, ``stride``, ``padding``, ``delay`` (temporal, in frames), and
+  ``macs(in_shape, t)`` for one step (``t=None``) or a ``t``-frame clip, in the ptflops
+  convention the paper uses (see :mod:`co3d_jax.flops`).
+
+``in_shape`` is the per-frame shape ``(H, W, C)``; tuple-valued layers (:class:`Broadcast`,
+:class:`Parallel`) take and return tuples of such shapes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+Params = Any
+State = Any
+Shape = tuple[int, ...]
+
+
+def static(cls):
+    """Decorator: a frozen, hashable, keyword-friendly dataclass (all layer configs use it)."""
+    return dataclasses.dataclass(frozen=True, eq=True)(cls)
+
+
+class Layer:
+    """Base class. Subclasses are ``@static`` dataclasses; stateless per-frame layers only
+    override ``apply`` (and ``out_shape``/``macs`` when shapes or costs change)."""
+
+    name_hint = "layer"
+
+    # ---------------------------------------------------------------- metadata
+    @property
+    def receptive_field(self) -> int:
+        return 1
+
+    @property
+    def stride(self) -> int:
+        return 1
+
+    @property
+    def padding(self) -> int:
+        return 0
+
+    @property
+    def delay(self) -> int:
+        return self.receptive_field - 1 - self.padding
+
+    def out_shape(self, in_shape: Shape) -> Shape:
+        return in_shape
+
+    def macs(self, in_shape: Shape, t: int | None = None) -> int:
+        """Multiply-accumulates (paper/ptflops convention) for one step (``t=None``) or one
+        ``t``-frame clip."""
+        return 0
+
+    # ---------------------------------------------------------------- params / state
+    def init(self, key: Array, in_shape: Shape) -> Params:
+        return None
+
+    def init_state(self, batch: int, in_shape: Shape, dtype=jnp.float32) -> State:
+        return None
+
+    # ---------------------------------------------------------------- compute
+    def apply(self, params: Params, x: Array) -> Array:
+        """Per-frame computation shared by clip and step mode (stateless layers)."""
+        raise NotImplementedError(type(self).__name__)
+
+    def forward(self, params: Params, x: Array) -> Array:
+        return self.apply(params, x)
+
+    def step(self, params: Params, state: State, x: Array, valid: Array):
+        return state, self.apply(params, x), valid
+
+
+# -------------------------------------------------------------------- shape checking
+def check_frame(layer: Layer, x: Array, in_shape: Shape | None, *, clip: bool) -> None:
+    """Trace-time check that ``x`` has the rank and trailing shape this layer expects."""
+    rank = 5 if clip else 4
+    what = "clip (B, T, H, W, C)" if clip else "frame (B, H, W, C)"
+    if x.ndim != rank:
+        raise ValueError(f"{type(layer).__name__}: expected a {what}, got shape {tuple(x.shape)}")
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise TypeError(f"{type(layer).__name__}: expected a floating {what}, got dtype {x.dtype}")
+    if in_shape is not None:
+        have = tuple(x.shape[-len(in_shape):])
+        want = tuple(in_shape)
+        if any(w is not None and h != w for h, w in zip(have, want)):
+            raise ValueError(f"{type(layer).__name__}: expected {what} with (H, W, C) = {want}, got {tuple(x.shape)}")
+
+
+def check_channels(layer: Layer, x: Array, channels: int) -> None:
+    if x.shape[-1] != channels:
+        raise ValueError(
+            f"{type(layer).__name__}: expected {channels} input channels (last axis), got shape {tuple(x.shape)}")
+
+
+# -------------------------------------------------------------------- validity helpers
+def counter_init(batch: int) -> Array:
+    return jnp.zeros((batch,), jnp.int32)
+
+
+def counter_advance(n: Array, valid: Array, delay: int, stride: int):
+    """Emission rule of continual-inference's temporal layers (reference §1.3).
+
+    ``n`` counts this layer's valid inputs before the current one, kept bounded so that very
+    long streams never overflow. Returns ``(emit, n_next, first)``: the output is valid iff the
+    input is valid, ``n >= delay`` and ``(n - delay) % stride == 0``; ``first`` marks the layer's
+    first valid input (where ``replicate`` fill initialises).
+    """
+    emit = valid & (n >= delay) & ((n - delay) % stride == 0)
+    first = valid & (n == 0)
+    lo = max(delay, 1)
+    nxt = n + valid.astype(n.dtype)
+    nxt = jnp.where(nxt >= lo + stride, nxt - stride, nxt)
+    return emit, nxt, first
+
+
+def bcast(mask: Array, like: Array) -> Array:
+    """Reshape a ``(B,)`` mask to broadcast against ``like`` of shape ``(B, ...)``."""
+    return mask.reshape(mask.shape + (1,) * (like.ndim - mask.ndim))
+
+
+def gate(valid: Array, new: State, old: State) -> State:
+    """Per-stream select: keep ``old`` state where the input was not valid."""
+    return jax.tree.map(lambda a, b: jnp.where(bcast(valid, a), a, b), new, old)
+
+
+def fan_in_uniform(key: Array, shape: Shape, fan_in: int, dtype=jnp.float32) -> Array:
+    """PyTorch's default conv/linear init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (kaiming a=sqrt(5))."""
+    bound = 1.0 / np.sqrt(max(fan_in, 1))
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+def tuple3(v) -> tuple[int, int, int]:
+    if isinstance(v, int):
+        return (v, v, v)
+    v = tuple(int(a) for a in v)
+    if len(v) != 3:
+        raise ValueError(f"expected an int or a (t, h, w) triple, got {v}")
+    return v  # type: ignore[return-value]
+
+
+Fn = Callable[[Array], Array]

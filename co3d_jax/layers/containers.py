@@ -1,0 +1,319 @@
+"""Containers: Sequential, Broadcast, Parallel, Reduce, BroadcastReduce and Residual.
+
+Temporal metadata follows continual-inference (reference §1.7):
+
+* Sequential: ``RF`` from the last child backwards, ``rf <- s_m * rf + rf_m - s_m``;
+  ``stride = prod(s_m)``; ``padding = p_0 + sum_i p_i * prod_{j<i} s_j``;
+  ``delay = RF - 1 - padding``.
+* Parallel / BroadcastReduce: ``delay = max``, ``RF = max``, ``padding = max``, stride of the first
+  branch (all branches must share it). With ``auto_delay`` every branch whose delay is below the
+  maximum becomes ``Sequential(branch, Delay(max - delay))``.
+
+Validity: a ``Sequential`` passes each child's output validity to the next child, so a child
+never advances its state on a step where its input is not valid (continual-inference does not
+call it on ``None``). A ``Parallel``'s output is valid when every branch's output is.
+
+Children are named: params and state are dicts keyed by child name (containers drop children
+that have no params or no state, so the pytrees stay small and readable).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+
+from .base import Layer, Shape, static
+from .simple import Delay
+
+REDUCTIONS = ("sum", "mul", "concat", "max")
+
+
+def _named(children) -> tuple[tuple[str, Layer], ...]:
+    out = []
+    for i, c in enumerate(children):
+        name, layer = c if isinstance(c, tuple) else (str(i), c)
+        if not isinstance(layer, Layer):
+            raise TypeError(f"container child {name!r} is not a Layer: {layer!r}")
+        out.append((str(name), layer))
+    names = [n for n, _ in out]
+    if len(set(names)) != len(names):
+        raise ValueError(f"duplicate child names: {names}")
+    return tuple(out)
+
+
+def _drop_none(d: dict) -> dict:
+    return {k: v for k, v in d.items() if v is not None and not (isinstance(v, dict) and not v)}
+
+
+@static
+class Sequential(Layer):
+    """Chain of named layers. Build with ``Sequential.of(("a", layer), layer2, ...)``."""
+
+    children: tuple
+
+    @classmethod
+    def of(cls, *children) -> "Sequential":
+        return cls(_named(children))
+
+    def __post_init__(self):
+        object.__setattr__(self, "children", _named(self.children))
+        if not self.children:
+            raise ValueError("Sequential needs at least one child")
+
+    def __getitem__(self, name: str) -> Layer:
+        for n, c in self.children:
+            if n == name:
+                return c
+        raise KeyError(name)
+
+    # ---------------------------------------------------------------- metadata
+    @property
+    def receptive_field(self):
+        layers = [c for _, c in self.children][::-1]
+        rf = layers[0].receptive_field
+        for m in layers[1:]:
+            rf = m.stride * rf + m.receptive_field - m.stride
+        return rf
+
+    @property
+    def stride(self):
+        return math.prod(c.stride for _, c in self.children)
+
+    @property
+    def padding(self):
+        p, s = 0, 1
+        for _, c in self.children:
+            p += c.padding * s
+            s *= c.stride
+        return p
+
+    def shapes(self, in_shape) -> list:
+        """Per-frame input shape of every child, then the output shape."""
+        shapes = [in_shape]
+        for _, c in self.children:
+            shapes.append(c.out_shape(shapes[-1]))
+        return shapes
+
+    def out_shape(self, in_shape):
+        return self.shapes(in_shape)[-1]
+
+    def macs(self, in_shape, t=None):
+        total, shape = 0, in_shape
+        for _, c in self.children:
+            total += c.macs(shape, t)
+            if t is not None:
+                t = _clip_len(c, t)
+            shape = c.out_shape(shape)
+        return total
+
+    # ---------------------------------------------------------------- params / state
+    def init(self, key, in_shape):
+        keys = jax.random.split(key, len(self.children))
+        shapes = self.shapes(in_shape)
+        return _drop_none({n: c.init(k, s) for (n, c), k, s in zip(self.children, keys, shapes)})
+
+    def init_state(self, batch, in_shape, dtype=jnp.float32):
+        shapes = self.shapes(in_shape)
+        return _drop_none({n: c.init_state(batch, s, dtype) for (n, c), s in zip(self.children, shapes)})
+
+    # ---------------------------------------------------------------- compute
+    def forward(self, params, x):
+        params = params or {}
+        for n, c in self.children:
+            x = c.forward(params.get(n), x)
+        return x
+
+    def apply(self, params, x):
+        params = params or {}
+        for n, c in self.children:
+            x = c.apply(params.get(n), x)
+        return x
+
+    def step(self, params, state, x, valid):
+        params, state = params or {}, state or {}
+        new_state = {}
+        for n, c in self.children:
+            new_state[n], x, valid = c.step(params.get(n), state.get(n), x, valid)
+        return _drop_none(new_state), x, valid
+
+
+def _clip_len(layer: Layer, t: int) -> int:
+    """Temporal length of ``layer``'s clip-mode output for a ``t``-frame input."""
+    if getattr(layer, "clip_pool", None) == "global":
+        return 1
+    rf, s, p = layer.receptive_field, layer.stride, layer.padding
+    if isinstance(layer, Delay):
+        return t
+    return (t + 2 * p - rf) // s + 1
+
+
+@static
+class Broadcast(Layer):
+    """Copy one input into ``n`` streams (a tuple)."""
+
+    n: int = 2
+
+    def out_shape(self, in_shape):
+        return (in_shape,) * self.n
+
+    def apply(self, params, x):
+        return (x,) * self.n
+
+
+@static
+class Reduce(Layer):
+    """Merge a tuple of streams: ``sum``, ``mul``, ``max`` (broadcasting) or ``concat`` (channels)."""
+
+    op: str = "sum"
+
+    def __post_init__(self):
+        if self.op not in REDUCTIONS:
+            raise ValueError(f"Reduce: op must be one of {REDUCTIONS}, got {self.op!r}")
+
+    def out_shape(self, in_shape):
+        if self.op == "concat":
+            return (*in_shape[0][:-1], sum(s[-1] for s in in_shape))
+        return tuple(max(d) for d in zip(*in_shape))
+
+    def apply(self, params, xs):
+        if self.op == "concat":
+            return jnp.concatenate(xs, axis=-1)
+        out = xs[0]
+        for x in xs[1:]:
+            out = {"sum": jnp.add, "mul": jnp.multiply, "max": jnp.maximum}[self.op](out, x)
+        return out
+
+    def macs(self, in_shape, t=None):
+        return 0  # ptflops does not count functional adds/muls
+
+
+def _auto_delay(branches, auto_delay: bool):
+    branches = _named(branches)
+    if not auto_delay:
+        return branches
+    dmax = max(b.delay for _, b in branches)
+    return tuple((n, Sequential.of(b, Delay(dmax - b.delay)) if b.delay < dmax else b) for n, b in branches)
+
+
+@static
+class Parallel(Layer):
+    """Apply branch ``i`` to stream ``i`` of a tuple input."""
+
+    branches: tuple
+
+    @classmethod
+    def of(cls, *branches, auto_delay: bool = True) -> "Parallel":
+        return cls(_auto_delay(branches, auto_delay))
+
+    def __post_init__(self):
+        object.__setattr__(self, "branches", _named(self.branches))
+        strides = {b.stride for _, b in self.branches}
+        if len(strides) != 1:
+            raise ValueError(f"Parallel: all branches must share a temporal stride, got {sorted(strides)}")
+
+    @property
+    def receptive_field(self):
+        return max(b.receptive_field for _, b in self.branches)
+
+    @property
+    def delay(self):
+        return max(b.delay for _, b in self.branches)
+
+    @property
+    def padding(self):
+        return max(b.padding for _, b in self.branches)
+
+    @property
+    def stride(self):
+        return self.branches[0][1].stride
+
+    def out_shape(self, in_shape):
+        return tuple(b.out_shape(s) for (_, b), s in zip(self.branches, in_shape))
+
+    def macs(self, in_shape, t=None):
+        return sum(b.macs(s, t) for (_, b), s in zip(self.branches, in_shape))
+
+    def init(self, key, in_shape):
+        keys = jax.random.split(key, len(self.branches))
+        return _drop_none({n: b.init(k, s) for (n, b), k, s in zip(self.branches, keys, in_shape)})
+
+    def init_state(self, batch, in_shape, dtype=jnp.float32):
+        return _drop_none({n: b.init_state(batch, s, dtype) for (n, b), s in zip(self.branches, in_shape)})
+
+    def forward(self, params, xs):
+        params = params or {}
+        return tuple(b.forward(params.get(n), x) for (n, b), x in zip(self.branches, xs))
+
+    def apply(self, params, xs):
+        params = params or {}
+        return tuple(b.apply(params.get(n), x) for (n, b), x in zip(self.branches, xs))
+
+    def step(self, params, state, xs, valid):
+        params, state = params or {}, state or {}
+        new_state, outs, out_valid = {}, [], valid
+        for (n, b), x in zip(self.branches, xs):
+            new_state[n], y, v = b.step(params.get(n), state.get(n), x, valid)
+            outs.append(y)
+            out_valid = out_valid & v
+        return _drop_none(new_state), tuple(outs), out_valid
+
+
+@static
+class BroadcastReduce(Parallel):
+    """Broadcast one input to every branch and reduce the outputs (``co.BroadcastReduce``).
+
+    Params and state are dicts keyed by branch name. Metadata is the Parallel's (delay, RF and
+    padding are the branch maxima; continual-inference overrides them the same way).
+    """
+
+    op: str = "sum"
+
+    def __post_init__(self):
+        super().__post_init__()
+        Reduce(self.op)  # validates the op
+
+    def out_shape(self, in_shape):
+        return Reduce(self.op).out_shape(super().out_shape((in_shape,) * len(self.branches)))
+
+    def macs(self, in_shape, t=None):
+        return super().macs((in_shape,) * len(self.branches), t)
+
+    def init(self, key, in_shape):
+        return super().init(key, (in_shape,) * len(self.branches))
+
+    def init_state(self, batch, in_shape, dtype=jnp.float32):
+        return super().init_state(batch, (in_shape,) * len(self.branches), dtype)
+
+    def forward(self, params, x):
+        return Reduce(self.op).apply(None, super().forward(params, (x,) * len(self.branches)))
+
+    def apply(self, params, x):
+        return Reduce(self.op).apply(None, super().apply(params, (x,) * len(self.branches)))
+
+    def step(self, params, state, x, valid):
+        state, ys, valid = super().step(params, state, (x,) * len(self.branches), valid)
+        return state, Reduce(self.op).apply(None, ys), valid
+
+
+def broadcast_reduce(*branches, reduce: str = "sum", auto_delay: bool = True) -> BroadcastReduce:
+    """Shorthand for ``Sequential(Broadcast(n), Parallel(*branches), Reduce(reduce))`` with the
+    params/state of branch ``name`` directly under ``[name]``. With ``auto_delay`` a branch
+    whose delay is below the maximum is followed by a :class:`Delay`."""
+    return BroadcastReduce(_auto_delay(branches, auto_delay), reduce)
+
+
+def residual(main: Layer, skip: Layer | None = None, reduce: str = "sum", name: str = "main") -> Sequential:
+    """``skip(x) (+) main(x)`` with the skip delayed to the main branch's delay.
+
+    ``skip=None`` is the identity (``co.Residual``); a per-frame skip (e.g. a strided 1x1 conv
+    with BN) is delayed after it, as continual's ``auto_delay`` does.
+    """
+    skip_branch = Delay(main.delay) if skip is None else skip
+    return broadcast_reduce(("skip", skip_branch), (name, main), reduce=reduce, auto_delay=True)
+
+
+def child_names(layer: Layer) -> Sequence[str]:
+    return [n for n, _ in getattr(layer, "children", ())]

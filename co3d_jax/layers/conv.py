@@ -1,0 +1,172 @@
+"""Continual 3D convolution (continual-inference's ``co.Conv3d``, reference §1.3 and §4).
+
+Weights use the DHWIO layout ``(kT, kH, kW, C_in/groups, C_out)``; tap ``kernel[0]`` multiplies
+the *oldest* frame of the window, as PyTorch's ``weight[:, :, 0]`` does.
+
+Step mode keeps the last ``kT-1`` *inputs* of the layer (``buf``, shape ``(B, kT-1, H, W, C_in)``)
+and evaluates the ``kT``-tap window ending at the current frame. This equals the library's
+partial-sum ring buffer up to float summation order, needs ``(kT-1)·C_in`` instead of
+``(kT-1)²·C_out`` values per position, and makes ``replicate`` fill exact: the buffer starts
+as ``kT-1`` copies of the layer's first valid input. The bias is added to emitted outputs only.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from .base import (Array, Layer, Shape, bcast, check_channels, counter_advance, counter_init,
+                   fan_in_uniform, gate, static, tuple3)
+
+FILLS = ("zeros", "replicate")
+IMPLS = ("auto", "lax", "shift")
+
+
+def conv_out_size(size: int, k: int, s: int, p: int) -> int:
+    return (size + 2 * p - k) // s + 1
+
+
+def _depthwise_shift(x: Array, kernel: Array, strides, padding) -> Array:
+    """Depthwise conv as a sum of shifted, strided slices times per-channel taps.
+
+    ``x``: ``(B, T, H, W, C)``; ``kernel``: ``(kT, kH, kW, 1, C)``; ``padding``: per-dim
+    symmetric pads. XLA fuses the taps into one elementwise loop, which beats grouped
+    convolutions on GPU in f32 and on CPU (jax_notes §4.0, §9).
+    """
+    kt, kh, kw = kernel.shape[:3]
+    pads = [(0, 0)] + [(p, p) for p in padding] + [(0, 0)]
+    xp = jnp.pad(x, pads)
+    out = [conv_out_size(n, k, s, p) for n, k, s, p in zip(x.shape[1:4], (kt, kh, kw), strides, padding)]
+    acc = None
+    for a in range(kt):
+        for b in range(kh):
+            for c in range(kw):
+                start = (0, a, b, c, 0)
+                limit = (xp.shape[0], a + (out[0] - 1) * strides[0] + 1, b + (out[1] - 1) * strides[1] + 1,
+                         c + (out[2] - 1) * strides[2] + 1, xp.shape[4])
+                tap = lax.slice(xp, start, limit, (1, *strides, 1)) * kernel[a, b, c, 0]
+                acc = tap if acc is None else acc + tap
+    return acc
+
+
+@static
+class Conv(Layer):
+    """3D convolution usable clip-wise and frame-wise.
+
+    Args: ``in_channels``, ``out_channels``; ``kernel``/``stride``/``padding`` as ``(t, h, w)``
+    triples (explicit symmetric padding, never 'SAME'); ``groups`` (``= in_channels`` for
+    depthwise); ``bias``; ``temporal_fill`` ``'zeros'`` or ``'replicate'``; ``impl`` selects the
+    depthwise algorithm (``'lax'`` grouped convolution, ``'shift'`` shift-and-add, ``'auto'``:
+    shift for depthwise).
+    """
+
+    in_channels: int
+    out_channels: int
+    kernel: tuple = (1, 1, 1)
+    strides: tuple = (1, 1, 1)
+    pads: tuple = (0, 0, 0)
+    groups: int = 1
+    bias: bool = False
+    temporal_fill: str = "zeros"
+    impl: str = "auto"
+
+    def __post_init__(self):
+        object.__setattr__(self, "kernel", tuple3(self.kernel))
+        object.__setattr__(self, "strides", tuple3(self.strides))
+        object.__setattr__(self, "pads", tuple3(self.pads))
+        if self.temporal_fill not in FILLS:
+            raise ValueError(f"Conv: temporal_fill must be one of {FILLS}, got {self.temporal_fill!r}")
+        if self.impl not in IMPLS:
+            raise ValueError(f"Conv: impl must be one of {IMPLS}, got {self.impl!r}")
+        if self.in_channels % self.groups or self.out_channels % self.groups:
+            raise ValueError(f"Conv: channels {self.in_channels}->{self.out_channels} not divisible by groups {self.groups}")
+        if self.pads[0] > self.kernel[0] - 1:
+            raise ValueError(f"Conv: temporal padding {self.pads[0]} exceeds kernel {self.kernel[0]} - 1")
+
+    # ---------------------------------------------------------------- metadata
+    @property
+    def receptive_field(self) -> int:
+        return self.kernel[0]
+
+    @property
+    def stride(self) -> int:
+        return self.strides[0]
+
+    @property
+    def padding(self) -> int:
+        return self.pads[0]
+
+    @property
+    def stateless(self) -> bool:
+        return self.kernel[0] == 1 and self.pads[0] == 0 and self.strides[0] == 1
+
+    @property
+    def depthwise(self) -> bool:
+        return self.groups > 1 and self.groups == self.in_channels and self.in_channels == self.out_channels
+
+    def out_shape(self, in_shape: Shape) -> Shape:
+        h, w, _ = in_shape
+        return (conv_out_size(h, self.kernel[1], self.strides[1], self.pads[1]),
+                conv_out_size(w, self.kernel[2], self.strides[2], self.pads[2]), self.out_channels)
+
+    def macs(self, in_shape: Shape, t: int | None = None) -> int:
+        ho, wo, _ = self.out_shape(in_shape)
+        frames = 1 if t is None else conv_out_size(t, self.kernel[0], self.strides[0], self.pads[0])
+        per_pos = math.prod(self.kernel) * (self.in_channels // self.groups) * self.out_channels
+        positions = frames * ho * wo
+        return positions * per_pos + (positions * self.out_channels if self.bias else 0)
+
+    # ---------------------------------------------------------------- params / state
+    def init(self, key, in_shape=None):
+        k1, k2 = jax.random.split(key)
+        fan_in = (self.in_channels // self.groups) * math.prod(self.kernel)
+        p = {"kernel": fan_in_uniform(k1, (*self.kernel, self.in_channels // self.groups, self.out_channels), fan_in)}
+        if self.bias:
+            p["bias"] = fan_in_uniform(k2, (self.out_channels,), fan_in)
+        return p
+
+    def init_state(self, batch, in_shape, dtype=jnp.float32):
+        if self.stateless:
+            return None
+        h, w, c = in_shape
+        return {"buf": jnp.zeros((batch, self.kernel[0] - 1, h, w, c), dtype), "n": counter_init(batch)}
+
+    # ---------------------------------------------------------------- compute
+    def _conv(self, params, x: Array, t_stride: int, t_pad: int) -> Array:
+        """``x``: ``(B, T, H, W, C)`` -> ``(B, T', H', W', C_out)`` (no bias)."""
+        kernel = params["kernel"].astype(x.dtype)
+        strides = (t_stride, self.strides[1], self.strides[2])
+        pads = (t_pad, self.pads[1], self.pads[2])
+        if self.depthwise and self.impl in ("auto", "shift"):
+            return _depthwise_shift(x, kernel, strides, pads)
+        if self.kernel == (1, 1, 1) and self.groups == 1 and strides == (1, 1, 1):
+            return jnp.einsum("...c,cd->...d", x, kernel[0, 0, 0])
+        return lax.conv_general_dilated(
+            x, kernel, window_strides=strides, padding=[(p, p) for p in pads],
+            dimension_numbers=("NDHWC", "DHWIO", "NDHWC"), feature_group_count=self.groups)
+
+    def _bias(self, params, y):
+        return y + params["bias"].astype(y.dtype) if self.bias else y
+
+    def forward(self, params, x):
+        check_channels(self, x, self.in_channels)
+        return self._bias(params, self._conv(params, x, self.strides[0], self.pads[0]))
+
+    def apply(self, params, x):  # stateless frame-wise use
+        return self._bias(params, self._conv(params, x[:, None], 1, 0)[:, 0])
+
+    def step(self, params, state, x, valid):
+        check_channels(self, x, self.in_channels)
+        if self.stateless:
+            return state, self.apply(params, x), valid
+        emit, n_next, first = counter_advance(state["n"], valid, self.delay, self.stride)
+        buf = state["buf"]
+        if self.temporal_fill == "replicate" and buf.shape[1]:
+            buf = jnp.where(bcast(first, buf), x[:, None].astype(buf.dtype), buf)
+        window = jnp.concatenate([buf, x[:, None].astype(buf.dtype)], axis=1)
+        y = self._bias(params, self._conv(params, window, 1, 0)[:, 0])
+        new = {"buf": window[:, 1:], "n": n_next}
+        return gate(valid, new, state), y, emit

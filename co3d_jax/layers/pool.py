@@ -1,0 +1,159 @@
+"""Continual pooling (continual-inference ``co.AvgPool3d/MaxPool3d/AdaptiveAvgPool3d``, reference §1.4).
+
+Step mode pools the current frame spatially, keeps the last ``kT-1`` pooled frames, and reduces
+(mean or max) over the ``kT``-frame window. Initial fill: ``zeros``, ``replicate`` (the layer's
+first pooled input) or ``neg_inf``. As in the reference, a temporal average always divides by
+``kT`` (padding counted).
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax.numpy as jnp
+from jax import lax
+
+from .base import Array, Layer, Shape, bcast, counter_advance, counter_init, gate, static, tuple3
+from .conv import conv_out_size
+
+POOL_FILLS = ("zeros", "replicate", "neg_inf")
+
+
+def _window_state(batch: int, k: int, shape: Shape, dtype, fill: str):
+    value = -jnp.inf if fill == "neg_inf" else 0.0
+    return {"buf": jnp.full((batch, k - 1, *shape), value, dtype), "n": counter_init(batch)}
+
+
+def _window_step(state, x: Array, valid: Array, *, delay: int, stride: int, fill: str, reduce):
+    """Push ``x`` (one pooled frame) into a ``kT-1`` ring and reduce over the ``kT`` window."""
+    emit, n_next, first = counter_advance(state["n"], valid, delay, stride)
+    buf = state["buf"]
+    if fill == "replicate" and buf.shape[1]:
+        buf = jnp.where(bcast(first, buf), x[:, None].astype(buf.dtype), buf)
+    window = jnp.concatenate([buf, x[:, None].astype(buf.dtype)], axis=1)
+    y = reduce(window, axis=1)
+    return gate(valid, {"buf": window[:, 1:], "n": n_next}, state), y, emit
+
+
+@static
+class Pool(Layer):
+    """Average or max pooling over ``(t, h, w)`` windows with explicit symmetric padding.
+
+    Max pooling pads with ``-inf`` in clip mode (PyTorch semantics); average pooling counts
+    padded positions (``count_include_pad=True``, PyTorch's default).
+    """
+
+    kind: str = "avg"
+    kernel: tuple = (1, 1, 1)
+    strides: tuple = (1, 1, 1)
+    pads: tuple = (0, 0, 0)
+    temporal_fill: str = "zeros"
+
+    def __post_init__(self):
+        object.__setattr__(self, "kernel", tuple3(self.kernel))
+        object.__setattr__(self, "strides", tuple3(self.strides))
+        object.__setattr__(self, "pads", tuple3(self.pads))
+        if self.kind not in ("avg", "max"):
+            raise ValueError(f"Pool: kind must be 'avg' or 'max', got {self.kind!r}")
+        if self.temporal_fill not in POOL_FILLS:
+            raise ValueError(f"Pool: temporal_fill must be one of {POOL_FILLS}, got {self.temporal_fill!r}")
+
+    @property
+    def receptive_field(self):
+        return self.kernel[0]
+
+    @property
+    def stride(self):
+        return self.strides[0]
+
+    @property
+    def padding(self):
+        return self.pads[0]
+
+    @property
+    def stateless(self):
+        return self.kernel[0] == 1 and self.pads[0] == 0 and self.strides[0] == 1
+
+    def out_shape(self, in_shape):
+        h, w, c = in_shape
+        return (conv_out_size(h, self.kernel[1], self.strides[1], self.pads[1]),
+                conv_out_size(w, self.kernel[2], self.strides[2], self.pads[2]), c)
+
+    def macs(self, in_shape, t=None):
+        # ptflops counts one op per *input* element of a pooling layer.
+        return math.prod(in_shape) * (1 if t is None else t)
+
+    def _reduce_window(self, x, window, strides, pads):
+        dims = (1, *window, 1)
+        strd = (1, *strides, 1)
+        pad = [(0, 0)] + [(p, p) for p in pads] + [(0, 0)]
+        if self.kind == "max":
+            return lax.reduce_window(x, jnp.array(-jnp.inf, x.dtype), lax.max, dims, strd, pad)
+        return lax.reduce_window(x, jnp.array(0, x.dtype), lax.add, dims, strd, pad) / math.prod(window)
+
+    def forward(self, params, x):
+        return self._reduce_window(x, self.kernel, self.strides, self.pads)
+
+    def apply(self, params, x):
+        return self._reduce_window(x, self.kernel[1:], self.strides[1:], self.pads[1:])
+
+    def init_state(self, batch, in_shape, dtype=jnp.float32):
+        if self.stateless:
+            return None
+        return _window_state(batch, self.kernel[0], self.out_shape(in_shape), dtype, self.temporal_fill)
+
+    def step(self, params, state, x, valid):
+        y = self.apply(params, x)
+        if self.stateless:
+            return state, y, valid
+        return _window_step(state, y, valid, delay=self.delay, stride=self.stride, fill=self.temporal_fill,
+                            reduce=jnp.max if self.kind == "max" else jnp.mean)
+
+
+@static
+class GlobalAvgPool(Layer):
+    """Adaptive average pooling to ``(1, 1, 1)`` (``co.AdaptiveAvgPool3d``).
+
+    Clip mode averages over all ``T, H, W`` (``clip_pool='global'``, the ``torch.nn``
+    semantics) or over ``H, W`` only, keeping ``T`` (``clip_pool='frame'``, the clip
+    counterpart of a one-frame window). Step mode averages the spatial means of the last
+    ``window`` frames (delay ``window - 1``). Output per frame: ``(1, 1, C)``.
+    """
+
+    window: int = 1
+    clip_pool: str = "global"
+    temporal_fill: str = "zeros"
+
+    def __post_init__(self):
+        if self.clip_pool not in ("global", "frame"):
+            raise ValueError(f"GlobalAvgPool: clip_pool must be 'global' or 'frame', got {self.clip_pool!r}")
+        if self.clip_pool == "frame" and self.window != 1:
+            raise ValueError("GlobalAvgPool: clip_pool='frame' requires window=1")
+
+    @property
+    def receptive_field(self):
+        return self.window
+
+    def out_shape(self, in_shape):
+        return (1, 1, in_shape[-1])
+
+    def macs(self, in_shape, t=None):
+        return math.prod(in_shape) * (1 if t is None else t)
+
+    def forward(self, params, x):
+        axes = (1, 2, 3) if self.clip_pool == "global" else (2, 3)
+        return jnp.mean(x, axis=axes, keepdims=True)
+
+    def apply(self, params, x):
+        return jnp.mean(x, axis=(1, 2), keepdims=True)
+
+    def init_state(self, batch, in_shape, dtype=jnp.float32):
+        if self.window == 1:
+            return None
+        return _window_state(batch, self.window, self.out_shape(in_shape), dtype, self.temporal_fill)
+
+    def step(self, params, state, x, valid):
+        y = self.apply(params, x)
+        if self.window == 1:
+            return state, y, valid
+        return _window_step(state, y, valid, delay=self.delay, stride=1, fill=self.temporal_fill, reduce=jnp.mean)

@@ -1,0 +1,129 @@
+"""Per-frame (stateless) layers and the residual delay.
+
+Batch norm, activations, dense-over-channels and ``Delay`` (continual-inference's
+``co.Delay``, reference §1.6).
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+from .base import Layer, bcast, check_channels, counter_advance, counter_init, fan_in_uniform, gate, static
+
+ACTIVATIONS = {
+    "relu": jax.nn.relu,
+    "swish": lambda x: x * jax.nn.sigmoid(x),
+    "sigmoid": jax.nn.sigmoid,
+    "softmax": lambda x: jax.nn.softmax(x, axis=-1),
+    "identity": lambda x: x,
+}
+
+
+@static
+class Activation(Layer):
+    """Elementwise activation (``relu``, ``swish``, ``sigmoid``, ``identity``) or ``softmax``
+    over channels."""
+
+    fn: str = "relu"
+
+    def __post_init__(self):
+        if self.fn not in ACTIVATIONS:
+            raise ValueError(f"Activation: unknown function {self.fn!r}; choose from {sorted(ACTIVATIONS)}")
+
+    def apply(self, params, x):
+        return ACTIVATIONS[self.fn](x)
+
+    def macs(self, in_shape, t=None):
+        # ptflops counts ReLU as one op per element and nothing for Sigmoid/Softmax/Swish.
+        return math.prod(in_shape) * (1 if t is None else t) if self.fn == "relu" else 0
+
+
+@static
+class BatchNorm(Layer):
+    """Inference batch norm over the channel axis: ``(x - mean) / sqrt(var + eps) * scale + bias``.
+
+    Params: ``scale, bias, mean, var`` each ``(C,)``. Fold into a preceding :class:`Conv` with
+    :func:`co3d_jax.layers.fold_batchnorm`.
+    """
+
+    channels: int
+    eps: float = 1e-5
+
+    def init(self, key, in_shape=None):
+        k1, k2, k3, k4 = jax.random.split(key, 4)
+        c = (self.channels,)
+        return {"scale": jax.random.uniform(k1, c, minval=0.5, maxval=1.5),
+                "bias": jax.random.normal(k2, c) * 0.1,
+                "mean": jax.random.normal(k3, c) * 0.1,
+                "var": jax.random.uniform(k4, c, minval=0.5, maxval=1.5)}
+
+    def apply(self, params, x):
+        check_channels(self, x, self.channels)
+        inv = params["scale"] / jnp.sqrt(params["var"] + self.eps)
+        return x * inv.astype(x.dtype) + (params["bias"] - params["mean"] * inv).astype(x.dtype)
+
+    def macs(self, in_shape, t=None):
+        return 2 * math.prod(in_shape) * (1 if t is None else t)  # ptflops: affine BN = 2 ops/element
+
+
+@static
+class Dense(Layer):
+    """Dense layer over the channel (last) axis; params ``kernel (C_in, C_out)``, ``bias``."""
+
+    in_channels: int
+    out_channels: int
+    bias: bool = True
+
+    def init(self, key, in_shape=None):
+        k1, k2 = jax.random.split(key)
+        p = {"kernel": fan_in_uniform(k1, (self.in_channels, self.out_channels), self.in_channels)}
+        if self.bias:
+            p["bias"] = fan_in_uniform(k2, (self.out_channels,), self.in_channels)
+        return p
+
+    def out_shape(self, in_shape):
+        return (*in_shape[:-1], self.out_channels)
+
+    def apply(self, params, x):
+        check_channels(self, x, self.in_channels)
+        y = jnp.einsum("...c,cd->...d", x, params["kernel"].astype(x.dtype))
+        return y + params["bias"].astype(x.dtype) if self.bias else y
+
+    def macs(self, in_shape, t=None):
+        n = math.prod(in_shape[:-1]) * (1 if t is None else t)
+        return n * self.in_channels * self.out_channels + (n * self.out_channels if self.bias else 0)
+
+
+@static
+class Delay(Layer):
+    """Emit the input from ``d`` valid steps ago (``co.Delay``); identity in clip mode.
+
+    State: ``buf (B, d, H, W, C)`` of the last ``d`` inputs and a counter. The initial fill is
+    never emitted (reference §1.6), so only zeros are stored.
+    """
+
+    d: int = 0
+
+    @property
+    def receptive_field(self):
+        return self.d + 1
+
+    def apply(self, params, x):
+        return x
+
+    def init_state(self, batch, in_shape, dtype=jnp.float32):
+        if self.d == 0:
+            return None
+        return {"buf": jnp.zeros((batch, self.d, *in_shape), dtype), "n": counter_init(batch)}
+
+    def step(self, params, state, x, valid):
+        if self.d == 0:
+            return state, x, valid
+        emit, n_next, _ = counter_advance(state["n"], valid, self.d, 1)
+        buf = state["buf"]
+        y = buf[:, 0]
+        new = {"buf": jnp.concatenate([buf[:, 1:], x[:, None].astype(buf.dtype)], axis=1), "n": n_next}
+        return gate(valid, new, state), y.astype(x.dtype), emit

@@ -1,0 +1,156 @@
+"""X3D (clip) and CoX3D (continual): one definition, sizes XS/S/M/L as configs.
+
+Structure and names follow PySlowFast's X3D (reference §2.1): ``s1`` stem (``conv_xy`` 1x3x3
+stride 2, depthwise ``conv`` 5x1x1, ``bn``, ``relu``), stages ``s2..s5`` of bottleneck blocks
+``res{i}`` (``branch2``: ``a`` 1x1x1, ``b`` depthwise 3x3x3, ``se`` on even blocks, Swish, ``c``;
+skip: ``branch1`` strided 1x1x1 + BN on block 0, identity otherwise, delayed by one frame in
+stream mode), and the ``head`` (``conv_5``, BN, ReLU, average pool over ``window`` frames and the
+final spatial map, ``lin_5``, ReLU, ``projection``, softmax).
+
+Params pytree paths mirror the PyTorch names, e.g.
+``params["s3"]["res0"]["residual"]["branch2"]["b"]["kernel"]``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from ..layers import (Activation, BatchNorm, Conv, Delay, Dense, Pool, Sequential, broadcast_reduce,
+                      squeeze_excitation)
+from ..model import Model
+
+
+def round_width(width: float, multiplier: float, min_depth: int = 8, divisor: int = 8) -> int:
+    """PySlowFast's ``_round_width``."""
+    width *= multiplier
+    new = max(min_depth, int(width + divisor / 2) // divisor * divisor)
+    if new < 0.9 * width:
+        new += divisor
+    return int(new)
+
+
+@dataclasses.dataclass(frozen=True)
+class X3DConfig:
+    """Hyper-parameters (reference §2.1.1). ``window`` is the head's temporal pool (frames of
+    one clip for X3D; the continual window ``T_w`` for CoX3D)."""
+
+    image_size: int = 160
+    window: int = 13
+    frame_rate: int = 6
+    depth_factor: float = 2.2
+    width_factor: float = 2.0
+    bottleneck_factor: float = 2.25
+    conv1_dim: int = 12
+    conv5_dim: int = 2048
+    num_classes: int = 400
+    se_scope: str = "frame"          # "frame" (CoX3D) or "clip" (window-long SE pool in stream mode)
+    se_clip_pool: str = "global"     # clip-mode SE pool: "global" (X3D) or "frame" (per-frame, = stream)
+    temporal_fill: str = "zeros"     # "zeros" or "replicate"
+    head_activation: str = "softmax"  # "softmax" (Kinetics) or "identity" (logits)
+    depthwise_impl: str = "auto"
+
+    @property
+    def stem_dim(self) -> int:
+        return round_width(self.conv1_dim, self.width_factor)
+
+    @property
+    def stage_dims(self) -> list[int]:
+        return [round_width(self.stem_dim, m) for m in (1, 2, 4, 8)]
+
+    @property
+    def stage_depths(self) -> list[int]:
+        return [int(math.ceil(self.depth_factor * d)) for d in (1, 2, 5, 3)]
+
+
+def _bottleneck(cfg: X3DConfig, c_in: int, c_out: int, inner: int, stride: int, use_se: bool) -> Sequential:
+    fill = cfg.temporal_fill
+    layers = [
+        ("a", Conv(c_in, inner)),
+        ("a_bn", BatchNorm(inner)),
+        ("a_relu", Activation("relu")),
+        ("b", Conv(inner, inner, (3, 3, 3), (1, stride, stride), (1, 1, 1), groups=inner, temporal_fill=fill,
+                   impl=cfg.depthwise_impl)),
+        ("b_bn", BatchNorm(inner)),
+    ]
+    if use_se:
+        layers.append(("se", squeeze_excitation(inner, round_width(inner, 0.0625), scope=cfg.se_scope,
+                                                window=cfg.window, clip_pool=cfg.se_clip_pool, temporal_fill=fill)))
+    layers += [
+        ("b_relu", Activation("swish")),
+        ("c", Conv(inner, c_out)),
+        ("c_bn", BatchNorm(c_out)),
+    ]
+    return Sequential.of(*layers)
+
+
+def _block(cfg: X3DConfig, c_in: int, c_out: int, inner: int, stride: int, use_se: bool) -> Sequential:
+    branch2 = _bottleneck(cfg, c_in, c_out, inner, stride, use_se)
+    if c_in != c_out or stride != 1:
+        skip = Sequential.of(("branch1", Conv(c_in, c_out, 1, (1, stride, stride))), ("branch1_bn", BatchNorm(c_out)),
+                             ("delay", Delay(branch2.delay)))
+    else:
+        skip = Delay(branch2.delay)
+    return Sequential.of(("residual", broadcast_reduce(("skip", skip), ("branch2", branch2))),
+                         ("relu", Activation("relu")))
+
+
+def build_x3d(cfg: X3DConfig) -> Sequential:
+    """The X3D/CoX3D network as a :class:`Sequential` (``s1`` .. ``s5``, ``head``)."""
+    c = cfg.stem_dim
+    fill = cfg.temporal_fill
+    stem = Sequential.of(
+        ("conv_xy", Conv(3, c, (1, 3, 3), (1, 2, 2), (0, 1, 1))),
+        ("conv", Conv(c, c, (5, 1, 1), 1, (2, 0, 0), groups=c, temporal_fill=fill, impl=cfg.depthwise_impl)),
+        ("bn", BatchNorm(c)),
+        ("relu", Activation("relu")),
+    )
+    stages = [("s1", stem)]
+    c_in = c
+    for s, (c_out, depth) in enumerate(zip(cfg.stage_dims, cfg.stage_depths)):
+        inner = int(cfg.bottleneck_factor * c_out)
+        blocks = [(f"res{i}", _block(cfg, c_in if i == 0 else c_out, c_out, inner, 2 if i == 0 else 1, i % 2 == 0))
+                  for i in range(depth)]
+        stages.append((f"s{s + 2}", Sequential.of(*blocks)))
+        c_in = c_out
+    inner = int(cfg.bottleneck_factor * c_in)
+    final = math.ceil(cfg.image_size / 32)
+    head = Sequential.of(
+        ("conv_5", Conv(c_in, inner)),
+        ("conv_5_bn", BatchNorm(inner)),
+        ("conv_5_relu", Activation("relu")),
+        ("avg_pool", Pool("avg", (cfg.window, final, final), 1, 0, temporal_fill=fill)),
+        ("lin_5", Dense(inner, cfg.conv5_dim, bias=False)),
+        ("lin_5_relu", Activation("relu")),
+        ("projection", Dense(cfg.conv5_dim, cfg.num_classes)),
+        ("act", Activation(cfg.head_activation)),
+    )
+    stages.append(("head", head))
+    return Sequential.of(*stages)
+
+
+X3D_SIZES = {
+    "xs": dict(image_size=160, window=4, frame_rate=12),
+    "s": dict(image_size=160, window=13, frame_rate=6),
+    "m": dict(image_size=224, window=16, frame_rate=5),
+    "l": dict(image_size=312, window=16, frame_rate=5, depth_factor=5.0),
+}
+
+
+def x3d(size: str, *, continual: bool, window: int | None = None, name: str | None = None, **options) -> Model:
+    """Build X3D-``size`` (``continual=False``) or CoX3D-``size`` with head window ``window``."""
+    if size not in X3D_SIZES:
+        raise ValueError(f"unknown X3D size {size!r}; choose from {sorted(X3D_SIZES)}")
+    base = dict(X3D_SIZES[size])
+    clip_length = base["window"]
+    if window is not None:
+        base["window"] = int(window)
+    unknown = set(options) - {f.name for f in dataclasses.fields(X3DConfig)}
+    if unknown:
+        raise TypeError(f"unknown X3D options {sorted(unknown)}")
+    cfg = X3DConfig(**{**base, **options})
+    if not continual:
+        clip_length = cfg.window
+    return Model(name=name or f"{'co' if continual else ''}x3d_{size}", net=build_x3d(cfg),
+                 image_size=cfg.image_size, clip_length=clip_length, frame_rate=cfg.frame_rate,
+                 num_classes=cfg.num_classes, config=cfg, continual=continual)
