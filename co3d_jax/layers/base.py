@@ -84,9 +84,11 @@ class Layer:
         raise NotImplementedError(type(self).__name__)
 
     def forward(self, params: Params, x: Array) -> Array:
+        check_input(self, x, clip=True)
         return self.apply(params, x)
 
     def step(self, params: Params, state: State, x: Array, valid: Array):
+        check_input(self, x, clip=False)
         return state, self.apply(params, x), valid
 
 
@@ -104,6 +106,20 @@ def check_frame(layer: Layer, x: Array, in_shape: Shape | None, *, clip: bool) -
         want = tuple(in_shape)
         if any(w is not None and h != w for h, w in zip(have, want)):
             raise ValueError(f"{type(layer).__name__}: expected {what} with (H, W, C) = {want}, got {tuple(x.shape)}")
+
+
+def check_input(layer: Layer, x, *, clip: bool) -> None:
+    """Rank and dtype check of a layer input (tuple inputs of multi-stream layers are skipped)."""
+    if not isinstance(x, (tuple, list)):
+        check_frame(layer, x, None, clip=clip)
+
+
+def check_state_frame(layer: Layer, x: Array, buf: Array, what: str = "frame") -> None:
+    """A step input ``(B, H, W, C)`` must match the ``(B, k, H, W, C)`` buffer of its state."""
+    want = (buf.shape[0], *buf.shape[2:])
+    if tuple(x.shape) != want:
+        raise ValueError(f"{type(layer).__name__}: {what} of shape {tuple(x.shape)} does not match the state, "
+                         f"which was built for (B, H, W, C) = {want}")
 
 
 def check_channels(layer: Layer, x: Array, channels: int) -> None:

@@ -187,7 +187,12 @@ class Reduce(Layer):
         return out
 
     def macs(self, in_shape, t=None):
-        return 0  # ptflops does not count functional adds/muls
+        # Step: continual's reduce_sum/reduce_mul fold the streams with torch.Tensor.add/.mul, which
+        # ptflops 0.7.5 patches (1 per broadcast output element and fold). Clip: the PyTorch X3D
+        # uses the `+`/`*` operators, which ptflops does not see. concat and max: 0.
+        if t is not None or self.op not in ("sum", "mul"):
+            return 0
+        return (len(in_shape) - 1) * math.prod(self.out_shape(in_shape))
 
 
 def _auto_delay(branches, auto_delay: bool):
@@ -279,7 +284,8 @@ class BroadcastReduce(Parallel):
         return Reduce(self.op).out_shape(super().out_shape((in_shape,) * len(self.branches)))
 
     def macs(self, in_shape, t=None):
-        return super().macs((in_shape,) * len(self.branches), t)
+        shapes = (in_shape,) * len(self.branches)
+        return super().macs(shapes, t) + Reduce(self.op).macs(Parallel.out_shape(self, shapes), t)
 
     def init(self, key, in_shape):
         return super().init(key, (in_shape,) * len(self.branches))

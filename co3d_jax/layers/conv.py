@@ -18,8 +18,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from .base import (Array, Layer, Shape, bcast, check_channels, counter_advance, counter_init,
-                   fan_in_uniform, gate, static, tuple3)
+from .base import (Array, Layer, Shape, bcast, check_channels, check_input, check_state_frame, counter_advance,
+                   counter_init, fan_in_uniform, gate, static, tuple3)
 
 FILLS = ("zeros", "replicate")
 IMPLS = ("auto", "lax", "shift")
@@ -113,11 +113,24 @@ class Conv(Layer):
                 conv_out_size(w, self.kernel[2], self.strides[2], self.pads[2]), self.out_channels)
 
     def macs(self, in_shape: Shape, t: int | None = None) -> int:
+        # ptflops `conv_flops_counter_hook` (continual registers it for co.Conv3d too): output
+        # positions x the full kT*kH*kW kernel (padded taps included) x C_in/groups x C_out, plus
+        # one bias add per output element. A step emits one frame, and the hook sees
+        # forward_steps' (B, C, 1, H', W') output: one frame x all kT taps (not kT partial slices).
+        # Inside `co3d_jax.flops.padded_taps(False)` only taps that land in the input count (XLA's
+        # convention); a step's kT-frame window is all real data, so its kT taps all count.
+        from ..flops import count_padded_taps, valid_taps
+        h, w, _ = in_shape
         ho, wo, _ = self.out_shape(in_shape)
-        frames = 1 if t is None else conv_out_size(t, self.kernel[0], self.strides[0], self.pads[0])
-        per_pos = math.prod(self.kernel) * (self.in_channels // self.groups) * self.out_channels
+        kt, kh, kw = self.kernel
+        frames = 1 if t is None else conv_out_size(t, kt, self.strides[0], self.pads[0])
         positions = frames * ho * wo
-        return positions * per_pos + (positions * self.out_channels if self.bias else 0)
+        if count_padded_taps():
+            taps = positions * kt * kh * kw
+        else:
+            taps = ((frames * kt if t is None else valid_taps(t, kt, self.strides[0], self.pads[0]))
+                    * valid_taps(h, kh, self.strides[1], self.pads[1]) * valid_taps(w, kw, self.strides[2], self.pads[2]))
+        return taps * (self.in_channels // self.groups) * self.out_channels + (positions * self.out_channels if self.bias else 0)
 
     # ---------------------------------------------------------------- params / state
     def init(self, key, in_shape=None):
@@ -152,6 +165,7 @@ class Conv(Layer):
         return y + params["bias"].astype(y.dtype) if self.bias else y
 
     def forward(self, params, x):
+        check_input(self, x, clip=True)
         check_channels(self, x, self.in_channels)
         return self._bias(params, self._conv(params, x, self.strides[0], self.pads[0]))
 
@@ -159,9 +173,11 @@ class Conv(Layer):
         return self._bias(params, self._conv(params, x[:, None], 1, 0)[:, 0])
 
     def step(self, params, state, x, valid):
+        check_input(self, x, clip=False)
         check_channels(self, x, self.in_channels)
         if self.stateless:
             return state, self.apply(params, x), valid
+        check_state_frame(self, x, state["buf"])
         emit, n_next, first = counter_advance(state["n"], valid, self.delay, self.stride)
         buf = state["buf"]
         if self.temporal_fill == "replicate" and buf.shape[1]:

@@ -13,7 +13,8 @@ import math
 import jax.numpy as jnp
 from jax import lax
 
-from .base import Array, Layer, Shape, bcast, counter_advance, counter_init, gate, static, tuple3
+from .base import (Array, Layer, Shape, bcast, check_input, check_state_frame, counter_advance, counter_init, gate,
+                   static, tuple3)
 from .conv import conv_out_size
 
 POOL_FILLS = ("zeros", "replicate", "neg_inf")
@@ -80,8 +81,14 @@ class Pool(Layer):
                 conv_out_size(w, self.kernel[2], self.strides[2], self.pads[2]), c)
 
     def macs(self, in_shape, t=None):
-        # ptflops counts one op per *input* element of a pooling layer.
-        return math.prod(in_shape) * (1 if t is None else t)
+        # Clip (ptflops 0.7.5): the pool hook counts 1 per input element and the patched
+        # F.avg_pool3d/F.max_pool3d another 1. Step (continual): the hook counts the input frame;
+        # the spatial pool is a functools.partial bound before patching (0); the temporal
+        # nn.AdaptiveAvg/MaxPool1d hook is nested in a counted module (dropped), but its patched
+        # functional counts its (H'*W'*C, kT) input.
+        if t is not None:
+            return 2 * math.prod(in_shape) * t
+        return math.prod(in_shape) + math.prod(self.out_shape(in_shape)) * self.kernel[0]
 
     def _reduce_window(self, x, window, strides, pads):
         dims = (1, *window, 1)
@@ -92,6 +99,7 @@ class Pool(Layer):
         return lax.reduce_window(x, jnp.array(0, x.dtype), lax.add, dims, strd, pad) / math.prod(window)
 
     def forward(self, params, x):
+        check_input(self, x, clip=True)
         return self._reduce_window(x, self.kernel, self.strides, self.pads)
 
     def apply(self, params, x):
@@ -103,9 +111,11 @@ class Pool(Layer):
         return _window_state(batch, self.kernel[0], self.out_shape(in_shape), dtype, self.temporal_fill)
 
     def step(self, params, state, x, valid):
+        check_input(self, x, clip=False)
         y = self.apply(params, x)
         if self.stateless:
             return state, y, valid
+        check_state_frame(self, y, state["buf"], "spatially pooled frame")
         return _window_step(state, y, valid, delay=self.delay, stride=self.stride, fill=self.temporal_fill,
                             reduce=jnp.max if self.kind == "max" else jnp.mean)
 
@@ -138,9 +148,15 @@ class GlobalAvgPool(Layer):
         return (1, 1, in_shape[-1])
 
     def macs(self, in_shape, t=None):
-        return math.prod(in_shape) * (1 if t is None else t)
+        # Clip: nn.AdaptiveAvgPool3d hook + patched F.adaptive_avg_pool3d = 2 per input element
+        # (also used for clip_pool='frame'). Step: co.AdaptiveAvgPool3d hook (input frame) + the
+        # patched F.adaptive_avg_pool1d over the (C, window) ring; see Pool.macs.
+        if t is not None:
+            return 2 * math.prod(in_shape) * t
+        return math.prod(in_shape) + in_shape[-1] * self.window
 
     def forward(self, params, x):
+        check_input(self, x, clip=True)
         axes = (1, 2, 3) if self.clip_pool == "global" else (2, 3)
         return jnp.mean(x, axis=axes, keepdims=True)
 
@@ -153,7 +169,9 @@ class GlobalAvgPool(Layer):
         return _window_state(batch, self.window, self.out_shape(in_shape), dtype, self.temporal_fill)
 
     def step(self, params, state, x, valid):
+        check_input(self, x, clip=False)
         y = self.apply(params, x)
         if self.window == 1:
             return state, y, valid
+        check_state_frame(self, y, state["buf"], "spatially pooled frame")
         return _window_step(state, y, valid, delay=self.delay, stride=1, fill=self.temporal_fill, reduce=jnp.mean)

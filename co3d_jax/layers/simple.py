@@ -11,7 +11,8 @@ import math
 import jax
 import jax.numpy as jnp
 
-from .base import Layer, bcast, check_channels, counter_advance, counter_init, fan_in_uniform, gate, static
+from .base import (Layer, bcast, check_channels, check_input, check_state_frame, counter_advance, counter_init,
+                   fan_in_uniform, gate, static)
 
 ACTIVATIONS = {
     "relu": jax.nn.relu,
@@ -37,8 +38,11 @@ class Activation(Layer):
         return ACTIVATIONS[self.fn](x)
 
     def macs(self, in_shape, t=None):
-        # ptflops counts ReLU as one op per element and nothing for Sigmoid/Softmax/Swish.
-        return math.prod(in_shape) * (1 if t is None else t) if self.fn == "relu" else 0
+        # ptflops 0.7.5: the nn.ReLU hook counts 1/element and the patched F.relu another 1 (clip: 2).
+        # In a continual step the hook fires twice (co.forward_stepping's forward re-enters
+        # CoModule._call_impl), so 3/element. F.softmax counts 1/element; Sigmoid and Swish 0.
+        n = math.prod(in_shape) * (1 if t is None else t)
+        return {"relu": 2 if t is not None else 3, "softmax": 1}.get(self.fn, 0) * n
 
 
 @static
@@ -66,7 +70,9 @@ class BatchNorm(Layer):
         return x * inv.astype(x.dtype) + (params["bias"] - params["mean"] * inv).astype(x.dtype)
 
     def macs(self, in_shape, t=None):
-        return 2 * math.prod(in_shape) * (1 if t is None else t)  # ptflops: affine BN = 2 ops/element
+        # ptflops: affine BN = 2/element; in a continual step its hook fires twice (forward_stepping
+        # re-enters CoModule._call_impl), so 4/element.
+        return (2 if t is not None else 4) * math.prod(in_shape) * (1 if t is None else t)
 
 
 @static
@@ -120,8 +126,10 @@ class Delay(Layer):
         return {"buf": jnp.zeros((batch, self.d, *in_shape), dtype), "n": counter_init(batch)}
 
     def step(self, params, state, x, valid):
+        check_input(self, x, clip=False)
         if self.d == 0:
             return state, x, valid
+        check_state_frame(self, x, state["buf"])
         emit, n_next, _ = counter_advance(state["n"], valid, self.d, 1)
         buf = state["buf"]
         y = buf[:, 0]
