@@ -23,9 +23,13 @@ def scan_stream(step_fn, params, state, frames, valid=None, unroll: int = 1):
     stream at that time: its state is left untouched). Returns ``(state, outs (B, T, ...),
     valid (B, T))``.
     """
+    if frames.ndim < 2:
+        raise ValueError(f"scan_stream: frames must be (B, T, ...), got shape {tuple(frames.shape)}")
     b, t = frames.shape[:2]
     if valid is None:
         valid = jnp.ones((b, t), bool)
+    elif valid.shape != (b, t) or valid.dtype != jnp.bool_:
+        raise ValueError(f"scan_stream: valid must be a ({b}, {t}) bool array, got {valid.shape} {valid.dtype}")
 
     def body(s, xv):
         x, v = xv

@@ -3,11 +3,14 @@
 Weights use the DHWIO layout ``(kT, kH, kW, C_in/groups, C_out)``; tap ``kernel[0]`` multiplies
 the *oldest* frame of the window, as PyTorch's ``weight[:, :, 0]`` does.
 
-Step mode keeps the last ``kT-1`` *inputs* of the layer (``buf``, shape ``(B, kT-1, H, W, C_in)``)
-and evaluates the ``kT``-tap window ending at the current frame. This equals the library's
-partial-sum ring buffer up to float summation order, needs ``(kT-1)·C_in`` instead of
-``(kT-1)²·C_out`` values per position, and makes ``replicate`` fill exact: the buffer starts
-as ``kT-1`` copies of the layer's first valid input. The bias is added to emitted outputs only.
+Step mode keeps the partial sums of the next ``kT-1`` outputs (``acc``, shape
+``(B, kT-1, H', W', C_out)``): each frame is convolved spatially with all ``kT`` taps once, one tap
+completes the current output, the others are added to the future outputs (the accumulator form
+of reference §4, the paper's formulation). This equals the library's ``(kT-1)²``-map ring buffer
+up to float summation order, and on an H100 it beat keeping the last ``kT-1`` inputs and
+re-convolving the window (see ``experiments/perf_depthwise.py``). ``replicate`` fill starts the
+sums as if the ``kT-1`` frames before the stream equalled the layer's first valid input. The bias
+is added to emitted outputs only, never to the sums.
 """
 
 from __future__ import annotations
@@ -142,10 +145,11 @@ class Conv(Layer):
         return p
 
     def init_state(self, batch, in_shape, dtype=jnp.float32):
+        """``acc``: ``(B, kT-1, H', W', C_out)`` partial sums of the next ``kT-1`` outputs."""
         if self.stateless:
             return None
-        h, w, c = in_shape
-        return {"buf": jnp.zeros((batch, self.kernel[0] - 1, h, w, c), dtype), "n": counter_init(batch)}
+        ho, wo, c = self.out_shape(in_shape)
+        return {"acc": jnp.zeros((batch, self.kernel[0] - 1, ho, wo, c), dtype), "n": counter_init(batch)}
 
     # ---------------------------------------------------------------- compute
     def _conv(self, params, x: Array, t_stride: int, t_pad: int) -> Array:
@@ -172,17 +176,58 @@ class Conv(Layer):
     def apply(self, params, x):  # stateless frame-wise use
         return self._bias(params, self._conv(params, x[:, None], 1, 0)[:, 0])
 
+    def taps(self, params, x: Array) -> Array:
+        """Per-tap spatial convolutions of one frame: ``(B, H, W, C_in) -> (B, kT, H', W', C_out)``,
+        slice ``tau`` being ``kernel[tau] (*) x`` (no bias)."""
+        kernel = params["kernel"].astype(x.dtype)
+        kt = self.kernel[0]
+        sh, sw = self.strides[1:]
+        ph, pw = self.pads[1:]
+        if self.depthwise and self.impl in ("auto", "shift"):
+            ho, wo, _ = self.out_shape(x.shape[1:])
+            xp = jnp.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))[:, None]
+            acc = None
+            for i in range(self.kernel[1]):
+                for j in range(self.kernel[2]):
+                    s = lax.slice(xp, (0, 0, i, j, 0), (xp.shape[0], 1, i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1,
+                                                        xp.shape[-1]), (1, 1, sh, sw, 1))
+                    t = s * kernel[:, i, j, 0][None, :, None, None, :]
+                    acc = t if acc is None else acc + t
+            return acc
+        if self.groups == 1:
+            # all taps in one convolution with kT * C_out output channels
+            k2 = jnp.moveaxis(kernel, 0, 3).reshape(*self.kernel[1:], self.in_channels, kt * self.out_channels)
+            if self.kernel[1:] == (1, 1) and (sh, sw) == (1, 1):
+                z = jnp.einsum("bhwc,cd->bhwd", x, k2[0, 0])
+            else:
+                z = lax.conv_general_dilated(x, k2, (sh, sw), [(ph, ph), (pw, pw)],
+                                             dimension_numbers=("NHWC", "HWIO", "NHWC"))
+            return jnp.moveaxis(z.reshape(*z.shape[:3], kt, self.out_channels), 3, 1)
+        return jnp.stack([lax.conv_general_dilated(x, kernel[t], (sh, sw), [(ph, ph), (pw, pw)],
+                                                   dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                                   feature_group_count=self.groups) for t in range(kt)], axis=1)
+
     def step(self, params, state, x, valid):
+        """Accumulator form (reference §4): ``y = acc[0] + z[kT-1] (+ bias)``;
+        ``acc'[i] = acc[i+1] + z[kT-2-i]``, ``acc'[kT-2] = z[0]``, with ``z[tau] = kernel[tau] (*) x``.
+        Replicate fill starts ``acc[i] = sum_{tau <= kT-2-i} z[tau]`` at the first valid input."""
         check_input(self, x, clip=False)
         check_channels(self, x, self.in_channels)
         if self.stateless:
             return state, self.apply(params, x), valid
-        check_state_frame(self, x, state["buf"])
         emit, n_next, first = counter_advance(state["n"], valid, self.delay, self.stride)
-        buf = state["buf"]
-        if self.temporal_fill == "replicate" and buf.shape[1]:
-            buf = jnp.where(bcast(first, buf), x[:, None].astype(buf.dtype), buf)
-        window = jnp.concatenate([buf, x[:, None].astype(buf.dtype)], axis=1)
-        y = self._bias(params, self._conv(params, window, 1, 0)[:, 0])
-        new = {"buf": window[:, 1:], "n": n_next}
-        return gate(valid, new, state), y, emit
+        acc = state["acc"]
+        z = self.taps(params, x.astype(acc.dtype))
+        want = (x.shape[0], *acc.shape[1:])
+        if z.shape[0] != acc.shape[0] or z.shape[2:] != acc.shape[2:]:
+            raise ValueError(f"Conv: frame of shape {tuple(x.shape)} does not match the state, which was built "
+                             f"for outputs (B, kT-1, H', W', C) = {want}")
+        kt = self.kernel[0]
+        if self.temporal_fill == "replicate" and kt > 1:
+            rep = jnp.stack([jnp.sum(z[:, : kt - 1 - i], axis=1) for i in range(kt - 1)], axis=1)
+            acc = jnp.where(bcast(first, acc), rep, acc)
+        # kT == 1 is stateful only with a temporal stride: no partial sums, just gated outputs
+        y = self._bias(params, acc[:, 0] + z[:, kt - 1] if kt > 1 else z[:, 0])
+        rev = z[:, kt - 2::-1] if kt > 1 else z[:, :0]  # z[kT-2], ..., z[0]
+        new_acc = jnp.concatenate([acc[:, 1:], jnp.zeros_like(acc[:, :1])], axis=1) + rev
+        return gate(valid, {"acc": new_acc, "n": n_next}, state), y.astype(x.dtype), emit

@@ -1,0 +1,83 @@
+"""Evaluation transforms in numpy, matching the reference's torch pipeline (§5.1):
+
+1. ``ToTensorVideo``: uint8 -> float32 / 255.
+2. Short-side resize to ``size`` (``RandomShortSideScaleJitterVideo(size, size)``): bilinear,
+   ``align_corners=False``, no antialiasing; the long side becomes ``floor(long/short·size)``
+   (ties: a square or landscape frame scales its width); skipped when the short side already
+   equals ``size``.
+3. ``CenterCropVideo(size)``: offset ``int(round((h - th)/2))`` (Python's round, half to even).
+4. ``NormalizeVideo(mean, std)``.
+
+Only the rows and columns inside the crop are interpolated (same values, less work). The
+interpolation follows ``upsample_bilinear2d`` (CPU): ``scale = in/out`` in float32, source
+``max(fma(scale, dst+0.5, -0.5), 0)``, neighbours ``i0 = floor(src)``, ``i1 = min(i0+1, in-1)``;
+the separable evaluation differs from torch by float32 rounding only (~1e-7).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .sampling import _fma_f32
+
+
+def short_side_size(h: int, w: int, size: int) -> tuple[int, int]:
+    """Output ``(h, w)`` of the short-side resize (the reference's rule, including its tie-break)."""
+    if (w <= h and w == size) or (h <= w and h == size):
+        return h, w
+    new_h, new_w = size, size
+    if w < h:
+        new_h = int(math.floor((float(h) / w) * size))
+    else:
+        new_w = int(math.floor((float(w) / h) * size))
+    return new_h, new_w
+
+
+def center_crop_offset(length: int, target: int) -> int:
+    return 0 if target >= length else int(round((length - target) / 2.0))
+
+
+def _bilinear_taps(in_size: int, out_size: int, lo: int, hi: int):
+    """Neighbour indices and weights for output positions ``lo..hi-1`` (torch semantics)."""
+    scale = np.float32(in_size) / np.float32(out_size)
+    dst = np.arange(lo, hi, dtype=np.float32)
+    src = _fma_f32(np.full_like(dst, scale), dst + np.float32(0.5), np.full_like(dst, -0.5))
+    src = np.maximum(src, np.float32(0))
+    i0 = src.astype(np.int64)
+    i1 = np.minimum(i0 + 1, in_size - 1)
+    w1 = (src - i0.astype(np.float32)).astype(np.float32)
+    w0 = (np.float32(1) - w1).astype(np.float32)
+    return i0, i1, w0, w1
+
+
+def resize_crop(frames: np.ndarray, size: int) -> np.ndarray:
+    """uint8 or float ``(T, H, W, C)`` -> float32 ``(T, size, size, C)`` in [0, 1]: /255 (uint8
+    input), short-side bilinear resize, centre crop."""
+    x = frames.astype(np.float32)
+    if frames.dtype == np.uint8:
+        x /= np.float32(255.0)
+    t, h, w, c = x.shape
+    nh, nw = short_side_size(h, w, size)
+    th, tw = min(size, nh), min(size, nw)
+    oi, oj = center_crop_offset(nh, size), center_crop_offset(nw, size)
+    if (nh, nw) == (h, w):
+        return np.ascontiguousarray(x[:, oi:oi + th, oj:oj + tw])
+    r0, r1, rw0, rw1 = _bilinear_taps(h, nh, oi, oi + th)
+    c0, c1, cw0, cw1 = _bilinear_taps(w, nw, oj, oj + tw)
+    # torch: h0w * (w0w * x00 + w1w * x01) + h1w * (w0w * x10 + w1w * x11)
+    cols = x[:, :, c0] * cw0[None, None, :, None] + x[:, :, c1] * cw1[None, None, :, None]
+    out = cols[:, r0] * rw0[None, :, None, None] + cols[:, r1] * rw1[None, :, None, None]
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def normalize(x: np.ndarray, mean, std) -> np.ndarray:
+    mean = np.asarray(mean, np.float32)
+    std = np.asarray(std, np.float32)
+    return ((x - mean) / std).astype(np.float32)
+
+
+def eval_transform(frames: np.ndarray, size: int, mean, std) -> np.ndarray:
+    """The full evaluation transform: uint8 ``(T, H, W, 3)`` -> normalised float32 ``(T, size, size, 3)``."""
+    return normalize(resize_crop(frames, size), mean, std)

@@ -1,0 +1,211 @@
+"""Video decoding with the reference's selective PyAV decode (co3d/PySlowFast ``decoder.py``).
+
+:func:`decode_clip` returns the ``num_frames`` RGB frames the reference would sample from one
+centred clip (§5.1): target 30 fps, ``clip_size = sampling_rate·num_frames/30·fps`` source frames,
+a window centred on the stream's frame count, pts-based selective decoding (seek 1024 ticks early,
+keep frames with ``start_pts <= pts <= end_pts`` plus the first frame after), then
+``linspace(0, clip_size-1, num_frames)`` clamped to the last decoded frame and truncated. Videos
+without a stream duration are decoded whole and sampled from frame 0 (not centred), as in the
+reference.
+
+Deviations, all for videos the reference cannot handle: the reference divides by a zero frame
+count (``stream.frames == 0``, e.g. some MKV/WebM files) and fails; here the count is estimated
+from the duration. A decode error, no decoded frame, or a stream that ends well before the window
+its own metadata promises (a truncated file) raises :class:`VideoError`; the caller excludes the
+video (the reference silently substitutes a random other video).
+
+PyAV is preferred; OpenCV (``cv2``) is a fallback with frame-index (not pts) selection, which
+agrees with PyAV for constant-frame-rate files but is not guaranteed bit-identical.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+
+from .sampling import TARGET_FPS, centered_window, clip_size, num_repeated, temporal_indices
+
+SEEK_MARGIN = 1024
+
+
+class VideoError(Exception):
+    """The video cannot be used (unreadable, empty, truncated, no video stream)."""
+
+
+def available_backends() -> list[str]:
+    out = []
+    try:
+        import av  # noqa: F401
+        out.append("pyav")
+    except ImportError:
+        pass
+    try:
+        import cv2  # noqa: F401
+        out.append("opencv")
+    except ImportError:
+        pass
+    return out
+
+
+def resolve_backend(backend: str = "auto") -> str:
+    avail = available_backends()
+    if backend == "auto":
+        if not avail:
+            raise RuntimeError("no video decoder: install PyAV (pip install av) or opencv-python-headless")
+        return avail[0]
+    if backend not in ("pyav", "opencv"):
+        raise ValueError(f"unknown decoder {backend!r} (pyav, opencv or auto)")
+    if backend not in avail:
+        raise RuntimeError(f"decoder {backend!r} is not installed")
+    return backend
+
+
+def decode_clip(path: str, sampling_rate: float, num_frames: int, backend: str = "pyav",
+                target_fps: float = TARGET_FPS) -> tuple[np.ndarray, dict]:
+    """The reference's centred test clip: ``(frames uint8 (num_frames, H, W, 3), info)``.
+
+    ``info``: ``fps``, ``frames_meta`` (stream frame count), ``decoded`` (frames decoded in the
+    window), ``indices`` (into the decoded frames), ``repeated`` (duplicated indices: the video
+    is shorter than the window), ``decode_all``.
+    """
+    if not os.path.isfile(path):
+        raise VideoError("file not found")
+    if os.path.getsize(path) == 0:
+        raise VideoError("empty file")
+    if backend == "pyav":
+        return _decode_pyav(path, sampling_rate, num_frames, target_fps)
+    if backend == "opencv":
+        return _decode_opencv(path, sampling_rate, num_frames, target_fps)
+    raise ValueError(f"unknown backend {backend!r}")
+
+
+def _decode_pyav(path, sampling_rate, num_frames, target_fps):
+    import av
+
+    try:
+        container = av.open(path)
+    except Exception as e:  # av.error.* and OSError
+        raise VideoError(f"cannot open: {type(e).__name__}: {e}") from None
+    try:
+        if not container.streams.video:
+            raise VideoError("no video stream")
+        stream = container.streams.video[0]
+        if stream.average_rate is None or float(stream.average_rate) <= 0:
+            raise VideoError("unknown frame rate")
+        fps = float(stream.average_rate)
+        frames_length = int(stream.frames or 0)
+        duration = stream.duration
+        size = clip_size(sampling_rate, num_frames, fps, target_fps)
+        if duration is not None and frames_length <= 0 and stream.time_base is not None:
+            # Reference: ZeroDivisionError. Estimate the count from the duration instead.
+            frames_length = int(round(float(duration * stream.time_base) * fps))
+        if duration is None or frames_length <= 0:
+            decode_all = True
+            start_pts, end_pts = 0, math.inf
+            expect_last = None
+        else:
+            decode_all = False
+            start_idx, end_idx = centered_window(frames_length, size)
+            timebase = duration / frames_length
+            start_pts, end_pts = int(start_idx * timebase), int(end_idx * timebase)
+            expect_last = min(end_pts, (frames_length - 1) * timebase) - 2 * timebase
+        frames = {}
+        max_pts = None
+        passed_end = False
+        try:
+            container.seek(max(start_pts - SEEK_MARGIN, 0), any_frame=False, backward=True, stream=stream)
+            for frame in container.decode(video=0):
+                if frame.pts is None:
+                    raise VideoError("frame without pts")
+                max_pts = frame.pts if max_pts is None else max(max_pts, frame.pts)
+                if frame.pts < start_pts:
+                    continue
+                frames[frame.pts] = frame
+                if frame.pts > end_pts:  # the reference keeps this one extra frame (buffer_size=0)
+                    passed_end = True
+                    break
+        except VideoError:
+            raise
+        except Exception as e:
+            raise VideoError(f"decode error: {type(e).__name__}: {e}") from None
+        if not frames:
+            raise VideoError("no frames decoded" if max_pts is None else "no frames in the sampling window")
+        if expect_last is not None and not passed_end and max_pts < expect_last:
+            raise VideoError(f"truncated: stream ends at pts {max_pts}, metadata promises {int(expect_last)}")
+        ordered = [frames[p] for p in sorted(frames)]
+        idx = temporal_indices(len(ordered), size, num_frames)
+        rgb = {int(i): ordered[int(i)].to_rgb().to_ndarray() for i in sorted(set(idx.tolist()))}
+    finally:
+        container.close()
+    out = np.stack([rgb[int(i)] for i in idx])
+    info = dict(fps=fps, frames_meta=int(stream.frames or 0), decoded=len(ordered), indices=idx.tolist(),
+                repeated=num_repeated(idx), decode_all=decode_all)
+    return out, info
+
+
+def _decode_opencv(path, sampling_rate, num_frames, target_fps):
+    import cv2
+
+    cap = cv2.VideoCapture(path)
+    try:
+        if not cap.isOpened():
+            raise VideoError("cannot open (opencv)")
+        fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
+        if fps <= 0:
+            raise VideoError("unknown frame rate")
+        frames_length = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        size = clip_size(sampling_rate, num_frames, fps, target_fps)
+        if frames_length > 0:
+            decode_all = False
+            start_idx, end_idx = centered_window(frames_length, size)
+            first, last = math.ceil(start_idx), math.floor(end_idx) + 1  # + the reference's one extra frame
+        else:
+            decode_all = True
+            first, last = 0, math.inf
+        decoded = []
+        i = 0
+        while i <= last:
+            ok = cap.grab()
+            if not ok:
+                break
+            if i >= first:
+                ok, bgr = cap.retrieve()
+                if not ok:
+                    raise VideoError(f"decode error at frame {i} (opencv)")
+                decoded.append(bgr)
+            i += 1
+    finally:
+        cap.release()
+    if not decoded:
+        raise VideoError("no frames decoded (opencv)")
+    if not decode_all and i <= min(last, frames_length - 1) - 2:
+        raise VideoError(f"truncated: stream ends at frame {i}, metadata promises {frames_length}")
+    idx = temporal_indices(len(decoded), size, num_frames)
+    out = np.stack([decoded[int(j)][..., ::-1] for j in idx])
+    info = dict(fps=fps, frames_meta=frames_length, decoded=len(decoded), indices=idx.tolist(),
+                repeated=num_repeated(idx), decode_all=decode_all)
+    return np.ascontiguousarray(out), info
+
+
+def read_image(path: str) -> np.ndarray:
+    """One RGB image as uint8 ``(H, W, 3)`` (Pillow, else PyAV's image demuxer)."""
+    try:
+        from PIL import Image
+    except ImportError:
+        Image = None
+    if Image is not None:
+        try:
+            with Image.open(path) as im:
+                return np.asarray(im.convert("RGB"))
+        except Exception as e:
+            raise VideoError(f"cannot read image {os.path.basename(path)}: {type(e).__name__}: {e}") from None
+    import av
+    try:
+        with av.open(path) as c:
+            for f in c.decode(video=0):
+                return f.to_rgb().to_ndarray()
+    except Exception as e:
+        raise VideoError(f"cannot read image {os.path.basename(path)}: {type(e).__name__}: {e}") from None
+    raise VideoError(f"cannot read image {os.path.basename(path)}")

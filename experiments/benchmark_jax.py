@@ -1,0 +1,212 @@
+"""JAX throughput benchmark for continual (frames/s) and clip (clips/s) models.
+
+    python -m experiments.benchmark_jax --out results/bench_jax.json
+    python -m experiments.benchmark_jax --quick            # tiny CPU smoke run
+
+Continual models run one jitted ``lax.scan`` per chunk of ``--chunk`` frames for a batch of
+streams, with BN folded and the state donated between chunks; clip models run one jitted forward
+per batch. Every figure is the median of ``--repeats`` timed calls after a warm-up call
+(compilation excluded), synchronised with ``block_until_ready``. Also measured: single-step
+latency at batch 1 (one jitted ``step`` call per frame, as a live stream runs), the depthwise
+algorithm (shift-and-add vs grouped convolution), scan unroll, and bf16 vs fp32 output error.
+Results: JSON with device, versions, date and command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+
+# paper batch sizes (reference §5.5)
+CONTINUAL = [("cox3d_s_64", 64), ("cox3d_m_64", 64), ("cox3d_l_64", 32)]
+CLIP = [("x3d_s", 64), ("x3d_m", 64), ("x3d_l", 32)]
+
+
+def _median_time(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def cast_tree(tree, dtype):
+    import jax
+    import jax.numpy as jnp
+    return jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
+
+
+def bench_stream(name: str, batch: int, dtype: str, chunk: int, repeats: int, unroll: int = 1,
+                 depthwise: str = "auto", image_size: int | None = None) -> dict:
+    import jax
+    import jax.numpy as jnp
+
+    import co3d_jax
+    opts = {"depthwise_impl": depthwise}
+    if image_size:
+        opts["image_size"] = image_size
+    model = co3d_jax.create_model(name, **opts)
+    params = model.init(jax.random.key(0))
+    model, params = model.fold_batchnorm(params)
+    dt = jnp.bfloat16 if dtype == "bf16" else jnp.float32
+    params = cast_tree(params, dt)
+    fn = jax.jit(lambda p, s, x: model.stream(p, s, x, unroll=unroll), donate_argnums=(1,))
+    frames = jax.random.normal(jax.random.key(1), (batch, chunk, *model.frame_shape), dt)
+    state = model.init_state(batch, dt)
+    t0 = time.perf_counter()
+    state, out = fn(params, state, frames)
+    jax.block_until_ready(out)
+    compile_s = time.perf_counter() - t0
+    holder = {"state": state}
+
+    def run():
+        holder["state"], o = fn(params, holder["state"], frames)
+        jax.block_until_ready(o)
+
+    run()  # second warm-up (steady state)
+    sec = _median_time(run, repeats)
+    return {"kind": "stream", "model": name, "batch": batch, "dtype": dtype, "chunk": chunk, "unroll": unroll,
+            "depthwise": depthwise, "seconds_per_chunk": sec, "frames_per_s": batch * chunk / sec,
+            "compile_s": compile_s}
+
+
+def bench_latency(name: str, dtype: str, steps: int, depthwise: str = "auto") -> dict:
+    import jax
+    import jax.numpy as jnp
+
+    import co3d_jax
+    model = co3d_jax.create_model(name, depthwise_impl=depthwise)
+    params = model.init(jax.random.key(0))
+    model, params = model.fold_batchnorm(params)
+    dt = jnp.bfloat16 if dtype == "bf16" else jnp.float32
+    params = cast_tree(params, dt)
+    step = jax.jit(model.step, donate_argnums=(1,))
+    frame = jax.random.normal(jax.random.key(1), (1, *model.frame_shape), dt)
+    state = model.init_state(1, dt)
+    for _ in range(3):
+        state, out = step(params, state, frame)
+    jax.block_until_ready(out)
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        state, out = step(params, state, frame)
+        jax.block_until_ready(out.scores)
+        times.append(time.perf_counter() - t0)
+    return {"kind": "latency", "model": name, "batch": 1, "dtype": dtype, "depthwise": depthwise,
+            "median_ms": float(np.median(times) * 1e3), "p90_ms": float(np.percentile(times, 90) * 1e3)}
+
+
+def bench_clip(name: str, batch: int, dtype: str, repeats: int, depthwise: str = "auto") -> dict:
+    import jax
+    import jax.numpy as jnp
+
+    import co3d_jax
+    model = co3d_jax.create_model(name, depthwise_impl=depthwise)
+    params = model.init(jax.random.key(0))
+    model, params = model.fold_batchnorm(params)
+    dt = jnp.bfloat16 if dtype == "bf16" else jnp.float32
+    params = cast_tree(params, dt)
+    fn = jax.jit(model.forward)
+    clip = jax.random.normal(jax.random.key(1), (batch, model.clip_length, *model.frame_shape), dt)
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn(params, clip))
+    compile_s = time.perf_counter() - t0
+    sec = _median_time(lambda: jax.block_until_ready(fn(params, clip)), repeats)
+    return {"kind": "clip", "model": name, "batch": batch, "dtype": dtype, "depthwise": depthwise,
+            "seconds_per_batch": sec, "clips_per_s": batch / sec, "compile_s": compile_s}
+
+
+def bf16_error(name: str, frames: int = 96, batch: int = 4) -> dict:
+    """Max/mean abs difference of bf16 vs fp32 softmax scores over a stream (valid frames)."""
+    import jax
+    import jax.numpy as jnp
+
+    import co3d_jax
+    model = co3d_jax.create_model(name)
+    params = model.init(jax.random.key(0))
+    model, params = model.fold_batchnorm(params)
+    x = jax.random.normal(jax.random.key(1), (batch, frames, *model.frame_shape))
+    fn = jax.jit(model.stream)
+    _, o32 = fn(params, model.init_state(batch), x)
+    _, o16 = fn(cast_tree(params, jnp.bfloat16), model.init_state(batch, jnp.bfloat16), x.astype(jnp.bfloat16))
+    v = np.asarray(o32.valid)
+    a, b = np.asarray(o32.scores)[v], np.asarray(o16.scores, np.float32)[v]
+    top1 = float(np.mean(a.argmax(-1) == b.argmax(-1)))
+    return {"kind": "bf16_error", "model": name, "max_abs": float(np.abs(a - b).max()),
+            "mean_abs": float(np.abs(a - b).mean()), "top1_agreement": top1, "valid_frames": int(v.sum())}
+
+
+def environment() -> dict:
+    import jax
+    dev = jax.devices()[0]
+    return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "device": getattr(dev, "device_kind", str(dev)), "platform": dev.platform,
+            "jax": jax.__version__, "python": platform.python_version(), "command": " ".join(sys.argv),
+            "xla_flags": os.environ.get("XLA_FLAGS", "")}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m experiments.benchmark_jax", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="results/bench_jax.json")
+    ap.add_argument("--chunk", type=int, default=64, help="frames per jitted scan call")
+    ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--dtypes", default="fp32,bf16")
+    ap.add_argument("--models", default="", help="comma-separated subset of model names (default: all)")
+    ap.add_argument("--sections", default="stream,latency,clip,depthwise,unroll,bf16err")
+    ap.add_argument("--quick", action="store_true", help="tiny CPU smoke run (small images, batch 2)")
+    args = ap.parse_args(argv)
+
+    results = {"env": environment(), "results": []}
+    dtypes = args.dtypes.split(",")
+    sections = set(args.sections.split(","))
+    keep = set(args.models.split(",")) if args.models else None
+    co_models = [(n, b) for n, b in CONTINUAL if keep is None or n in keep]
+    clip_models = [(n, b) for n, b in CLIP if keep is None or n in keep]
+
+    def record(r):
+        results["results"].append(r)
+        print(json.dumps(r), flush=True)
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out + ".tmp", "w") as f:
+            json.dump(results, f, indent=1)
+        os.replace(args.out + ".tmp", args.out)
+
+    if args.quick:
+        record(bench_stream("cox3d_s_13", 2, "fp32", 8, 2, image_size=64))
+        record(bench_clip("x3d_xs", 2, "fp32", 2))
+        return 0
+    if "stream" in sections:
+        for name, batch in co_models:
+            for dt in dtypes:
+                record(bench_stream(name, batch, dt, args.chunk, args.repeats))
+    if "latency" in sections:
+        for dt in dtypes:
+            record(bench_latency("cox3d_s_64", dt, 200))
+    if "clip" in sections:
+        for name, batch in clip_models:
+            for dt in dtypes:
+                record(bench_clip(name, batch, dt, args.repeats))
+    if "depthwise" in sections:
+        record(bench_stream("cox3d_s_64", 64, "fp32", args.chunk, args.repeats, depthwise="lax"))
+        record(bench_stream("cox3d_s_64", 64, "bf16", args.chunk, args.repeats, depthwise="lax"))
+        record(bench_latency("cox3d_s_64", "fp32", 100, depthwise="lax"))
+        record(bench_clip("x3d_s", 64, "fp32", args.repeats, depthwise="lax"))
+    if "unroll" in sections:
+        for u in (2, 4):
+            record(bench_stream("cox3d_s_64", 64, "fp32", args.chunk, args.repeats, unroll=u))
+    if "bf16err" in sections:
+        record(bf16_error("cox3d_s_64"))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,137 @@
+"""PyTorch reference throughput: co3d-style CoX3D (continual-inference) and pytorchvideo X3D.
+
+    python -m experiments.benchmark_torch --out results/bench_torch.json
+
+Mirrors :mod:`experiments.benchmark_jax`: CoX3D-S/M/L_64 stepped frame-wise the way co3d runs
+them (``call_mode = "forward_steps"``, one ``(B, 3, 1, H, W)`` frame per call, state warmed
+past the delay), clip X3D-S/M/L from pytorchvideo; fp32 and bf16 (``torch.autocast``); inputs
+already on the device; median of repeated timings after warm-up, synchronised.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+
+from experiments.benchmark_jax import CLIP, CONTINUAL
+
+SIZES = {"cox3d_s_64": ("s", 160, 64, 2.2), "cox3d_m_64": ("m", 224, 64, 2.2), "cox3d_l_64": ("l", 312, 64, 5.0)}
+
+
+def _sync(torch, dev):
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def bench_stream(name, batch, dtype, frames, repeats, dev):
+    import torch
+
+    from experiments.torch_reference import build_cox3d_torch
+    _, size, window, depth = SIZES[name]
+    model = build_cox3d_torch(image_size=size, window=window, depth_factor=depth).to(dev)
+    model.call_mode = "forward_steps"
+    x = torch.randn(batch, 3, 1, size, size, device=dev)
+    ctx = torch.autocast(dev.type, dtype=torch.bfloat16) if dtype == "bf16" else torch.autocast(dev.type, enabled=False)
+    with torch.no_grad(), ctx:
+        for _ in range(model.delay + 2):  # warm-up past the delay (co3d's warm_up feeds D frames)
+            model(x)
+        _sync(torch, dev)
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            for _ in range(frames):
+                y = model(x)
+            _sync(torch, dev)
+            times.append(time.perf_counter() - t0)
+    assert y is not None
+    sec = float(np.median(times))
+    return {"kind": "stream", "model": name, "batch": batch, "dtype": dtype, "chunk": frames,
+            "seconds_per_chunk": sec, "frames_per_s": batch * frames / sec}
+
+
+def bench_latency(name, dtype, steps, dev):
+    r = bench_stream(name, 1, dtype, 1, steps, dev)
+    return {"kind": "latency", "model": name, "batch": 1, "dtype": dtype, "median_ms": r["seconds_per_chunk"] * 1e3}
+
+
+def bench_clip(name, batch, dtype, repeats, dev):
+    import torch
+
+    from experiments.torch_reference import X3D_HUB, build_x3d_pytorchvideo
+    size = name.split("_")[1]
+    clip, crop, _ = X3D_HUB[size]
+    model = build_x3d_pytorchvideo(size).to(dev)
+    x = torch.randn(batch, 3, clip, crop, crop, device=dev)
+    ctx = torch.autocast(dev.type, dtype=torch.bfloat16) if dtype == "bf16" else torch.autocast(dev.type, enabled=False)
+    with torch.no_grad(), ctx:
+        for _ in range(3):
+            model(x)
+        _sync(torch, dev)
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            model(x)
+            _sync(torch, dev)
+            times.append(time.perf_counter() - t0)
+    sec = float(np.median(times))
+    return {"kind": "clip", "model": name, "batch": batch, "dtype": dtype, "seconds_per_batch": sec,
+            "clips_per_s": batch / sec}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m experiments.benchmark_torch", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="results/bench_torch.json")
+    ap.add_argument("--frames", type=int, default=32, help="frames per timed repeat (stream)")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--dtypes", default="fp32,bf16")
+    ap.add_argument("--models", default="", help="comma-separated subset of model names (default: all)")
+    ap.add_argument("--sections", default="stream,latency,clip")
+    args = ap.parse_args(argv)
+
+    import torch
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    import continual
+    env = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+           "device": torch.cuda.get_device_name() if dev.type == "cuda" else platform.processor(),
+           "torch": torch.__version__, "continual_inference": continual.__version__,
+           "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32, "python": platform.python_version(),
+           "command": " ".join(sys.argv)}
+    results = {"env": env, "results": []}
+
+    def record(r):
+        results["results"].append(r)
+        print(json.dumps(r), flush=True)
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out + ".tmp", "w") as f:
+            json.dump(results, f, indent=1)
+        os.replace(args.out + ".tmp", args.out)
+
+    sections = set(args.sections.split(","))
+    keep = set(args.models.split(",")) if args.models else None
+    co_models = [(n, b) for n, b in CONTINUAL if keep is None or n in keep]
+    clip_models = [(n, b) for n, b in CLIP if keep is None or n in keep]
+    dtypes = args.dtypes.split(",")
+    if "stream" in sections:
+        for name, batch in co_models:
+            for dt in dtypes:
+                record(bench_stream(name, batch, dt, args.frames, args.repeats, dev))
+    if "latency" in sections:
+        for dt in dtypes:
+            record(bench_latency("cox3d_s_64", dt, 50, dev))
+    if "clip" in sections:
+        for name, batch in clip_models:
+            for dt in dtypes:
+                record(bench_clip(name, batch, dt, args.repeats, dev))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,499 @@
+"""Evaluate a clip or continual model on Kinetics-400 or Charades with the reference protocols.
+
+    python -m experiments.evaluate --model cox3d_s_64 --weights W.npz --dataset kinetics400 \\
+        --root DIR --split validate --out RESULTS_DIR [--limit N] [--batch-size B] [--workers N]
+
+Protocols (reference §5.2-5.3):
+
+* clip models (``x3d_*``): one centred clip of ``model.clip_length`` frames at ``model.frame_rate``
+  -> ``forward``. ``--frame-delay n`` samples ``T+n`` frames and drops the first ``n``.
+* continual models (``cox3d_*``), ``init_frame``: a fresh state, ``num_init + F`` frames sampled at
+  the clip model's rate with ``num_init = max(D, frame_delay-1)`` (``D = model.delay``, ``F =
+  --num-forward-frames``), one jitted ``stream`` over them; the prediction is the mean of the valid
+  step outputs at frames ``num_init .. num_init+F-1`` (by default the output at frame ``D``).
+
+Outputs in ``--out``: ``config.json`` (what was run), ``predictions.jsonl`` (one line per video,
+appended as batches finish; failed videos too), ``summary.json`` and ``summary.csv`` (written
+atomically at the end). Re-running the same command resumes: videos already in the predictions
+file are skipped, and the summary is recomputed from the file, so it equals an uninterrupted run's.
+The batch is sharded over all devices (``NamedSharding`` over a 1-D ``data`` mesh); see
+docs/evaluation.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+PREDICTIONS = "predictions.jsonl"
+
+
+# ----------------------------------------------------------------------------- CLI
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m experiments.evaluate", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    m = p.add_argument_group("model")
+    m.add_argument("--model", required=True, help="registry name, e.g. x3d_s, cox3d_s_64")
+    m.add_argument("--weights", help="parameter file (.npz from weight_port / co3d_jax.save_params)")
+    m.add_argument("--random-weights", action="store_true", help="evaluate randomly initialised weights (tests/smoke runs)")
+    m.add_argument("--seed", type=int, default=0, help="PRNG seed for --random-weights")
+    m.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra create_model option (repeatable), e.g. image_size=32, num_classes=3")
+    m.add_argument("--window", type=int, help="continual head window: builds cox3d_<size>_<window>")
+    m.add_argument("--temporal-fill", choices=["zeros", "replicate"], help="continual padding fill (model option)")
+    m.add_argument("--num-forward-frames", type=int, default=1, help="continual: outputs averaged per video (default 1)")
+    m.add_argument("--frame-delay", type=int, default=None,
+                   help="continual: co3d_forward_frame_delay (num_init = max(D, n-1)); clip: sample T+n frames, drop n")
+    m.add_argument("--sampling-rate", type=int, help="override the model's frame rate (30-fps frames between samples)")
+    d = p.add_argument_group("data")
+    d.add_argument("--dataset", default="kinetics400", choices=["kinetics400", "charades"])
+    d.add_argument("--root", required=True, help="dataset root (folder layout) or clips folder (with --annotations)")
+    d.add_argument("--split", default="validate", help="validate (val) or test; Charades: val")
+    d.add_argument("--annotations", help="Kinetics official CSV (label,youtube_id,time_start,time_end,split)")
+    d.add_argument("--classes", default="dataset", choices=["dataset", "shipped"],
+                   help="class index: sorted labels present (reference) or the shipped 400 Kinetics names")
+    d.add_argument("--limit", type=int, help="evaluate only the first N videos (dataset order)")
+    d.add_argument("--decoder", default="auto", choices=["auto", "pyav", "opencv"])
+    r = p.add_argument_group("run")
+    r.add_argument("--out", required=True, help="results folder (created; resumed if it holds a matching run)")
+    r.add_argument("--batch-size", type=int, default=8, help="global batch (rounded up to a multiple of the devices)")
+    r.add_argument("--workers", type=int, default=None, help="decoding processes (0 = in the main process)")
+    r.add_argument("--loader", default="process", choices=["process", "grain"], help="worker pool implementation")
+    r.add_argument("--save-scores", action="store_true", help="store every class score per video (always for Charades)")
+    r.add_argument("--overwrite", action="store_true", help="discard an existing run in --out")
+    r.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+    r.add_argument("--distributed", action="store_true", help="call jax.distributed.initialize() (multi-host)")
+    r.add_argument("--coordinator", help="multi-host coordinator address (else auto-detected)")
+    r.add_argument("--num-processes", type=int)
+    r.add_argument("--process-id", type=int)
+    return p
+
+
+def _parse_value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def model_options(args) -> dict:
+    opts = {}
+    for item in args.model_arg:
+        if "=" not in item:
+            raise SystemExit(f"--model-arg expects KEY=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        opts[k.strip()] = _parse_value(v.strip())
+    if args.temporal_fill:
+        opts["temporal_fill"] = args.temporal_fill
+    return opts
+
+
+def model_name(args) -> str:
+    name = args.model
+    if args.window is not None:
+        if not name.startswith("co"):
+            raise SystemExit("--window applies to continual models (cox3d_<size>[_<window>])")
+        name = re.sub(r"_\d+$", "", name) + f"_{args.window}"
+    return name
+
+
+# ----------------------------------------------------------------------------- protocol
+@dataclasses.dataclass(frozen=True)
+class Protocol:
+    mode: str              # "clip" or "init_frame"
+    num_frames: int        # frames sampled per video
+    sampling_rate: int
+    drop_first: int        # clip: frames dropped after sampling
+    first_output: int      # init_frame: first step output used
+    num_outputs: int       # init_frame: outputs averaged
+
+    @property
+    def model_frames(self) -> int:
+        return self.num_frames - self.drop_first
+
+
+def make_protocol(model, args) -> Protocol:
+    rate = args.sampling_rate or model.frame_rate
+    if model.continual:
+        if args.num_forward_frames < 1:
+            raise SystemExit("--num-forward-frames must be >= 1")
+        ffd = -1 if args.frame_delay is None else args.frame_delay
+        num_init = max(model.delay, ffd - 1)
+        return Protocol("init_frame", num_init + args.num_forward_frames, rate, 0, num_init, args.num_forward_frames)
+    delay = args.frame_delay or 0
+    if delay < 0:
+        raise SystemExit("--frame-delay must be >= 0 for clip models")
+    return Protocol("clip", model.clip_length + delay, rate, delay, 0, 1)
+
+
+def make_predict_fn(model, protocol: Protocol):
+    """``f(params, frames (B, T, S, S, 3)) -> (scores (B, K), ok (B,))``, not jitted."""
+    import jax.numpy as jnp
+
+    if protocol.mode == "clip":
+        def f(params, frames):
+            scores = model.forward(params, frames)
+            return scores, jnp.ones(scores.shape[:1], bool)
+        return f
+
+    lo, n = protocol.first_output, protocol.num_outputs
+
+    def f(params, frames):
+        state = model.init_state(frames.shape[0], frames.dtype)
+        _, out = model.stream(params, state, frames)
+        s = out.scores[:, lo:lo + n]
+        v = out.valid[:, lo:lo + n]
+        w = v.astype(s.dtype)
+        cnt = jnp.sum(w, axis=1)
+        scores = jnp.sum(s * w[..., None], axis=1) / jnp.maximum(cnt, 1)[:, None]
+        return scores, cnt > 0
+    return f
+
+
+# ----------------------------------------------------------------------------- files
+def atomic_write(path: str, text: str) -> None:
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=os.path.basename(path))
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def file_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def prediction_files(out: str) -> list[str]:
+    return sorted(os.path.join(out, n) for n in os.listdir(out)
+                  if n == PREDICTIONS or re.fullmatch(r"predictions\.\d+\.jsonl", n)) if os.path.isdir(out) else []
+
+
+def repair_tail(path: str) -> None:
+    """Drop a partial last line (a run killed mid-write)."""
+    if not os.path.exists(path):
+        return
+    with open(path, "rb+") as f:
+        data = f.read()
+        if data and not data.endswith(b"\n"):
+            f.truncate(data.rfind(b"\n") + 1)
+
+
+def read_predictions(out: str) -> dict:
+    """``id -> record`` from all prediction files (the last line for an id wins)."""
+    done = {}
+    for path in prediction_files(out):
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                if not line.endswith("\n"):
+                    break
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                done[rec["id"]] = rec
+    return done
+
+
+# ----------------------------------------------------------------------------- summary
+def summarise(config: dict, items, done: dict, index, batch_size: int) -> dict:
+    recs = [done[r.id] for _, r in items if r.id in done]
+    ok = [r for r in recs if "error" not in r]
+    failed = [dict(id=r["id"], error=r["error"]) for r in recs if "error" in r]
+    from co3d_jax.data import metrics as M
+
+    result: dict = {}
+    if index.multilabel:
+        labelled = [r for r in ok if r.get("label") is not None]
+        if labelled:
+            scores = np.array([r["scores"] for r in labelled], np.float64)
+            targets = np.zeros_like(scores)
+            for i, r in enumerate(labelled):
+                targets[i, list(r["label"])] = 1
+            m, aps = M.mean_average_precision(scores, targets)
+            result = dict(mAP=m, classes_with_positives=int(np.sum(~np.isnan(aps))), num_labelled=len(labelled))
+    else:
+        ranks = [r["rank"] for r in ok if r.get("rank") is not None]
+        result = {f"top{k}": M.topk_accuracy(ranks, k) for k in (1, 3, 5)}
+        result.update({f"top{k}_batch_mean": M.batch_mean_accuracy(ranks, k, batch_size) for k in (1, 3, 5)})
+        result["batch_size_for_batch_mean"] = batch_size
+        result["num_labelled"] = len(ranks)
+    return dict(
+        config=config,
+        complete=len(recs) == len(items),
+        num_videos=len(items),
+        num_evaluated=len(ok),
+        num_failed=len(failed),
+        num_missing=len(index.missing),
+        num_pending=len(items) - len(recs),
+        metrics=result,
+        metrics_note=("topK: sample-weighted accuracy over evaluated videos; topK_batch_mean: the reference's "
+                      "mean of per-batch accuracies over consecutive batches of batch_size_for_batch_mean "
+                      "evaluated videos in dataset order" if not index.multilabel else
+                      "mAP: mean per-class average precision over classes with a positive"),
+        failed=failed,
+        missing=[m["id"] for m in index.missing],
+    )
+
+
+def summary_csv(summary: dict) -> str:
+    cfg = summary["config"]
+    row = dict(model=cfg["model"], weights=cfg["weights"], dataset=cfg["dataset"], split=cfg["split"],
+               protocol=cfg["protocol"]["mode"], frames=cfg["protocol"]["num_frames"],
+               sampling_rate=cfg["protocol"]["sampling_rate"], num_videos=summary["num_videos"],
+               num_evaluated=summary["num_evaluated"], num_failed=summary["num_failed"],
+               num_missing=summary["num_missing"], complete=summary["complete"])
+    row.update({k: v for k, v in summary["metrics"].items()})
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(row), lineterminator="\n")
+    w.writeheader()
+    w.writerow(row)
+    return buf.getvalue()
+
+
+# ----------------------------------------------------------------------------- main
+def _log(msg: str) -> None:
+    print(f"[evaluate] {msg}", file=sys.stderr, flush=True)
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if not args.weights and not args.random_weights:
+        _log("refusing to evaluate without --weights (pass --random-weights for a smoke run with random parameters)")
+        return 2
+    if args.weights and args.random_weights:
+        _log("--weights and --random-weights are exclusive")
+        return 2
+    if args.batch_size < 1:
+        _log("--batch-size must be >= 1")
+        return 2
+
+    import jax
+
+    if args.distributed:
+        kw = {k: v for k, v in dict(coordinator_address=args.coordinator, num_processes=args.num_processes,
+                                    process_id=args.process_id).items() if v is not None}
+        jax.distributed.initialize(**kw)
+
+    import co3d_jax
+    from co3d_jax.data import ClipSpec, iterate_samples, label_rank, open_dataset
+    from co3d_jax.data.loader import default_workers
+    from co3d_jax.data.video import resolve_backend
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+    # ---------------- model
+    name = model_name(args)
+    opts = model_options(args)
+    try:
+        model = co3d_jax.create_model(name, **opts)
+    except (ValueError, TypeError) as e:
+        _log(str(e))
+        return 2
+    if args.window is not None and not model.continual:
+        _log("--window needs a continual model")
+        return 2
+    if args.temporal_fill and not model.continual:
+        _log("--temporal-fill applies to continual models")
+        return 2
+    protocol = make_protocol(model, args)
+    if args.weights:
+        params = co3d_jax.load_params(args.weights, model)
+        weights_id = dict(path=os.path.abspath(args.weights), sha256=file_sha256(args.weights))
+        weights_name = os.path.abspath(args.weights)
+    else:
+        params = model.init(jax.random.key(args.seed))
+        weights_id = dict(random_seed=args.seed)
+        weights_name = f"random(seed={args.seed})"
+
+    # ---------------- data
+    try:
+        index = open_dataset(args.dataset, args.root, args.split, args.annotations, args.classes)
+    except (FileNotFoundError, ValueError, KeyError) as e:
+        _log(f"cannot read the dataset: {e}")
+        return 2
+    if len(index.classes) > model.num_classes:
+        _log(f"the dataset has {len(index.classes)} classes but the model predicts {model.num_classes}")
+        return 2
+    if len(index.classes) < model.num_classes and args.dataset == "kinetics400":
+        _log(f"warning: {len(index.classes)} classes present, model has {model.num_classes}: labels index the "
+             "sorted present classes (reference behaviour); use --classes shipped for the full list")
+    decoder = resolve_backend(args.decoder)
+    spec = ClipSpec(num_frames=protocol.num_frames, sampling_rate=protocol.sampling_rate,
+                    image_size=model.image_size, mean=tuple(model.normalisation[0]),
+                    std=tuple(model.normalisation[1]), decoder=decoder, drop_first=protocol.drop_first,
+                    kind="frames" if args.dataset == "charades" else "video")
+    records = index.records[: args.limit] if args.limit is not None else index.records
+    items = list(enumerate(records))
+
+    config = dict(model=name, model_options=opts, weights=weights_name, weights_id=weights_id,
+                  dataset=args.dataset, root=os.path.abspath(args.root), split=index.split, layout=index.layout,
+                  annotations=os.path.abspath(args.annotations) if args.annotations else None,
+                  classes=args.classes, num_classes=len(index.classes), decoder=decoder,
+                  protocol=dict(dataclasses.asdict(protocol), image_size=model.image_size,
+                                normalisation=[list(model.normalisation[0]), list(model.normalisation[1])],
+                                delay=model.delay if model.continual else None),
+                  save_scores=bool(args.save_scores or index.multilabel))
+
+    # ---------------- output folder / resume
+    out = args.out
+    os.makedirs(out, exist_ok=True)
+    cfg_path = os.path.join(out, "config.json")
+    pid, nproc = jax.process_index(), jax.process_count()
+    if args.overwrite and pid == 0:
+        for f in prediction_files(out) + [cfg_path, os.path.join(out, "summary.json"), os.path.join(out, "summary.csv")]:
+            if os.path.exists(f):
+                os.remove(f)
+    if os.path.exists(cfg_path) and prediction_files(out):
+        with open(cfg_path, encoding="utf-8") as f:
+            old = json.load(f)
+        if old != json.loads(json.dumps(config)):
+            diff = sorted(k for k in set(old) | set(config) if old.get(k) != json.loads(json.dumps(config)).get(k))
+            _log(f"{out} holds a different run (differs in {', '.join(diff)}); use another --out or --overwrite")
+            return 2
+    if pid == 0:
+        atomic_write(cfg_path, json.dumps(config, indent=2, sort_keys=True) + "\n")
+    pred_path = os.path.join(out, PREDICTIONS if nproc == 1 else f"predictions.{pid}.jsonl")
+    repair_tail(pred_path)
+    done = read_predictions(out)
+    todo = [(i, r) for i, r in items if r.id not in done]
+    if done:
+        _log(f"resuming: {len(items) - len(todo)} of {len(items)} videos already done")
+
+    # ---------------- devices / sharding
+    devices = np.array(jax.devices())
+    mesh = Mesh(devices, ("data",))
+    data_sharding = NamedSharding(mesh, P("data"))
+    replicated = NamedSharding(mesh, P())
+    ndev = devices.size
+    global_batch = -(-args.batch_size // ndev) * ndev
+    local_batch = global_batch // nproc
+    params = jax.device_put(params, replicated)
+    predict = jax.jit(make_predict_fn(model, protocol), in_shardings=(replicated, data_sharding),
+                      out_shardings=(data_sharding, data_sharding))
+    # Every process runs the same number of steps over its share of the items (strided).
+    mine = todo[pid::nproc]
+    steps = -(-max(len(todo[p::nproc]) for p in range(nproc)) // local_batch) if todo else 0
+    workers = default_workers() if args.workers is None else args.workers
+    frame_shape = (protocol.model_frames, model.image_size, model.image_size, 3)
+    save_scores = config["save_scores"]
+    _log(f"{name}: {protocol.mode}, {protocol.num_frames} frames at rate {protocol.sampling_rate}"
+         + (f" (output at frame {protocol.first_output})" if model.continual else "")
+         + f"; {len(todo)} videos to go on {ndev} device(s), batch {global_batch}, {workers} worker(s)")
+
+    def to_local(x):
+        if nproc == 1:
+            return np.asarray(x)
+        from jax.experimental import multihost_utils
+        return np.asarray(multihost_utils.global_array_to_host_local_array(x, mesh, P("data")))
+
+    def finish(batch, result, fh):
+        scores, okv = (to_local(a) for a in result)
+        lines = []
+        for row, s in enumerate(batch):
+            if s.error is not None:
+                lines.append(dict(id=s.record.id, position=s.position, error=s.error))
+                continue
+            if not okv[row]:
+                lines.append(dict(id=s.record.id, position=s.position, error="no valid model output"))
+                continue
+            sc = scores[row].astype(np.float64)
+            top = np.argsort(-sc, kind="stable")[:5]
+            rec = dict(id=s.record.id, position=s.position,
+                       label=list(s.record.label) if isinstance(s.record.label, tuple) else s.record.label,
+                       pred=top.tolist(), pred_scores=[float(sc[k]) for k in top],
+                       decoded=s.info.get("decoded"), repeated=s.info.get("repeated"))
+            if isinstance(s.record.label, int):
+                rec["rank"] = label_rank(sc, s.record.label)
+            if save_scores:
+                rec["scores"] = [float(v) for v in scores[row]]
+            lines.append(rec)
+        fh.write("".join(json.dumps(r) + "\n" for r in lines))
+        fh.flush()
+        os.fsync(fh.fileno())
+        return lines
+
+    t0 = time.time()
+    bar = None
+    if not args.no_progress and pid == 0:
+        from tqdm import tqdm
+        bar = tqdm(total=len(todo), desc=f"eval {name}", unit="video", dynamic_ncols=True)
+    n_ok = n_top1 = 0
+    prefetch = max(2 * local_batch, 2 * max(workers, 1))
+    sample_iter = iterate_samples(spec, mine, workers=workers, loader=args.loader, prefetch=prefetch)
+    interrupted = False
+    with open(pred_path, "a", encoding="utf-8") as fh:
+        pending = None
+        try:
+            for step in range(steps):
+                batch = [s for _, s in zip(range(local_batch), sample_iter)]
+                arr = np.zeros((local_batch,) + frame_shape, np.float32)
+                for row, s in enumerate(batch):
+                    if s.error is None:
+                        arr[row] = s.frames
+                garr = jax.make_array_from_process_local_data(data_sharding, arr)
+                result = predict(params, garr)          # async: the device works while we collect
+                if pending is not None:
+                    lines = finish(*pending, fh)
+                    n_ok += sum("rank" in r for r in lines)
+                    n_top1 += sum(r.get("rank") == 0 for r in lines)
+                    if bar is not None:
+                        bar.update(len(lines) * nproc)
+                        if n_ok:
+                            bar.set_postfix(top1=f"{n_top1 / n_ok:.3f}")
+                pending = (batch, result)
+            if pending is not None:
+                lines = finish(*pending, fh)
+                if bar is not None:
+                    bar.update(len(lines) * nproc)
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            if bar is not None:
+                bar.close()
+            close = getattr(sample_iter, "close", None)
+            if close is not None:
+                close()
+    elapsed = time.time() - t0
+    if interrupted:
+        _log(f"interrupted after {elapsed:.1f}s; re-run the same command to resume")
+        return 130
+    if nproc > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices("evaluate-done")
+    if pid != 0:
+        return 0
+    summary = summarise(config, items, read_predictions(out), index, args.batch_size)
+    atomic_write(os.path.join(out, "summary.json"), json.dumps(summary, indent=2) + "\n")
+    atomic_write(os.path.join(out, "summary.csv"), summary_csv(summary))
+    atomic_write(os.path.join(out, "timing.json"), json.dumps(dict(
+        elapsed_s=elapsed, videos_this_run=len(todo), devices=ndev, device_kind=str(devices.flat[0].device_kind),
+        batch=global_batch, workers=workers, loader=args.loader), indent=2) + "\n")
+    metr = ", ".join(f"{k}={v:.4f}" for k, v in summary["metrics"].items() if isinstance(v, float))
+    _log(f"done in {elapsed:.1f}s: {summary['num_evaluated']} evaluated, {summary['num_failed']} failed, "
+         f"{summary['num_missing']} missing; {metr}; summary in {out}/summary.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
