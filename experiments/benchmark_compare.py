@@ -39,8 +39,9 @@ def _value(r):
 
 
 def table(jax_res: dict, torch_res: dict) -> str:
-    base = {_key(r): r for r in jax_res["results"] if r.get("depthwise", "auto") == "auto" and r.get("unroll", 1) == 1}
-    ref = {_key(r): r for r in torch_res["results"]}
+    base = {_key(r): r for r in jax_res["results"]
+            if "dtype" in r and r.get("depthwise", "auto") == "auto" and r.get("unroll", 1) == 1}
+    ref = {_key(r): r for r in torch_res["results"] if "dtype" in r}
     lines = [f"JAX: {jax_res['env']['device']} · jax {jax_res['env']['jax']} · {jax_res['env']['date']}",
              f"torch: {torch_res['env']['device']} · torch {torch_res['env']['torch']} · continual-inference "
              f"{torch_res['env']['continual_inference']}", "",
@@ -55,6 +56,10 @@ def table(jax_res: dict, torch_res: dict) -> str:
         tgt = TARGETS.get(k, "")
         lines.append(f"| {k[0]} | {k[1]} | {k[2]} | {r['batch']} | {j:,.1f} {units[k[0]]} | "
                      f"{'' if p is None else f'{p:,.1f}'} | {ratio} | {tgt} |")
+    extra = [r for r in jax_res["results"] if "dtype" not in r or r.get("unroll", 1) != 1
+             or r.get("depthwise", "auto") != "auto"]
+    if extra:
+        lines += ["", "Other JAX measurements:", ""] + [f"- `{json.dumps(r)}`" for r in extra]
     return "\n".join(lines)
 
 
@@ -64,10 +69,17 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="results/benchmark")
     ap.add_argument("--jax-args", default="", help="extra arguments for benchmark_jax (quoted)")
     ap.add_argument("--torch-args", default="", help="extra arguments for benchmark_torch (quoted)")
+    ap.add_argument("--table-only", action="store_true", help="only rebuild OUT.md from OUT_jax.json and OUT_torch.json")
     args = ap.parse_args(argv)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    torch_res = _run("experiments.benchmark_torch", args.out + "_torch.json", args.torch_args.split())
-    jax_res = _run("experiments.benchmark_jax", args.out + "_jax.json", args.jax_args.split())
+    if args.table_only:
+        with open(args.out + "_torch.json") as f:
+            torch_res = json.load(f)
+        with open(args.out + "_jax.json") as f:
+            jax_res = json.load(f)
+    else:
+        torch_res = _run("experiments.benchmark_torch", args.out + "_torch.json", args.torch_args.split())
+        jax_res = _run("experiments.benchmark_jax", args.out + "_jax.json", args.jax_args.split())
     with open(args.out + ".json", "w") as f:
         json.dump({"jax": jax_res, "torch": torch_res}, f, indent=1)
     md = table(jax_res, torch_res)
