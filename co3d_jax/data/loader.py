@@ -75,9 +75,11 @@ def load_sample(spec: ClipSpec, position: int, record: VideoRecord) -> Sample:
             info = dict(decoded=len(paths), indices=idx.tolist(), repeated=num_repeated(idx))
         else:
             raw, info = decode_clip(record.path, spec.sampling_rate, spec.num_frames, spec.decoder)
-        if spec.drop_first:
-            raw = raw[spec.drop_first:]
-        frames = eval_transform(raw, spec.image_size, spec.mean, spec.std)
+        idx = np.asarray(info["indices"])[spec.drop_first:]
+        raw = raw[spec.drop_first:]
+        # Transform each distinct source frame once (long windows repeat the last frame).
+        uniq, first, inverse = np.unique(idx, return_index=True, return_inverse=True)
+        frames = eval_transform(raw[first], spec.image_size, spec.mean, spec.std)[inverse.reshape(-1)]
         info = dict(info, source_shape=list(raw.shape[1:3]))
         return Sample(position, record, frames, info)
     except VideoError as e:

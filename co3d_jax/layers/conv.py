@@ -63,7 +63,8 @@ class Conv(Layer):
     triples (explicit symmetric padding, never 'SAME'); ``groups`` (``= in_channels`` for
     depthwise); ``bias``; ``temporal_fill`` ``'zeros'`` or ``'replicate'``; ``impl`` selects the
     depthwise algorithm (``'lax'`` grouped convolution, ``'shift'`` shift-and-add, ``'auto'``:
-    shift for depthwise).
+    shift for depthwise); ``clip_impl`` overrides it for clip mode (on an H100 the grouped
+    convolution won for X3D-L clips, shift-and-add everywhere else we measured).
     """
 
     in_channels: int
@@ -75,6 +76,7 @@ class Conv(Layer):
     bias: bool = False
     temporal_fill: str = "zeros"
     impl: str = "auto"
+    clip_impl: str = ""
 
     def __post_init__(self):
         object.__setattr__(self, "kernel", tuple3(self.kernel))
@@ -82,8 +84,8 @@ class Conv(Layer):
         object.__setattr__(self, "pads", tuple3(self.pads))
         if self.temporal_fill not in FILLS:
             raise ValueError(f"Conv: temporal_fill must be one of {FILLS}, got {self.temporal_fill!r}")
-        if self.impl not in IMPLS:
-            raise ValueError(f"Conv: impl must be one of {IMPLS}, got {self.impl!r}")
+        if self.impl not in IMPLS or self.clip_impl not in IMPLS + ("",):
+            raise ValueError(f"Conv: impl and clip_impl must be one of {IMPLS}, got {self.impl!r}, {self.clip_impl!r}")
         if self.in_channels % self.groups or self.out_channels % self.groups:
             raise ValueError(f"Conv: channels {self.in_channels}->{self.out_channels} not divisible by groups {self.groups}")
         if self.pads[0] > self.kernel[0] - 1:
@@ -152,12 +154,13 @@ class Conv(Layer):
         return {"acc": jnp.zeros((batch, self.kernel[0] - 1, ho, wo, c), dtype), "n": counter_init(batch)}
 
     # ---------------------------------------------------------------- compute
-    def _conv(self, params, x: Array, t_stride: int, t_pad: int) -> Array:
+    def _conv(self, params, x: Array, t_stride: int, t_pad: int, impl: str | None = None) -> Array:
         """``x``: ``(B, T, H, W, C)`` -> ``(B, T', H', W', C_out)`` (no bias)."""
+        impl = impl or self.impl
         kernel = params["kernel"].astype(x.dtype)
         strides = (t_stride, self.strides[1], self.strides[2])
         pads = (t_pad, self.pads[1], self.pads[2])
-        if self.depthwise and self.impl in ("auto", "shift"):
+        if self.depthwise and impl in ("auto", "shift"):
             return _depthwise_shift(x, kernel, strides, pads)
         if self.kernel == (1, 1, 1) and self.groups == 1 and strides == (1, 1, 1):
             return jnp.einsum("...c,cd->...d", x, kernel[0, 0, 0])
@@ -171,7 +174,7 @@ class Conv(Layer):
     def forward(self, params, x):
         check_input(self, x, clip=True)
         check_channels(self, x, self.in_channels)
-        return self._bias(params, self._conv(params, x, self.strides[0], self.pads[0]))
+        return self._bias(params, self._conv(params, x, self.strides[0], self.pads[0], self.clip_impl or self.impl))
 
     def apply(self, params, x):  # stateless frame-wise use
         return self._bias(params, self._conv(params, x[:, None], 1, 0)[:, 0])

@@ -1,0 +1,227 @@
+"""The paper's profiling table for every registry model, on the current device.
+
+    python -m experiments.profile --out results/profile            # quick default (CPU: minutes)
+    python -m experiments.profile --models cox3d_m_64,x3d_m --batch paper --dtype fp32,bf16
+
+For every model: parameters, GMACs per clip (clip models) or per frame (continual models) in the
+paper's ptflops convention beside XLA's count of our jitted function (valid taps only, 2 flops
+per MAC, elementwise ops included), delay and receptive field, and the paper's reported accuracy
+and FLOPs (labelled as reported). For the models selected for measurement (``--measure``; by
+default a quick subset on CPU, all models on an accelerator): peak memory at batch 1 and
+throughput (clips/s or frames/s) at the paper's batch sizes, fp32 and bf16. Writes
+``OUT/profile.json``, ``OUT/profile.csv`` and ``OUT/accuracy_vs_flops.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import json
+import os
+import platform
+import sys
+import time
+
+# Reported in the paper's table (co3d README; reference co3d.md §6): Kinetics-400 top-1 %, GFLOPs.
+REPORTED = {
+    "x3d_xs": (59.37, 0.64), "x3d_s": (64.71, 2.06), "x3d_m": (67.24, 4.97), "x3d_l": (69.29, 19.17),
+    "cox3d_s_13": (60.18, 0.17), "cox3d_s_64": (67.33, 0.17), "cox3d_m_16": (62.80, 0.33),
+    "cox3d_m_64": (71.03, 0.33), "cox3d_l_16": (63.03, 1.25), "cox3d_l_64": (71.61, 1.25),
+    "slow_8x8_r50": (67.42, 54.87), "coslow_8": (65.90, 6.90), "coslow_64": (73.05, 6.90),
+    "i3d_r50": (63.98, 28.61), "coi3d_8": (59.58, 5.68), "coi3d_64": (56.86, 5.68),
+    "r2plus1d_18_8": (53.52, 20.35), "r2plus1d_18_16": (59.29, 40.71),
+    "slowfast_8x8_r50": (68.45, 66.25), "slowfast_4x16_r50": (67.06, 36.46),
+}
+
+
+def paper_batch(name: str) -> int:
+    """Batch sizes of the paper's profiling scripts (reference §5.5)."""
+    if name.startswith(("x3d_l", "cox3d_l")):
+        return 32
+    if name.startswith(("x3d", "cox3d", "r2plus1d")):
+        return 64 if "x3d" in name else 32
+    if name.startswith("slowfast"):
+        return 16
+    return 8
+
+
+def static_row(name: str) -> dict:
+    import jax
+
+    import co3d_jax
+    from co3d_jax.flops import count_params, model_xla_flops, paper_macs
+    model = co3d_jax.create_model(name)
+    params = jax.eval_shape(model.init, jax.random.key(0))
+    mode = "step" if model.continual else "clip"
+    t0 = time.perf_counter()
+    xla = model_xla_flops(model, params, mode, compiled=False)
+    acc, flops = REPORTED.get(name, (None, None))
+    s = model.image_size
+    return {
+        "model": name, "kind": "continual" if model.continual else "clip",
+        "input": f"1x{s}x{s}" if model.continual else f"{model.clip_length}x{s}x{s}",
+        "params": count_params(params), "gmacs_paper": paper_macs(model, mode) / 1e9,
+        "gflops_xla": xla / 1e9, "per": "frame" if model.continual else "clip",
+        "delay": model.delay if model.continual else None, "receptive_field": model.receptive_field,
+        "reported_top1": acc, "reported_gflops": flops, "xla_count_s": round(time.perf_counter() - t0, 2),
+    }
+
+
+def measure(name: str, batch: int, dtypes: list[str], chunk: int, repeats: int) -> dict:
+    """Throughput per dtype at ``batch`` and peak memory at batch 1 (bytes)."""
+    import jax
+
+    from experiments.benchmark_jax import bench_clip, bench_stream, cast_tree
+
+    import co3d_jax
+    model = co3d_jax.create_model(name)
+    out = {"batch": batch}
+    for dt in dtypes:
+        if model.continual:
+            r = bench_stream(name, batch, dt, chunk, repeats)
+            out[f"throughput_{dt}"] = r["frames_per_s"]
+        else:
+            r = bench_clip(name, batch, dt, repeats)
+            out[f"throughput_{dt}"] = r["clips_per_s"]
+    out["throughput_unit"] = "frames/s" if model.continual else "clips/s"
+    # peak memory at batch 1: weights + state + the compiled step/forward's temporaries
+    params = model.init(jax.random.key(0))
+    model_f, params_f = model.fold_batchnorm(params)
+    params_f = cast_tree(params_f, "float32")
+    if model.continual:
+        state = model_f.init_state(1)
+        x = jax.numpy.zeros((1, *model.frame_shape))
+        comp = jax.jit(model_f.step).lower(params_f, state, x).compile()
+    else:
+        x = jax.numpy.zeros((1, model.clip_length, *model.frame_shape))
+        comp = jax.jit(model_f.forward).lower(params_f, x).compile()
+    mem = comp.memory_analysis()
+    if mem is not None:
+        out["memory_mb"] = (mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
+                            - getattr(mem, "alias_size_in_bytes", 0)) / 2 ** 20
+    stats = jax.devices()[0].memory_stats() if hasattr(jax.devices()[0], "memory_stats") else None
+    if stats and "peak_bytes_in_use" in stats:
+        out["device_peak_mb_session"] = stats["peak_bytes_in_use"] / 2 ** 20
+    return out
+
+
+def plot(rows: list[dict], path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    for r in rows:
+        if r.get("reported_top1") is None:
+            continue
+        cont = r["kind"] == "continual"
+        ax.scatter(r["gmacs_paper"], r["reported_top1"], marker="o" if cont else "s",
+                   color="tab:red" if cont else "tab:blue", s=40)
+        label = r["model"]
+        tp = r.get("throughput_fp32")
+        if tp:
+            label += f"\n{tp:,.0f} {r.get('throughput_unit', '')}"
+        ax.annotate(label, (r["gmacs_paper"], r["reported_top1"]), fontsize=7, xytext=(4, 3),
+                    textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("GMACs per clip (clip models) / per frame (continual), ptflops convention, measured here")
+    ax.set_ylabel("Kinetics-400 top-1 % (as reported in the paper)")
+    ax.set_title("Accuracy (reported) vs FLOPs (counted) — throughput measured on " + rows[0].get("device", ""))
+    ax.scatter([], [], marker="s", color="tab:blue", label="clip model")
+    ax.scatter([], [], marker="o", color="tab:red", label="continual model (per frame)")
+    ax.legend(loc="lower right")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _atomic_write(path: str, text: str) -> None:
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m experiments.profile", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="results/profile", help="output directory")
+    ap.add_argument("--models", default="", help="comma-separated registry names (default: all)")
+    ap.add_argument("--measure", default="auto",
+                    help="models to time: 'auto' (CPU: cox3d_s_13,x3d_xs; accelerators: all), 'all', 'none' or a list")
+    ap.add_argument("--batch", default="auto", help="'paper', 'auto' (paper on accelerators, 2 on CPU) or an int")
+    ap.add_argument("--dtype", default="fp32,bf16", help="comma-separated: fp32, bf16")
+    ap.add_argument("--chunk", type=int, default=0, help="frames per timed scan (default: 32, CPU 4)")
+    ap.add_argument("--repeats", type=int, default=0, help="timed repeats (default: 5, CPU 2)")
+    args = ap.parse_args(argv)
+
+    import jax
+    from tqdm import tqdm
+
+    import co3d_jax
+    names = [n for n in args.models.split(",") if n] or co3d_jax.list_models()
+    unknown = [n for n in names if n not in co3d_jax.list_models()]
+    if unknown:
+        print(f"error: unknown model(s) {unknown}; known: {co3d_jax.list_models()}", file=sys.stderr)
+        return 2
+    dtypes = [d for d in args.dtype.split(",") if d]
+    if any(d not in ("fp32", "bf16") for d in dtypes):
+        print(f"error: --dtype takes fp32 and/or bf16, got {args.dtype!r}", file=sys.stderr)
+        return 2
+    dev = jax.devices()[0]
+    cpu = dev.platform == "cpu"
+    if args.measure == "auto":
+        measured = [n for n in ("cox3d_s_13", "x3d_xs") if n in names] if cpu else names
+    elif args.measure == "all":
+        measured = names
+    elif args.measure == "none":
+        measured = []
+    else:
+        measured = [n for n in args.measure.split(",") if n]
+    chunk = args.chunk or (4 if cpu else 32)
+    repeats = args.repeats or (2 if cpu else 5)
+    os.makedirs(args.out, exist_ok=True)
+    env = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+           "device": getattr(dev, "device_kind", dev.platform), "platform": dev.platform, "jax": jax.__version__,
+           "co3d_jax": co3d_jax.__version__, "python": platform.python_version(), "command": " ".join(sys.argv)}
+    rows = []
+    for name in tqdm(names, desc="profile", unit="model"):
+        row = static_row(name)
+        row["device"] = env["device"]
+        if name in measured:
+            if args.batch == "auto":
+                batch = 2 if cpu else paper_batch(name)
+            elif args.batch == "paper":
+                batch = paper_batch(name)
+            else:
+                batch = int(args.batch)
+            row.update(measure(name, batch, dtypes, chunk, repeats))
+        rows.append(row)
+        _atomic_write(os.path.join(args.out, "profile.json"), json.dumps({"env": env, "rows": rows}, indent=1))
+    cols = ["model", "kind", "input", "params", "gmacs_paper", "gflops_xla", "per", "delay", "receptive_field",
+            "memory_mb", "batch"] + [f"throughput_{d}" for d in dtypes] + ["throughput_unit", "reported_top1",
+                                                                           "reported_gflops"]
+    with open(os.path.join(args.out, "profile.csv.tmp"), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    os.replace(os.path.join(args.out, "profile.csv.tmp"), os.path.join(args.out, "profile.csv"))
+    plot(rows, os.path.join(args.out, "accuracy_vs_flops.png"))
+
+    print(f"\n{env['device']} · jax {env['jax']} · {env['date']}")
+    print(f"{'model':<14} {'params':>11} {'GMACs':>8} {'XLA GFLOPs':>10} {'per':>5} {'delay':>5} {'RF':>4} "
+          f"{'mem MB':>7} {'batch':>5} " + " ".join(f"{d + ' /s':>11}" for d in dtypes) + f" {'reported':>8}")
+    for r in rows:
+        tp = " ".join(f"{r[f'throughput_{d}']:>11,.1f}" if f"throughput_{d}" in r else f"{'-':>11}" for d in dtypes)
+        mem = f"{r['memory_mb']:7.1f}" if "memory_mb" in r else f"{'-':>7}"
+        rep = "" if r["reported_top1"] is None else f"{r['reported_top1']:.2f}%"
+        print(f"{r['model']:<14} {r['params']:>11,} {r['gmacs_paper']:>8.3f} {r['gflops_xla']:>10.3f} {r['per']:>5} "
+              f"{'' if r['delay'] is None else r['delay']:>5} {r['receptive_field']:>4} {mem} {r.get('batch', ''):>5} "
+              f"{tp} {rep:>8}")
+    print(f"\nwrote {args.out}/profile.json, profile.csv, accuracy_vs_flops.png "
+          "(throughput: clips/s for clip models, frames/s for continual models)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
