@@ -42,7 +42,6 @@ def main(argv=None):
     ap.add_argument("--quick-impl", action="store_true", help="only the default depthwise algorithm")
     args = ap.parse_args(argv)
 
-    import dataclasses
 
     import jax
     import jax.numpy as jnp

@@ -159,10 +159,37 @@ def gate(valid: Array, new: State, old: State) -> State:
     return jax.tree.map(lambda a, b: jnp.where(bcast(valid, a), a, b), new, old)
 
 
+def _host_rng(key: Array):
+    """A numpy Generator seeded from a concrete JAX key, or None under tracing.
+
+    Eager ``jax.random`` compiles one program per distinct shape, which made a CPU ``init`` of a
+    whole network take tens of seconds; host sampling from the same key is instant and still
+    deterministic in the key."""
+    try:
+        data = np.asarray(jax.random.key_data(key))
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+        return None
+    return np.random.default_rng(data.ravel().astype(np.uint32).tolist())
+
+
+def random_uniform(key: Array, shape: Shape, low: float, high: float, dtype=jnp.float32) -> Array:
+    rng = _host_rng(key)
+    if rng is None:
+        return jax.random.uniform(key, shape, dtype, low, high)
+    return jnp.asarray(rng.uniform(low, high, shape).astype(dtype))
+
+
+def random_normal(key: Array, shape: Shape, scale: float = 1.0, dtype=jnp.float32) -> Array:
+    rng = _host_rng(key)
+    if rng is None:
+        return jax.random.normal(key, shape, dtype) * scale
+    return jnp.asarray((rng.standard_normal(shape) * scale).astype(dtype))
+
+
 def fan_in_uniform(key: Array, shape: Shape, fan_in: int, dtype=jnp.float32) -> Array:
     """PyTorch's default conv/linear init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (kaiming a=sqrt(5))."""
     bound = 1.0 / np.sqrt(max(fan_in, 1))
-    return jax.random.uniform(key, shape, dtype, -bound, bound)
+    return random_uniform(key, shape, -bound, bound, dtype)
 
 
 def tuple3(v) -> tuple[int, int, int]:

@@ -25,7 +25,7 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
-from .base import Layer, Shape, static
+from .base import Layer, static
 from .simple import Delay
 
 REDUCTIONS = ("sum", "mul", "concat", "max")

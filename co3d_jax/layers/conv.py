@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from .base import (Array, Layer, Shape, bcast, check_channels, check_input, check_state_frame, counter_advance,
+from .base import (Array, Layer, Shape, bcast, check_channels, check_input, counter_advance,
                    counter_init, fan_in_uniform, gate, static, tuple3)
 
 FILLS = ("zeros", "replicate")

@@ -11,8 +11,8 @@ import math
 import jax
 import jax.numpy as jnp
 
-from .base import (Layer, bcast, check_channels, check_input, check_state_frame, counter_advance, counter_init,
-                   fan_in_uniform, gate, static)
+from .base import (Layer, check_channels, check_input, check_state_frame, counter_advance, counter_init,
+                   fan_in_uniform, gate, random_normal, random_uniform, static)
 
 ACTIVATIONS = {
     "relu": jax.nn.relu,
@@ -59,10 +59,8 @@ class BatchNorm(Layer):
     def init(self, key, in_shape=None):
         k1, k2, k3, k4 = jax.random.split(key, 4)
         c = (self.channels,)
-        return {"scale": jax.random.uniform(k1, c, minval=0.5, maxval=1.5),
-                "bias": jax.random.normal(k2, c) * 0.1,
-                "mean": jax.random.normal(k3, c) * 0.1,
-                "var": jax.random.uniform(k4, c, minval=0.5, maxval=1.5)}
+        return {"scale": random_uniform(k1, c, 0.5, 1.5), "bias": random_normal(k2, c, 0.1),
+                "mean": random_normal(k3, c, 0.1), "var": random_uniform(k4, c, 0.5, 1.5)}
 
     def apply(self, params, x):
         check_channels(self, x, self.channels)
