@@ -90,11 +90,14 @@ def check_against(flat: dict[str, np.ndarray], reference: dict, what: str) -> No
 
 
 def load_params(path: str, model) -> dict:
-    """Load ported weights for ``model`` (a :class:`~co3d_jax.Model` or a registry name)."""
-    if isinstance(model, str):
-        from .models import create_model
-        model = create_model(model)
+    """Load ported weights for ``model`` (a :class:`~co3d_jax.Model` or a registry name; a name
+    is built with the ``model_options`` recorded in the file, e.g. a converted class count)."""
     flat, meta = read_npz(path)
+    if isinstance(model, str):
+        import json
+
+        from .models import create_model
+        model = create_model(model, **json.loads(meta.get("model_options", "{}")))
     arch = meta.get("arch")
     reference = jax.eval_shape(model.init, jax.random.key(0))
     check_against(flat, reference, f"{path} (arch {arch or 'unknown'}) for model {model.name}")
