@@ -33,9 +33,10 @@ def _sync(torch, dev):
 def bench_stream(name, batch, dtype, frames, repeats, dev):
     import torch
 
-    from experiments.torch_reference import build_cox3d_torch
+    from co3d_jax.models.x3d import X3DConfig
+    from experiments.torch_reference import build_torch_cox3d
     _, size, window, depth = SIZES[name]
-    model = build_cox3d_torch(image_size=size, window=window, depth_factor=depth).to(dev)
+    model = build_torch_cox3d(X3DConfig(image_size=size, window=window, depth_factor=depth)).to(dev)
     model.call_mode = "forward_steps"
     x = torch.randn(batch, 3, 1, size, size, device=dev)
     ctx = torch.autocast(dev.type, dtype=torch.bfloat16) if dtype == "bf16" else torch.autocast(dev.type, enabled=False)

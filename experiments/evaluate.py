@@ -358,7 +358,12 @@ def main(argv=None) -> int:
         return 2
     protocol = make_protocol(model, args)
     if args.weights:
-        params = co3d_jax.load_params(args.weights, model)
+        from co3d_jax.params import ParamsError
+        try:
+            params = co3d_jax.load_params(args.weights, model)
+        except ParamsError as e:
+            _log(str(e))
+            return 2
         weights_id = dict(path=os.path.abspath(args.weights), sha256=file_sha256(args.weights))
         weights_name = os.path.abspath(args.weights)
     else:

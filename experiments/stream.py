@@ -35,16 +35,14 @@ def moving_pattern(frames: int, size: int, seed: int = 0) -> np.ndarray:
 
 def prepare(frames: np.ndarray, image_size: int, mean, std) -> np.ndarray:
     """uint8 ``(T, H, W, 3)`` -> float32 ``(T, S, S, 3)``: short-side resize, center crop, normalise."""
-    from co3d_jax.data.transforms import center_crop, resize_short_side
-    x = frames.astype(np.float32) / 255.0
-    x = center_crop(resize_short_side(x, image_size), image_size)
-    return (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    from co3d_jax.data.transforms import normalize, resize_crop
+    return normalize(resize_crop(frames, image_size), mean, std)
 
 
 def load_video(path: str, frame_rate: int) -> np.ndarray:
     """Decode ``path`` and keep every ``frame_rate``-th frame at 30 fps (uint8 ``(T, H, W, 3)``)."""
     from co3d_jax.data.video import decode_all
-    frames, fps = decode_all(path)
+    frames, fps = decode_all(path)  # raises VideoError naming the file
     step = max(frame_rate * (fps or 30.0) / 30.0, 1.0)
     idx = np.arange(0, len(frames), step).astype(int)
     return frames[idx]
@@ -52,8 +50,8 @@ def load_video(path: str, frame_rate: int) -> np.ndarray:
 
 def class_names(num_classes: int) -> list[str]:
     if num_classes == 400:
-        from co3d_jax.data.classes import kinetics400_classes
-        return kinetics400_classes()
+        from co3d_jax.data.datasets import shipped_kinetics400_classes
+        return shipped_kinetics400_classes()
     return [f"class_{i}" for i in range(num_classes)]
 
 
@@ -65,6 +63,8 @@ def main(argv=None) -> int:
     ap.add_argument("--video", action="append", default=[], help="a video file (repeat for more streams)")
     ap.add_argument("--frames", type=int, default=0, help="frames per stream (default: whole video; generated: delay+8)")
     ap.add_argument("--image-size", type=int, default=None, help="override the model's crop size")
+    ap.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                    help="model option, e.g. temporal_fill=replicate or num_classes=10 (repeatable)")
     ap.add_argument("--top", type=int, default=5)
     ap.add_argument("--json", help="write per-frame results (top-k, latency) to this JSON file")
     ap.add_argument("--seed", type=int, default=0)
@@ -74,9 +74,16 @@ def main(argv=None) -> int:
     import jax.numpy as jnp
 
     import co3d_jax
+    from co3d_jax.data.video import VideoError
     from co3d_jax.params import ParamsError
 
     opts = {"image_size": args.image_size} if args.image_size else {}
+    for item in args.option:
+        key, sep, value = item.partition("=")
+        if not sep:
+            print(f"error: --option expects KEY=VALUE, got {item!r}", file=sys.stderr)
+            return 2
+        opts[key] = json.loads(value) if value[:1].isdigit() or value in ("true", "false") else value
     try:
         model = co3d_jax.create_model(args.model, **opts)
     except (ValueError, TypeError) as e:
@@ -96,7 +103,7 @@ def main(argv=None) -> int:
     if args.video:
         try:
             videos = [load_video(v, model.frame_rate) for v in args.video]
-        except Exception as e:  # decoder errors name the file
+        except (VideoError, RuntimeError) as e:  # decoder errors name the file
             print(f"error: {e}", file=sys.stderr)
             return 2
         names = args.video

@@ -1,6 +1,6 @@
 """PyTorch reference models for benchmarks and parity checks (imports torch).
 
-* :func:`build_cox3d_torch` builds CoX3D the way co3d does (``models/cox3d/modules/x3d.py``,
+* :func:`build_torch_cox3d` builds CoX3D the way co3d does (``models/cox3d/modules/x3d.py``,
   reference §2.1.3, §2.1.7) from ``continual-inference`` modules: stem ``conv_xy``/``conv``,
   blocks ``Sequential(BroadcastReduce(skip, Sequential(branch2)), ReLU)`` with continual SE
   (``co.Residual(..., reduce="mul")``), and the head with a ``co.AvgPool3d((T_w, s, s))``.
@@ -18,90 +18,98 @@ X3D_HUB = {  # pytorchvideo hub configurations (input_clip_length, input_crop_si
 }
 
 
-def _round_width(width, multiplier, min_depth=8, divisor=8):
-    width *= multiplier
-    new = max(min_depth, int(width + divisor / 2) // divisor * divisor)
-    if new < 0.9 * width:
-        new += divisor
-    return int(new)
-
-
-def build_cox3d_torch(*, image_size: int = 160, window: int = 13, depth_factor: float = 2.2,
-                      num_classes: int = 400, temporal_fill: str = "zeros", se_scope: str = "frame"):
-    """A co3d-style CoX3D (``continual`` modules) in eval mode, with random weights."""
+def build_torch_cox3d(cfg, head_act: str = "softmax"):
+    """continual-inference CoX3D for an :class:`co3d_jax.models.x3d.X3DConfig` (random weights, eval
+    mode), mirroring co3d's ``models/cox3d/modules/x3d.py`` module by module."""
     import continual as co
+    import torch
     from torch import nn
 
-    def se(dim, window_size):
-        dim_fc = _round_width(dim, 0.0625)
-        return co.Residual(co.Sequential(OrderedDict([
-            ("avg_pool", co.AdaptiveAvgPool3d((1, 1, 1), kernel_size=window_size if se_scope == "clip" else 1,
-                                              temporal_fill=temporal_fill)),
-            ("fc1", co.Conv3d(dim, dim_fc, kernel_size=1, bias=True)),
-            ("fc1_act", nn.ReLU()),
-            ("fc2", co.Conv3d(dim_fc, dim, kernel_size=1, bias=True)),
-            ("fc2_sig", nn.Sigmoid()),
-        ])), reduce="mul")
+    from co3d_jax.models.x3d import round_width
 
-    def transform(c_in, c_out, inner, stride, use_se):
+    class Swish(nn.Module):
+        """co3d's ``models/cox3d/modules/activation.py::Swish``."""
+
+        def forward(self, x):
+            return x * torch.sigmoid(x)
+
+    def _bn(c):
+        return nn.BatchNorm3d(c, eps=1e-5, momentum=0.1)
+
+    def _co_se(window, dim, dim_fc, scope, fill):
+        return co.Residual(
+            co.Sequential(OrderedDict([
+                ("avg_pool", co.AdaptiveAvgPool3d(output_size=(1, 1, 1), kernel_size={"clip": window, "frame": 1}[scope],
+                                                  temporal_fill=fill)),
+                ("fc1", co.Conv3d(dim, dim_fc, 1, bias=True)),
+                ("fc1_act", nn.ReLU()),
+                ("fc2", co.Conv3d(dim_fc, dim, 1, bias=True)),
+                ("fc2_sig", nn.Sigmoid()),
+            ])),
+            reduce="mul",
+        )
+
+    def _co_transform(c_in, c_out, inner, stride, block_idx, window, fill, se_scope, se_dim):
         layers = [
-            ("a", co.Conv3d(c_in, inner, kernel_size=1, bias=False)),
-            ("a_bn", nn.BatchNorm3d(inner)),
+            ("a", co.Conv3d(c_in, inner, (1, 1, 1), (1, 1, 1), (0, 0, 0), bias=False)),
+            ("a_bn", co.forward_stepping(_bn(inner))),
             ("a_relu", nn.ReLU()),
-            ("b", co.Conv3d(inner, inner, kernel_size=(3, 3, 3), stride=(1, stride, stride), padding=(1, 1, 1),
-                            groups=inner, bias=False, temporal_fill=temporal_fill)),
-            ("b_bn", nn.BatchNorm3d(inner)),
+            ("b", co.Conv3d(inner, inner, (3, 3, 3), (1, stride, stride), (1, 1, 1), groups=inner, bias=False,
+                            temporal_fill=fill)),
+            ("b_bn", co.forward_stepping(_bn(inner))),
         ]
-        if use_se:
-            layers.append(("se", se(inner, window)))
-        layers += [("b_relu", nn.SiLU()),  # co3d's Swish: x * sigmoid(x)
-                    ("c", co.Conv3d(inner, c_out, kernel_size=1, bias=False)),
-                   ("c_bn", nn.BatchNorm3d(c_out))]
+        if (block_idx + 1) % 2:
+            layers.append(("se", _co_se(window, inner, se_dim, se_scope, fill)))
+        layers += [
+            ("b_relu", co.forward_stepping(Swish())),
+            ("c", co.Conv3d(inner, c_out, (1, 1, 1), (1, 1, 1), (0, 0, 0), bias=False)),
+            ("c_bn", co.forward_stepping(_bn(c_out))),
+        ]
         return co.Sequential(OrderedDict(layers))
 
-    def block(c_in, c_out, inner, stride, use_se):
-        branch2 = transform(c_in, c_out, inner, stride, use_se)
-        if c_in != c_out or stride != 1:
-            skip = co.Sequential(OrderedDict([
-                ("branch1", co.Conv3d(c_in, c_out, kernel_size=1, stride=(1, stride, stride), bias=False)),
-                ("branch1_bn", nn.BatchNorm3d(c_out))]))
+    def _co_block(c_in, c_out, inner, stride, block_idx, window, fill, se_scope, se_dim):
+        main = co.Sequential(OrderedDict([
+            ("branch2", _co_transform(c_in, c_out, inner, stride, block_idx, window, fill, se_scope, se_dim))]))
+        if c_in == c_out and stride == 1:
+            skip = co.Delay(main.delay)
         else:
-            skip = co.Delay(branch2.delay, temporal_fill=temporal_fill)
-        return co.Sequential(co.BroadcastReduce(skip, co.Sequential(OrderedDict([("branch2", branch2)])),
-                                                reduce="sum"), nn.ReLU())
+            skip = co.Sequential(OrderedDict([
+                ("branch1", co.Conv3d(c_in, c_out, kernel_size=1, stride=(1, stride, stride), padding=0, bias=False)),
+                ("branch1_bn", _bn(c_out)),
+            ]))
+        return co.Sequential(co.BroadcastReduce(skip, main, reduce="sum"), nn.ReLU())
 
-    stem_dim = _round_width(12, 2.0)
-    stem = co.Sequential(OrderedDict([
-        ("conv_xy", co.Conv3d(3, stem_dim, (1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1), bias=False)),
-        ("conv", co.Conv3d(stem_dim, stem_dim, (5, 1, 1), padding=(2, 0, 0), groups=stem_dim, bias=False,
-                           temporal_fill=temporal_fill)),
-        ("bn", nn.BatchNorm3d(stem_dim)),
+    fill, window = cfg.temporal_fill, cfg.window
+    c = cfg.stem_dim
+    modules = [("s1", co.Sequential(OrderedDict([("pathway0_stem", co.Sequential(OrderedDict([
+        ("conv_xy", co.Conv3d(3, c, (1, 3, 3), (1, 2, 2), (0, 1, 1), bias=False)),
+        ("conv", co.Conv3d(c, c, (5, 1, 1), (1, 1, 1), (2, 0, 0), bias=False, groups=c, temporal_fill=fill)),
+        ("bn", _bn(c)),
         ("relu", nn.ReLU()),
-    ]))
-    stages = [("s1", co.Sequential(OrderedDict([("pathway0_stem", stem)])))]
-    c_in = stem_dim
-    for s, mult in enumerate((1, 2, 4, 8)):
-        c_out = _round_width(stem_dim, mult)
-        inner = int(2.25 * c_out)
-        depth = int(math.ceil(depth_factor * (1, 2, 5, 3)[s]))
-        blocks = [(f"pathway0_res{i}", block(c_in if i == 0 else c_out, c_out, inner, 2 if i == 0 else 1, i % 2 == 0))
-                  for i in range(depth)]
-        stages.append((f"s{s + 2}", co.Sequential(OrderedDict(blocks))))
+    ])))])))]
+    c_in = c
+    for s, (c_out, depth) in enumerate(zip(cfg.stage_dims, cfg.stage_depths)):
+        inner = int(cfg.bottleneck_factor * c_out)
+        se_dim = round_width(inner, 0.0625)
+        blocks = [(f"pathway0_res{i}", _co_block(c_in if i == 0 else c_out, c_out, inner, 2 if i == 0 else 1, i,
+                                                 window, fill, cfg.se_scope, se_dim)) for i in range(depth)]
+        modules.append((f"s{s + 2}", co.Sequential(OrderedDict(blocks))))
         c_in = c_out
-    inner = int(2.25 * c_in)
-    final = math.ceil(image_size / 32)
-    head = co.Sequential(OrderedDict([
-        ("conv_5", co.Conv3d(c_in, inner, kernel_size=1, bias=False)),
-        ("conv_5_bn", nn.BatchNorm3d(inner)),
+    inner = int(cfg.bottleneck_factor * c_in)
+    spat = int(math.ceil(cfg.image_size / 32.0))
+    head = [
+        ("conv_5", co.Conv3d(c_in, inner, (1, 1, 1), (1, 1, 1), (0, 0, 0), bias=False)),
+        ("conv_5_bn", _bn(inner)),
         ("conv_5_relu", nn.ReLU()),
-        ("avg_pool", co.AvgPool3d((window, final, final), stride=1, temporal_fill=temporal_fill)),
-        ("lin_5", co.Conv3d(inner, 2048, kernel_size=1, bias=False)),
+        ("avg_pool", co.AvgPool3d((window, spat, spat), stride=1, temporal_fill=fill)),
+        ("lin_5", co.Conv3d(inner, cfg.conv5_dim, (1, 1, 1), (1, 1, 1), (0, 0, 0), bias=False)),
         ("lin_5_relu", nn.ReLU()),
-        ("projection", co.Linear(2048, num_classes, bias=True, channel_dim=1)),
-        ("act", nn.Softmax(dim=1)),
-    ]))
-    stages.append(("head", head))
-    return co.Sequential(OrderedDict(stages)).eval()
+        ("projection", co.Linear(cfg.conv5_dim, cfg.num_classes, bias=True, channel_dim=1)),
+    ]
+    if head_act == "softmax":
+        head.append(("act", nn.Softmax(dim=1)))
+    modules.append(("head", co.Sequential(OrderedDict(head))))
+    return co.Sequential(OrderedDict(modules)).eval()
 
 
 def build_x3d_pytorchvideo(size: str, num_classes: int = 400):

@@ -15,7 +15,6 @@ coincide with ``valid == False`` of our step, and every tensor output must match
 
 from __future__ import annotations
 
-import math
 import re
 import time
 from collections import OrderedDict
@@ -28,114 +27,14 @@ co = pytest.importorskip("continual")
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-from torch import nn  # noqa: E402
 
 from co3d_jax import create_model  # noqa: E402
+from helpers import random_params  # noqa: E402
 
 # continual's flattened state_dict calls nn.Module.state_dict with positional args (torch FutureWarning).
 pytestmark = pytest.mark.filterwarnings("ignore:Positional args are being deprecated:FutureWarning")
 
-# ----------------------------------------------------------------------------- torch mirror of co3d's CoX3D
-
-
-class Swish(nn.Module):
-    """co3d's ``models/cox3d/modules/activation.py::Swish``."""
-
-    def forward(self, x):
-        return x * torch.sigmoid(x)
-
-
-def _bn(c):
-    return nn.BatchNorm3d(c, eps=1e-5, momentum=0.1)
-
-
-def _co_se(window, dim, dim_fc, scope, fill):
-    return co.Residual(
-        co.Sequential(OrderedDict([
-            ("avg_pool", co.AdaptiveAvgPool3d(output_size=(1, 1, 1), kernel_size={"clip": window, "frame": 1}[scope],
-                                              temporal_fill=fill)),
-            ("fc1", co.Conv3d(dim, dim_fc, 1, bias=True)),
-            ("fc1_act", nn.ReLU()),
-            ("fc2", co.Conv3d(dim_fc, dim, 1, bias=True)),
-            ("fc2_sig", nn.Sigmoid()),
-        ])),
-        reduce="mul",
-    )
-
-
-def _co_transform(c_in, c_out, inner, stride, block_idx, window, fill, se_scope, se_dim):
-    layers = [
-        ("a", co.Conv3d(c_in, inner, (1, 1, 1), (1, 1, 1), (0, 0, 0), bias=False)),
-        ("a_bn", co.forward_stepping(_bn(inner))),
-        ("a_relu", nn.ReLU()),
-        ("b", co.Conv3d(inner, inner, (3, 3, 3), (1, stride, stride), (1, 1, 1), groups=inner, bias=False,
-                        temporal_fill=fill)),
-        ("b_bn", co.forward_stepping(_bn(inner))),
-    ]
-    if (block_idx + 1) % 2:
-        layers.append(("se", _co_se(window, inner, se_dim, se_scope, fill)))
-    layers += [
-        ("b_relu", co.forward_stepping(Swish())),
-        ("c", co.Conv3d(inner, c_out, (1, 1, 1), (1, 1, 1), (0, 0, 0), bias=False)),
-        ("c_bn", co.forward_stepping(_bn(c_out))),
-    ]
-    return co.Sequential(OrderedDict(layers))
-
-
-def _co_block(c_in, c_out, inner, stride, block_idx, window, fill, se_scope, se_dim):
-    main = co.Sequential(OrderedDict([
-        ("branch2", _co_transform(c_in, c_out, inner, stride, block_idx, window, fill, se_scope, se_dim))]))
-    if c_in == c_out and stride == 1:
-        skip = co.Delay(main.delay)
-    else:
-        skip = co.Sequential(OrderedDict([
-            ("branch1", co.Conv3d(c_in, c_out, kernel_size=1, stride=(1, stride, stride), padding=0, bias=False)),
-            ("branch1_bn", _bn(c_out)),
-        ]))
-    return co.Sequential(co.BroadcastReduce(skip, main, reduce="sum"), nn.ReLU())
-
-
-def build_torch_cox3d(cfg, head_act: str = "softmax"):
-    """continual-inference CoX3D for an :class:`co3d_jax.models.x3d.X3DConfig` (random weights)."""
-    fill, window = cfg.temporal_fill, cfg.window
-    c = cfg.stem_dim
-    modules = [("s1", co.Sequential(OrderedDict([("pathway0_stem", co.Sequential(OrderedDict([
-        ("conv_xy", co.Conv3d(3, c, (1, 3, 3), (1, 2, 2), (0, 1, 1), bias=False)),
-        ("conv", co.Conv3d(c, c, (5, 1, 1), (1, 1, 1), (2, 0, 0), bias=False, groups=c, temporal_fill=fill)),
-        ("bn", _bn(c)),
-        ("relu", nn.ReLU()),
-    ])))])))]
-    c_in = c
-    for s, (c_out, depth) in enumerate(zip(cfg.stage_dims, cfg.stage_depths)):
-        inner = int(cfg.bottleneck_factor * c_out)
-        se_dim = _round_width(inner, 0.0625)
-        blocks = [(f"pathway0_res{i}", _co_block(c_in if i == 0 else c_out, c_out, inner, 2 if i == 0 else 1, i,
-                                                 window, fill, cfg.se_scope, se_dim)) for i in range(depth)]
-        modules.append((f"s{s + 2}", co.Sequential(OrderedDict(blocks))))
-        c_in = c_out
-    inner = int(cfg.bottleneck_factor * c_in)
-    spat = int(math.ceil(cfg.image_size / 32.0))
-    head = [
-        ("conv_5", co.Conv3d(c_in, inner, (1, 1, 1), (1, 1, 1), (0, 0, 0), bias=False)),
-        ("conv_5_bn", _bn(inner)),
-        ("conv_5_relu", nn.ReLU()),
-        ("avg_pool", co.AvgPool3d((window, spat, spat), stride=1, temporal_fill=fill)),
-        ("lin_5", co.Conv3d(inner, cfg.conv5_dim, (1, 1, 1), (1, 1, 1), (0, 0, 0), bias=False)),
-        ("lin_5_relu", nn.ReLU()),
-        ("projection", co.Linear(cfg.conv5_dim, cfg.num_classes, bias=True, channel_dim=1)),
-    ]
-    if head_act == "softmax":
-        head.append(("act", nn.Softmax(dim=1)))
-    modules.append(("head", co.Sequential(OrderedDict(head))))
-    return co.Sequential(OrderedDict(modules)).eval()
-
-
-def _round_width(width, multiplier, min_depth=8, divisor=8):
-    width *= multiplier
-    new = max(min_depth, int(width + divisor / 2) // divisor * divisor)
-    if new < 0.9 * width:
-        new += divisor
-    return int(new)
+from experiments.torch_reference import build_torch_cox3d  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- JAX params -> PySlowFast keys
@@ -199,25 +98,6 @@ def load_into_torch(tmodel, params):
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def random_params(model, seed: int = 0):
-    """Random weights (fan-in uniform) and broad random BN statistics, drawn with numpy on the
-    model's param shapes (cheaper than compiling ``Model.init``'s per-shape RNG programs)."""
-    rng = np.random.default_rng(seed)
-    shapes = jax.eval_shape(model.init, jax.random.key(0))
-
-    def visit(p):
-        if set(p) == {"scale", "bias", "mean", "var"}:
-            c = p["scale"].shape
-            return {"scale": rng.uniform(0.5, 1.5, c), "bias": 0.2 * rng.standard_normal(c),
-                    "mean": 0.5 * rng.standard_normal(c), "var": rng.uniform(0.3, 2.0, c)}
-        if "kernel" in p:
-            bound = 1.0 / math.sqrt(math.prod(p["kernel"].shape[:-1]))
-            return {k: rng.uniform(-bound, bound, v.shape) for k, v in p.items()}
-        return {k: visit(v) for k, v in sorted(p.items())}
-
-    return jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), visit(shapes))
 
 
 def sharpen_head(params, factor: float):

@@ -12,7 +12,7 @@ import pytest
 
 import co3d_jax
 from co3d_jax.export import export_step, load_exported
-from co3d_jax.layers import Activation, Conv, Dense, GlobalAvgPool, Pool, Sequential, residual, squeeze_excitation
+from co3d_jax.layers import Activation, Conv, Dense, Pool, Sequential, residual, squeeze_excitation
 from co3d_jax.live import LiveStep
 from co3d_jax.model import Model
 from co3d_jax.stream import run_layer

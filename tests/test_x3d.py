@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 
 from co3d_jax import create_model
+from helpers import random_params  # noqa: E402
 from co3d_jax.layers import BroadcastReduce, Conv, GlobalAvgPool, Pool, Reduce, Sequential
 
 # ----------------------------------------------------------------------------- metadata (no compute)
@@ -85,26 +86,6 @@ def test_sizes_and_parameter_counts():
 
 CI = dict(image_size=32, depth_factor=0.6, head_activation="identity")
 B, T, CHUNK = 2, 150, 50
-
-
-def random_params(model, seed: int = 0):
-    """Random weights (PyTorch-like fan-in uniform) and broad random BN statistics, drawn with
-    numpy on the model's param shapes (``Model.init`` compiles one RNG program per shape, which
-    costs far more CPU than the tests themselves)."""
-    rng = np.random.default_rng(seed)
-    shapes = jax.eval_shape(model.init, jax.random.key(0))
-
-    def visit(p):
-        if set(p) == {"scale", "bias", "mean", "var"}:
-            c = p["scale"].shape
-            return {"scale": rng.uniform(0.5, 1.5, c), "bias": 0.2 * rng.standard_normal(c),
-                    "mean": 0.5 * rng.standard_normal(c), "var": rng.uniform(0.3, 2.0, c)}
-        if "kernel" in p:
-            bound = 1.0 / math.sqrt(math.prod(p["kernel"].shape[:-1]))
-            return {k: rng.uniform(-bound, bound, v.shape) for k, v in p.items()}
-        return {k: visit(v) for k, v in sorted(p.items())}
-
-    return jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), visit(shapes))
 
 
 def rel_err(a, b) -> float:

@@ -209,3 +209,42 @@ def read_image(path: str) -> np.ndarray:
     except Exception as e:
         raise VideoError(f"cannot read image {os.path.basename(path)}: {type(e).__name__}: {e}") from None
     raise VideoError(f"cannot read image {os.path.basename(path)}")
+
+
+def decode_all(path: str, backend: str = "auto") -> tuple[np.ndarray, float]:
+    """Every frame of ``path``: ``(frames uint8 (T, H, W, 3), fps)`` (live streaming input).
+
+    Raises :class:`VideoError` naming the problem for a missing, empty, unreadable or frameless file.
+    """
+    if not os.path.isfile(path):
+        raise VideoError(f"{path}: file not found")
+    if os.path.getsize(path) == 0:
+        raise VideoError(f"{path}: empty file")
+    backend = resolve_backend(backend)
+    frames, fps = [], 30.0
+    try:
+        if backend == "pyav":
+            import av
+            with av.open(path) as container:
+                if not container.streams.video:
+                    raise VideoError(f"{path}: no video stream")
+                stream = container.streams.video[0]
+                fps = float(stream.average_rate or 30.0)
+                frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+        else:
+            import cv2
+            cap = cv2.VideoCapture(path)
+            fps = float(cap.get(cv2.CAP_PROP_FPS) or 30.0)
+            while True:
+                ok, img = cap.read()
+                if not ok:
+                    break
+                frames.append(img[..., ::-1])
+            cap.release()
+    except VideoError:
+        raise
+    except Exception as e:  # decoder errors (av.error.*, OSError)
+        raise VideoError(f"{path}: cannot decode: {type(e).__name__}: {e}") from None
+    if not frames:
+        raise VideoError(f"{path}: no decodable frame")
+    return np.stack(frames), fps

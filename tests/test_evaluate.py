@@ -1,0 +1,406 @@
+"""The evaluation experiment end to end on a generated mini Kinetics (and Charades) dataset.
+
+Videos are written with PyAV (mpeg4, 48x64, a few dozen frames) next to a corrupt, an empty and a
+truncated file; tiny random-weight models (image_size=32, 3 classes) are saved with save_params.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+av = pytest.importorskip("av")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+import co3d_jax  # noqa: E402
+from co3d_jax.data import (ClipSpec, centered_window, charades_indices, clip_size, decode_clip,  # noqa: E402
+                           eval_transform, kinetics_csv, kinetics_folder, load_sample, open_dataset,
+                           shipped_kinetics400_classes, temporal_indices, torch_linspace_f32)
+from co3d_jax.data import metrics as M  # noqa: E402
+from experiments import evaluate as E  # noqa: E402
+from helpers import write_video  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore:found 3 classes")
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CLASSES = ["archery", "bowling", "capoeira"]
+# (class, ytid, frames, fps, (h, w))
+VIDEOS = [
+    ("archery", "aaaaaaaaaa1", 45, 30, (48, 64)),
+    ("archery", "aaaaaaaaaa2", 12, 30, (48, 64)),      # short: last frame repeated
+    ("bowling", "bbbbbbbbbb1", 60, 30, (64, 48)),      # portrait
+    ("bowling", "bbbbbbbbbb2", 50, 25, (48, 64)),      # 25 fps
+    ("capoeira", "cccccccccc1", 40, 30, (48, 64)),
+    ("capoeira", "cccccccccc2", 36, 30, (48, 64)),
+]
+BAD = {"archery/corrupt0000_000000_000010.mp4": "corrupt",
+       "bowling/empty00000_000000_000010.mp4": "empty",
+       "capoeira/trunc00000_000000_000010.mp4": "truncated"}
+
+
+def decode_all(path):
+    with av.open(path) as c:
+        return [(f.pts, f.to_rgb().to_ndarray()) for f in c.decode(video=0)]
+
+
+@pytest.fixture(scope="module")
+def kin(tmp_path_factory):
+    root = tmp_path_factory.mktemp("k400")
+    split = root / "data" / "validate"
+    for k, (label, ytid, n, fps, hw) in enumerate(VIDEOS):
+        (split / label).mkdir(parents=True, exist_ok=True)
+        write_video(str(split / label / f"{ytid}_000000_000010.mp4"), n, fps, hw, seed=k)
+    (split / "archery" / "corrupt0000_000000_000010.mp4").write_bytes(np.random.default_rng(1).bytes(5000))
+    (split / "bowling" / "empty00000_000000_000010.mp4").write_bytes(b"")
+    # truncated with the index up front: opens fine, the stream ends before its metadata says
+    trunc = split / "capoeira" / "trunc00000_000000_000010.mp4"
+    write_video(str(trunc), 40, faststart=True)
+    trunc.write_bytes(trunc.read_bytes()[: trunc.stat().st_size // 2])
+    return root
+
+
+def _tiny(name):
+    return co3d_jax.create_model(name, image_size=32, num_classes=3)
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    d = tmp_path_factory.mktemp("weights")
+    out = {}
+    for name in ("cox3d_s_13", "x3d_s"):
+        model = _tiny(name)
+        path = str(d / f"{name}.npz")
+        co3d_jax.save_params(path, E.random_params(model, seed=3), metadata={"arch": name})
+        out[name] = path
+    return out
+
+
+def _argv(model, weights, root, out, *extra):
+    return ["--model", model, "--weights", weights, "--model-arg", "image_size=32", "--model-arg", "num_classes=3",
+            "--dataset", "kinetics400", "--root", str(root), "--split", "validate", "--out", str(out),
+            "--batch-size", "4", "--workers", "0", "--no-progress", "--save-scores", *extra]
+
+
+def _preds(out):
+    recs = {}
+    for name in sorted(os.listdir(out)):
+        if name.startswith("predictions") and name.endswith(".jsonl"):
+            with open(os.path.join(out, name)) as f:
+                for line in f:
+                    r = json.loads(line)
+                    recs[r["id"]] = r
+    return recs
+
+
+def _summary(out):
+    with open(os.path.join(out, "summary.json")) as f:
+        return json.load(f)
+
+
+@pytest.fixture(scope="module")
+def sharded_proc(kin, weights, tmp_path_factory):
+    """The 4-device run, started early in a subprocess so it overlaps the in-process runs."""
+    out = tmp_path_factory.mktemp("sharded")
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    argv = _argv("x3d_s", weights["x3d_s"], kin, out)
+    argv[argv.index("--workers") + 1] = "2"            # decode in worker processes too
+    argv[argv.index("--batch-size") + 1] = "3"         # padded to 4 = one row per device
+    code = ("import sys, jax; jax.config.update('jax_default_matmul_precision', 'highest'); "
+            "assert jax.device_count() == 4; from experiments.evaluate import main; sys.exit(main(sys.argv[1:]))")
+    proc = subprocess.Popen([sys.executable, "-c", code, *argv], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    yield proc, out
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture(scope="module")
+def co_run(kin, weights, sharded_proc, tmp_path_factory):
+    out = tmp_path_factory.mktemp("co_full")
+    assert E.main(_argv("cox3d_s_13", weights["cox3d_s_13"], kin, out)) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def clip_run(kin, weights, tmp_path_factory):
+    out = tmp_path_factory.mktemp("clip_full")
+    assert E.main(_argv("x3d_s", weights["x3d_s"], kin, out)) == 0
+    return out
+
+
+# ----------------------------------------------------------------------------- sampling / transforms
+def test_sampler_matches_reference_formulas():
+    torch = pytest.importorskip("torch")
+    # (rate, frames) of every reported protocol, plus a grid; common and odd frame rates.
+    cfgs = [(12, 4), (6, 13), (5, 16), (6, 41), (6, 92), (5, 44), (5, 92), (5, 73), (5, 121), (8, 8), (8, 17),
+            (8, 73), (8, 25), (8, 81)] + [(r, n) for r in (1, 2, 3, 7) for n in range(1, 60, 4)]
+    for rate, n in cfgs:
+        for fps in (30.0, 30000 / 1001, 25.0, 24.0, 15.0, 60.0):
+            size = rate * n / 30 * fps
+            assert size == clip_size(rate, n, fps)
+            ref_pos = torch.linspace(0, size - 1, n)
+            np.testing.assert_array_equal(torch_linspace_f32(0, size - 1, n), ref_pos.numpy())
+            for decoded in (1, int(size) // 2 + 1, int(size) + 1):
+                ref = torch.clamp(ref_pos, 0, decoded - 1).long().numpy()
+                np.testing.assert_array_equal(temporal_indices(decoded, size, n), ref)
+    # centred window (frames_length/2 - clip_size/2, clamped at 0) and Charades' integer rule
+    assert centered_window(300, 78.0) == (111.0, 188.0)
+    assert centered_window(40, 78.0) == (0, 77.0)
+    np.testing.assert_array_equal(charades_indices(100, 8, 8), [21 + 8 * i for i in range(8)])
+    np.testing.assert_array_equal(charades_indices(20, 4, 8), [0, 8, 16, 19])
+
+
+def test_transform_matches_torch():
+    torch = pytest.importorskip("torch")
+    import math
+    F = torch.nn.functional
+    rng = np.random.default_rng(0)
+    mean, std = (0.45, 0.4, 0.35), (0.225, 0.2, 0.25)
+    for h, w, s in [(48, 64, 32), (64, 48, 32), (240, 320, 160), (33, 33, 32), (32, 45, 32), (90, 161, 56)]:
+        x = rng.integers(0, 256, (2, h, w, 3), dtype=np.uint8)
+        t = torch.from_numpy(x).permute(3, 0, 1, 2).float() / 255.0
+        if not ((w <= h and w == s) or (h <= w and h == s)):
+            size = (int(math.floor(h / w * s)), s) if w < h else (s, int(math.floor(w / h * s)))
+            t = F.interpolate(t, size=size, mode="bilinear", align_corners=False)
+        i, j = int(round((t.shape[2] - s) / 2.0)), int(round((t.shape[3] - s) / 2.0))
+        t = t[..., i:i + s, j:j + s]
+        t = (t - torch.tensor(mean)[:, None, None, None]) / torch.tensor(std)[:, None, None, None]
+        np.testing.assert_allclose(eval_transform(x, s, mean, std), t.permute(1, 2, 3, 0).numpy(), atol=2e-6)
+
+
+def test_decode_takes_the_reference_window(kin):
+    split = kin / "data" / "validate"
+    for label, ytid, n, fps, _ in VIDEOS[:4]:
+        path = str(split / label / f"{ytid}_000000_000010.mp4")
+        allf = decode_all(path)
+        for rate, num in ((6, 13), (2, 5), (1, 3)):
+            frames, info = decode_clip(path, rate, num)
+            size = clip_size(rate, num, float(fps))
+            with av.open(path) as c:
+                st = c.streams.video[0]
+                frames_length, duration = st.frames, st.duration
+            start, end = centered_window(frames_length, size)
+            tb = duration / frames_length
+            lo, hi = int(start * tb), int(end * tb)
+            window = [f for p, f in allf if lo <= p <= hi]
+            after = [f for p, f in allf if p > hi][:1]                  # the reference keeps one more
+            window += after
+            idx = temporal_indices(len(window), size, num)
+            assert info["indices"] == idx.tolist() and info["decoded"] == len(window)
+            np.testing.assert_array_equal(frames, np.stack([window[i] for i in idx]))
+    # the short video repeats its last frame
+    _, info = decode_clip(str(split / "archery" / "aaaaaaaaaa2_000000_000010.mp4"), 6, 13)
+    assert info["repeated"] > 0 and info["indices"][-1] == 11
+
+
+# ----------------------------------------------------------------------------- datasets
+def test_dataset_layouts_agree(kin, tmp_path):
+    folder = kinetics_folder(str(kin), "val")
+    assert folder.classes == CLASSES and len(folder.records) == 9 and folder.layout == "kinetics-folder"
+    labels = {r.id: r.label for r in folder.records}
+    assert labels["validate/bowling/bbbbbbbbbb1_000000_000010.mp4"] == 1
+    # the reference's split JSON (one listed video is missing)
+    ann = {ytid: {"subset": "validate", "annotations": {"label": label, "segment": [0.0, 10.0]}}
+           for label, ytid, *_ in VIDEOS}
+    ann["zzzzzzzzzz9"] = {"subset": "validate", "annotations": {"label": "archery", "segment": [5.0, 15.0]}}
+    (kin / "splits").mkdir(exist_ok=True)
+    (kin / "splits" / "validate.json").write_text(json.dumps(ann))
+    try:
+        js = kinetics_folder(str(kin), "validate")
+    finally:
+        (kin / "splits" / "validate.json").unlink()
+    assert js.layout == "kinetics-json" and [m["id"] for m in js.missing] == ["validate/archery/zzzzzzzzzz9_000005_000015.mp4"]
+    assert {r.id: r.label for r in js.records} == {k: v for k, v in labels.items() if k.split("/")[2][:11] in ann}
+    # the official CSV beside a clips folder (searched recursively)
+    csv_path = tmp_path / "validate.csv"
+    rows = ["label,youtube_id,time_start,time_end,split"] + [f"{label},{ytid},0,10,val" for label, ytid, *_ in VIDEOS]
+    rows += ["archery,notthere000,3,13,val", "bowling,trainonly00,0,10,train"]
+    csv_path.write_text("\n".join(rows) + "\n")
+    cs = kinetics_csv(str(csv_path), str(kin / "data"), "validate")
+    assert cs.classes == CLASSES and len(cs.records) == 6 and [m["id"] for m in cs.missing] == ["notthere000_000003_000013"]
+    assert sorted(r.label for r in cs.records) == [0, 0, 1, 1, 2, 2]
+    shipped = shipped_kinetics400_classes()
+    assert len(shipped) == 400 and shipped == sorted(shipped) and len(set(shipped)) == 400
+
+
+# ----------------------------------------------------------------------------- metrics
+def test_metrics_by_hand():
+    ranks = [0, 1, 0, 4, 2, 0, 3]
+    assert M.topk_accuracy(ranks, 1) == pytest.approx(3 / 7)
+    assert M.topk_accuracy(ranks, 3) == pytest.approx(5 / 7)
+    assert M.batch_mean_accuracy(ranks, 1, 3) == pytest.approx((2 / 3 + 1 / 3 + 0 / 1) / 3)
+    assert M.label_rank(np.array([0.1, 0.5, 0.5, 0.2]), 2) == 1
+    # AP: scores .9 (pos) .8 (neg) .7 (pos) .1 (neg) -> (1/2)*1 + (1/2)*(2/3)
+    assert M.average_precision([0.9, 0.8, 0.7, 0.1], [1, 0, 1, 0]) == pytest.approx(0.5 + 1 / 3)
+    # ties form one threshold: .5 (pos), .5 (neg) -> precision 1/2 at recall 1
+    assert M.average_precision([0.5, 0.5], [1, 0]) == pytest.approx(0.5)
+    m, aps = M.mean_average_precision(np.array([[0.9, 0.1], [0.2, 0.3]]), np.array([[1, 0], [0, 0]]))
+    assert np.isnan(aps[1]) and m == pytest.approx(1.0)
+
+
+# ----------------------------------------------------------------------------- the command
+def test_cli_help_and_refusals(kin, tmp_path):
+    r = subprocess.run([sys.executable, "-m", "experiments.evaluate", "--help"], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 0 and "--random-weights" in r.stdout and "--num-forward-frames" in r.stdout
+    argv = _argv("x3d_s", "x", kin, tmp_path / "o")
+    i = argv.index("--weights")
+    assert E.main(argv[:i] + argv[i + 2:]) == 2            # no weights, no --random-weights
+    assert not os.path.exists(tmp_path / "o" / "predictions.jsonl")
+
+
+def _spec_for(model, protocol):
+    return ClipSpec(protocol.num_frames, protocol.sampling_rate, model.image_size, tuple(model.normalisation[0]),
+                    tuple(model.normalisation[1]), drop_first=protocol.drop_first)
+
+
+def _direct_frames(kin, model, protocol, ids):
+    spec = _spec_for(model, protocol)
+    index = open_dataset("kinetics400", str(kin), "validate")
+    recs = {r.id: r for r in index.records}
+    return np.stack([load_sample(spec, 0, recs[i]).frames for i in ids])
+
+
+def test_cox3d_run_matches_direct_model_call(kin, weights, co_run):
+    s = _summary(co_run)
+    assert s["complete"] and s["num_videos"] == 9 and s["num_evaluated"] == 6 and s["num_failed"] == 3
+    errors = {f["id"].split("/", 1)[1]: f["error"] for f in s["failed"]}
+    assert set(errors) == set(BAD) and all(errors.values())
+    assert errors["bowling/empty00000_000000_000010.mp4"] == "empty file"
+    assert errors["capoeira/trunc00000_000000_000010.mp4"].startswith("truncated")
+    model = _tiny("cox3d_s_13")
+    assert s["config"]["protocol"]["num_frames"] == model.delay + 1 and s["config"]["protocol"]["sampling_rate"] == 6
+    preds = _preds(co_run)
+    ok = sorted(i for i, r in preds.items() if "error" not in r)
+    protocol = E.Protocol("init_frame", model.delay + 1, model.frame_rate, 0, model.delay, 1)
+    frames = _direct_frames(kin, model, protocol, ok)
+    params = co3d_jax.load_params(weights["cox3d_s_13"], model)
+    _, out = jax.jit(model.stream)(params, model.init_state(len(ok)), jnp.asarray(frames))
+    assert bool(out.valid[:, model.delay].all()) and not bool(out.valid[:, model.delay - 1].any())
+    direct = np.asarray(out.scores[:, model.delay])
+    got = np.array([preds[i]["scores"] for i in ok])
+    np.testing.assert_allclose(got, direct, rtol=1e-5, atol=1e-6)
+    # metrics by hand from the stored scores, in dataset order
+    order = [r["id"] for r in sorted(preds.values(), key=lambda r: r["position"]) if "error" not in r]
+    ranks = [list(np.argsort(-np.asarray(preds[i]["scores"]), kind="stable")).index(preds[i]["label"]) for i in order]
+    assert len({tuple(preds[i]["scores"]) for i in order}) == len(order)      # informative scores
+    assert [preds[i]["rank"] for i in order] == ranks
+    m = s["metrics"]
+    assert m["top1"] == pytest.approx(np.mean(np.array(ranks) < 1)) and m["top3"] == 1.0 and m["top5"] == 1.0
+    batch = [np.mean(np.array(ranks[k:k + 4]) < 1) for k in range(0, 6, 4)]
+    assert m["top1_batch_mean"] == pytest.approx(np.mean(batch))
+    with open(os.path.join(co_run, "summary.csv")) as f:
+        head, row = f.read().splitlines()
+    assert "top1" in head.split(",") and "cox3d_s_13" in row
+
+
+def test_x3d_run_matches_direct_model_call(kin, weights, clip_run):
+    s = _summary(clip_run)
+    assert s["num_evaluated"] == 6 and s["num_failed"] == 3
+    model = _tiny("x3d_s")
+    preds = _preds(clip_run)
+    ok = sorted(i for i, r in preds.items() if "error" not in r)
+    frames = _direct_frames(kin, model, E.Protocol("clip", 13, 6, 0, 0, 1), ok)
+    params = co3d_jax.load_params(weights["x3d_s"], model)
+    direct = np.asarray(jax.jit(model.forward)(params, jnp.asarray(frames)))
+    np.testing.assert_allclose(np.array([preds[i]["scores"] for i in ok]), direct, rtol=1e-5, atol=1e-6)
+
+
+def test_interrupted_run_resumes_to_the_same_summary(kin, weights, co_run, tmp_path):
+    out = tmp_path / "resumed"
+    argv = _argv("cox3d_s_13", weights["cox3d_s_13"], kin, out)
+    assert E.main(argv + ["--limit", "5"]) == 0
+    part = _summary(out)
+    assert part["num_videos"] == 5 and part["complete"]
+    with open(out / "predictions.jsonl", "a") as f:      # a run killed mid-line
+        f.write('{"id": "capoeira/cccc')
+    assert E.main(argv) == 0
+    full, ref = _summary(out), _summary(co_run)
+    for s in (full, ref):
+        s["config"].pop("root")   # same dataset, same folder; out differs only
+    assert full == ref
+    assert len(_preds(out)) == 9
+    # a different configuration is refused instead of mixed in
+    assert E.main(argv + ["--num-forward-frames", "2"]) == 2
+
+
+def test_sharded_run_equals_single_device(sharded_proc, clip_run):
+    proc, out = sharded_proc
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    assert "4 device(s), batch 4" in err
+    a, b = _preds(out), _preds(clip_run)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert ("error" in a[k]) == ("error" in b[k])
+        if "error" not in a[k]:
+            np.testing.assert_allclose(a[k]["scores"], b[k]["scores"], rtol=1e-5, atol=1e-6)
+            assert a[k]["rank"] == b[k]["rank"]
+    sa, sb = _summary(out), _summary(clip_run)
+    assert sa["metrics"]["top1"] == sb["metrics"]["top1"] and sa["failed"] == sb["failed"]
+
+
+def test_charades_frames_run(weights, tmp_path):
+    root = tmp_path / "charades"
+    frames_dir = root / "data" / "Charades_v1_rgb"
+    (root / "splits").mkdir(parents=True)
+    (root / "splits" / "classes.txt").write_text("c000 a\nc001 b\nc002 c\n")
+    rng = np.random.default_rng(0)
+    lines = ["original_vido_id video_id frame_id path labels"]
+    from PIL import Image
+    vids = {"AAAAA": (30, ["0", "0,2"]), "BBBBB": (12, ["1", "nan"]), "CCCCC": (20, ["2"])}
+    for v, (vid, (n, labs)) in enumerate(vids.items()):
+        (frames_dir / vid).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 256, (40, 56, 3), dtype=np.uint8)).save(frames_dir / vid / f"{vid}-{i + 1:06d}.jpg")
+            lines.append(f'{vid} {v} {i} {vid}/{vid}-{i + 1:06d}.jpg "{labs[i % len(labs)]}"')
+    (root / "splits" / "val.csv").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    argv = _argv("x3d_s", weights["x3d_s"], root, out)
+    argv[argv.index("kinetics400")] = "charades"
+    argv[argv.index("validate")] = "val"
+    assert E.main(argv) == 0
+    s = _summary(out)
+    assert s["num_evaluated"] == 3 and s["metrics"]["classes_with_positives"] == 3
+    preds = _preds(out)
+    assert preds["AAAAA"]["label"] == [0, 2] and preds["BBBBB"]["label"] == [1]
+    scores = np.array([preds[v]["scores"] for v in vids])
+    targets = np.array([[1, 0, 1], [0, 1, 0], [0, 0, 1]])
+    assert s["metrics"]["mAP"] == pytest.approx(M.mean_average_precision(scores, targets)[0])
+
+
+def test_grain_loader_matches_inline(kin):
+    pytest.importorskip("grain")
+    from co3d_jax.data import iterate_samples
+    index = kinetics_folder(str(kin), "validate")
+    items = list(enumerate(index.records[:3]))
+    spec = ClipSpec(5, 2, 32)
+    inline = list(iterate_samples(spec, items, workers=0))
+    pooled = list(iterate_samples(spec, items, workers=1, loader="grain"))
+    assert [s.record.id for s in pooled] == [s.record.id for s in inline]
+    for a, b in zip(pooled, inline):
+        assert a.error == b.error
+        if a.error is None:
+            np.testing.assert_array_equal(a.frames, b.frames)
+
+
+def test_opencv_fallback_agrees_with_pyav(kin):
+    pytest.importorskip("cv2")
+    from co3d_jax.data import VideoError
+    split = kin / "data" / "validate"
+    for label, ytid, *_ in VIDEOS[:4]:
+        path = str(split / label / f"{ytid}_000000_000010.mp4")
+        a, ia = decode_clip(path, 6, 13, "pyav")
+        b, ib = decode_clip(path, 6, 13, "opencv")
+        assert ia["indices"] == ib["indices"] and ia["decoded"] == ib["decoded"]
+        assert np.abs(a.astype(int) - b).mean() < 1.0
+    for bad in BAD:
+        with pytest.raises(VideoError):
+            decode_clip(str(split / bad), 6, 13, "opencv")
