@@ -106,8 +106,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["paper_macs", "analytic_macs", "padded_taps", "count_padded_taps", "valid_taps", "xla_flops",
-           "model_xla_flops", "count_params"]
+__all__ = ["paper_macs", "paper_step_macs", "analytic_macs", "padded_taps", "count_padded_taps", "valid_taps",
+           "xla_flops", "model_xla_flops", "count_params"]
 
 _COUNT_PADDED = contextvars.ContextVar("co3d_jax_count_padded_taps", default=True)
 
@@ -180,6 +180,45 @@ def paper_macs(model, mode: str = "clip", *, count_padded: bool = True, t: int |
         return analytic_macs(model.net, model.frame_shape, t or model.clip_length, count_padded=count_padded)
     macs = analytic_macs(model.net, model.frame_shape, None, count_padded=count_padded)
     return macs + (_projection_quirk(model) if linear_quirk else 0)
+
+
+def paper_step_macs(model, *, count_padded: bool = True, linear_quirk: bool = True) -> dict[str, float]:
+    """Per-step MACs of a continual model with a temporal stride (CoI3D), paper convention.
+
+    Returns ``{"emit": ..., "skip": ..., "average": ...}``: ``emit`` is a step whose output is
+    valid (= ``paper_macs(model, 'step')``, what co3d profiles); ``skip`` a step the stride
+    suppresses: only the top-level children before the strided one run, and the strided
+    :class:`~co3d_jax.layers.Pool` costs what continual's ptflops hook counts for a frame it only
+    stores (its input frame; the patched temporal ``adaptive_max_pool1d`` is not called);
+    ``average`` is the mean per input frame over one stride period. For stride-1 models all three
+    are equal. Only a top-level strided ``Pool`` is supported (CoI3D's ``pathway0_pool``).
+    """
+    from .layers import Pool  # local: layers import this module lazily too
+    emit = paper_macs(model, "step", count_padded=count_padded, linear_quirk=linear_quirk)
+    net = model.net
+    children = getattr(net, "children", ())
+    if net.stride == 1 or not children:
+        return {"emit": emit, "skip": emit, "average": float(emit)}
+    shapes = net.shapes(model.frame_shape)
+    skip, average, s_in = 0, 0.0, 1
+    for (name, child), shape in zip(children, shapes):
+        cost = analytic_macs(child, shape, None, count_padded=count_padded)
+        if child.stride > 1:
+            if not isinstance(child, Pool) or s_in != 1:
+                raise NotImplementedError(f"paper_step_macs: only one top-level strided Pool is supported, got "
+                                          f"{name!r} ({type(child).__name__}, stride {child.stride})")
+            stored = math.prod(shape)  # hook on the input frame only
+            skip += stored
+            average += (cost + (child.stride - 1) * stored) / child.stride
+        elif s_in == 1:
+            skip += cost
+            average += cost
+        else:
+            average += cost / s_in
+        s_in *= child.stride
+    if linear_quirk:
+        average += _projection_quirk(model) / s_in
+    return {"emit": emit, "skip": skip, "average": average}
 
 
 # ---------------------------------------------------------------------------------------- XLA

@@ -383,14 +383,17 @@ def test_cli_convert_verify_reduced(cli_runs, files, capsys):
     assert "identity BN" in r.stdout and "wrote" in r.stdout
     with capsys.disabled():
         print(f"\n[depth 1.0, 10 classes, 4x32x32, CLI --verify] rel err probs {errs[0]:.2e} logits {errs[1]:.2e}")
-    # (f) the file loads for the matching model only
+    # (f) the file loads for the matching model only; a registry name is built with the options
+    # recorded in the file, a model object must match them
     path = f"{files['dir']}/tiny.npz"
     _, meta = read_npz(path)
     assert meta["arch"] == "x3d_xs" and '"num_classes": 10' in meta["model_options"]
     params = co3d_jax.load_params(path, co3d_jax.create_model("x3d_xs", depth_factor=1.0, num_classes=10))
     assert params["head"]["projection"]["kernel"].shape == (2048, 10)
+    by_name = co3d_jax.load_params(path, "x3d_xs")
+    assert by_name["head"]["projection"]["kernel"].shape == (2048, 10)
     with pytest.raises(ParamsError, match="missing"):
-        co3d_jax.load_params(path, "x3d_xs")
+        co3d_jax.load_params(path, co3d_jax.create_model("x3d_xs"))
 
 
 def test_cli_help():

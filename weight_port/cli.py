@@ -14,11 +14,13 @@ from .errors import PortError, VerificationError, one_line
 EXIT_ERROR = 2
 
 _DESCRIPTION = """\
-Port X3D / CoX3D weights from PyTorch checkpoints to framework-free co3d_jax .npz files.
+Port X3D / CoX3D and Slow / CoSlow / I3D / CoI3D weights to framework-free co3d_jax .npz files.
 
-Reads PySlowFast X3D checkpoints ({'model_state': ...} with s1.pathway0_stem.* names; co3d uses
-these), pytorchvideo X3D checkpoints (blocks.* names, torch hub x3d_*), or a bare state dict,
-optionally with a module./model. key prefix. The layout is detected from the key names."""
+Reads PySlowFast checkpoints ({'model_state': ...} with s1.pathway0_stem.* names; co3d uses
+these), pytorchvideo checkpoints (blocks.* names, torch hub x3d_*, slow_r50, i3d_r50), Caffe2
+.pkl checkpoints (PySlowFast model zoo, e.g. I3D_8x8_R50.pkl; read with a restricted unpickler),
+or a bare state dict, optionally with a module./model. key prefix. The layout is detected from
+the key names."""
 
 
 def _options(args: argparse.Namespace) -> dict:
@@ -31,7 +33,7 @@ def _options(args: argparse.Namespace) -> dict:
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    from .convert import convert_file, save_conversion
+    from .convert import convert_file, save_conversion, verify_fn
 
     if not args.out.endswith(".npz"):
         raise PortError(f"--out {args.out}: the output must be a .npz file")
@@ -42,8 +44,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     for note in conv.notes:
         print(f"  note: {note}")
     if args.verify:
-        from .reference import verify
-
+        verify = verify_fn(conv.arch)
         result = verify(conv, image_size=args.verify_image_size, frames=args.verify_frames, seed=args.seed)
         print(result.report())
         if not result.worst_rel <= args.tolerance:
@@ -75,7 +76,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
     from .download import SOURCES, resolve_url
 
     for row in SOURCES:
-        print(f"{row.name:22s} {row.layout:13s} -> {row.arch:7s} {resolve_url(row)}  "
+        print(f"{row.name:22s} {row.layout:13s} -> {row.arch:21s} {resolve_url(row)}  "
               f"sha256={row.sha256 or 'unpinned'}")
     return 0
 
@@ -89,21 +90,25 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     c = sub.add_parser("convert", help="convert a checkpoint file to a .npz params file",
-                       description="Convert an X3D checkpoint (PySlowFast, pytorchvideo or bare state dict) to a "
-                                   "co3d_jax .npz, strictly: every tensor consumed, every parameter filled.")
-    c.add_argument("src", metavar="SRC", help="PyTorch checkpoint (.pyth/.pth/.pt), loaded with weights_only=True")
+                       description="Convert an X3D or Slow/I3D checkpoint (PySlowFast, pytorchvideo, Caffe2 .pkl or "
+                                   "bare state dict) to a co3d_jax .npz, strictly: every tensor consumed, every "
+                                   "parameter filled.")
+    c.add_argument("src", metavar="SRC", help="PyTorch checkpoint (.pyth/.pth/.pt), loaded with weights_only=True, "
+                                              "or a Caffe2 .pkl (Slow/I3D archs; restricted unpickler)")
     c.add_argument("--arch", required=True,
                    help="co3d_jax model name: x3d_xs, x3d_s, x3d_m, x3d_l, cox3d_xs, cox3d_s_13, cox3d_m_16, ... "
-                        "(CoX3D uses the X3D weights; XS/S/M share one structure, L is deeper)")
+                        "(CoX3D uses the X3D weights; XS/S/M share one structure, L is deeper); slow_8x8_r50, "
+                        "coslow_8, coslow_64, i3d_r50, coi3d_8, coi3d_64, slow_8x8_r50_charades, coslow_64_charades, "
+                        "... (CoSlow/CoI3D use the Slow/I3D weights)")
     c.add_argument("--out", required=True, metavar="DST.npz", help="output params file")
-    c.add_argument("--layout", default="auto", choices=("auto", "slowfast", "pytorchvideo"),
-                   help="key naming of SRC (default: detect)")
+    c.add_argument("--layout", default="auto", choices=("auto", "slowfast", "pytorchvideo", "caffe2"),
+                   help="key naming of SRC (default: detect; caffe2 = a Caffe2 .pkl, Slow/I3D archs only)")
     c.add_argument("--num-classes", type=int, default=None, metavar="N", help="model option num_classes (default 400)")
     c.add_argument("--depth-factor", type=float, default=None, metavar="F",
-                   help="model option depth_factor (default per arch)")
+                   help="model option depth_factor of X3D archs (default per arch)")
     c.add_argument("--verify", action="store_true",
-                   help="compare the JAX model with a pytorchvideo reference on one random clip "
-                        "(needs pytorchvideo); the .npz is written only if it passes")
+                   help="compare the JAX model with a pytorchvideo reference (create_x3d / create_resnet) on one "
+                        "random clip (needs pytorchvideo); the .npz is written only if it passes")
     c.add_argument("--verify-image-size", type=int, default=None, metavar="S",
                    help="crop size of the verification clip (default: the model's)")
     c.add_argument("--verify-frames", type=int, default=None, metavar="T",
@@ -118,9 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "DIR/<file>.part, verify it (sha256 when pinned, else that it loads and converts "
                                    f"strictly) and convert it to DIR/<arch>.npz. ${MIRROR_ENV}=BASE_URL replaces the "
                                    "table's base URL.")
-    d.add_argument("name", metavar="NAME", help="table row: x3d_xs, x3d_s, x3d_m, x3d_l, pytorchvideo_x3d_s, ...")
+    d.add_argument("name", metavar="NAME", help="table row: x3d_xs, x3d_s, x3d_m, x3d_l, pytorchvideo_x3d_s, ..., "
+                                                "slow_8x8_r50, slow_8x8_r50_charades, i3d_r50, pytorchvideo_i3d_r50")
     d.add_argument("--out", required=True, metavar="DIR", help="directory for the checkpoint and the .npz")
-    d.add_argument("--arch", default=None, help="convert for this co3d_jax model (default: the row's X3D size)")
+    d.add_argument("--arch", default=None, help="convert for this co3d_jax model (default: the row's arch)")
     d.add_argument("--url", default=None, help="download from this URL instead of the table's")
     d.add_argument("--sha256", default=None, metavar="HEX", help="require this sha256 digest")
     d.add_argument("--restart", action="store_true", help="discard a partial or existing file and start over")

@@ -5,6 +5,26 @@ Every target parameter must be filled with the right shape and every source tens
 :class:`~weight_port.errors.CheckpointMismatchError` lists the missing, unexpected and
 mis-shaped keys in one message. The only tolerated gap is structural and explicit:
 pytorchvideo's stage-2 block-0 shortcut has no BN, which is filled with an exact identity BN.
+
+Architecture families (the extension point): :data:`FAMILIES` maps each family to the
+``--arch`` names it owns and to the functions that port it, as ``"module:function"`` strings
+imported lazily. :func:`convert_state_dict`, :func:`convert_file`, :func:`read_source` and
+:func:`verify_fn` dispatch on the family of ``arch`` (:func:`family_of`). A family provides:
+
+* ``convert``: ``convert_state_dict(state, arch, *, layout, source_label, container,
+  **model_options) -> Conversion`` (strict; raises ``CheckpointMismatchError``/``PortError``);
+* ``read`` (optional): ``read_source(path, layout) -> (state, container)``; default: a torch
+  checkpoint via :func:`weight_port.checkpoint.read_checkpoint`;
+* ``verify`` (optional): ``verify(conv, *, image_size, frames, seed) -> VerifyResult`` for
+  ``--verify``; without one, ``--verify`` is refused for that family.
+
+Families: ``x3d`` (``x3d_*``, ``cox3d_*``; this module and :mod:`weight_port.reference`),
+``resnet3d`` (Slow/CoSlow, I3D/CoI3D; :mod:`weight_port.resnet3d`, which also reads Caffe2
+``.pkl`` files through :mod:`weight_port.caffe2`), ``r2plus1d`` (:mod:`weight_port.r2plus1d`) and
+``slowfast`` (:mod:`weight_port.slowfast`; ``.pkl`` read like resnet3d's). The last two have no
+``--verify`` reference yet (their parity tests live in ``tests/test_r2plus1d.py`` and
+``tests/test_slowfast.py``). To add a family, append a :class:`Family`
+row whose ``match`` recognises its arch names.
 """
 
 from __future__ import annotations
@@ -19,6 +39,73 @@ import numpy as np
 
 from . import layouts as L
 from .errors import CheckpointMismatchError, PortError, summarise
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """One architecture family of the porter: ``match(arch)`` says whether it owns an arch
+    name; ``convert``/``read``/``verify`` are ``"module:function"`` paths (see the module
+    docstring); ``describe`` is shown in errors and help."""
+
+    name: str
+    match: Any
+    convert: str
+    describe: str
+    read: str | None = None
+    verify: str | None = None
+
+
+def _is_resnet3d(arch: str) -> bool:
+    from .resnet3d import is_resnet3d_arch
+
+    return is_resnet3d_arch(arch)
+
+
+FAMILIES: list[Family] = [
+    Family("x3d", lambda a: a.startswith(("x3d_", "cox3d_")), "weight_port.convert:convert_x3d_state_dict",
+           "X3D/CoX3D (x3d_*, cox3d_*)", verify="weight_port.reference:verify"),
+    Family("resnet3d", _is_resnet3d, "weight_port.resnet3d:convert_state_dict",
+           "Slow/CoSlow/I3D/CoI3D (slow_8x8_r50, coslow_<T>, i3d_r50, coi3d_<T>, *_charades)",
+           read="weight_port.resnet3d:read_source", verify="weight_port.resnet3d:verify"),
+    Family("r2plus1d", lambda a: a.startswith("r2plus1d_"), "weight_port.r2plus1d:convert_state_dict",
+           "R(2+1)D-18 (r2plus1d_18_8, r2plus1d_18_16; torchvision state dicts)"),
+    Family("slowfast", lambda a: a.startswith("slowfast_"), "weight_port.slowfast:convert_state_dict",
+           "SlowFast-R50 (slowfast_8x8_r50, slowfast_4x16_r50; pytorchvideo, PySlowFast, Caffe2 .pkl)",
+           read="weight_port.resnet3d:read_source"),  # a .pkl is Caffe2 blobs, else a torch file
+]
+
+
+def family_of(arch: str) -> Family:
+    """The :class:`Family` that owns ``arch``; :class:`PortError` if none does."""
+    for fam in FAMILIES:
+        if fam.match(arch):
+            return fam
+    raise PortError(f"--arch {arch!r}: the porter handles " + ", ".join(f.describe for f in FAMILIES) + " models")
+
+
+def _resolve(ref: str):
+    import importlib
+
+    module, func = ref.split(":")
+    return getattr(importlib.import_module(module), func)
+
+
+def read_source(path: str, arch: str, layout: str = "auto") -> tuple[dict[str, np.ndarray], str]:
+    """Read a checkpoint file for ``arch``: ``(state dict as numpy, container)``."""
+    fam = family_of(arch)
+    if fam.read:
+        return _resolve(fam.read)(path, layout)
+    from .checkpoint import read_checkpoint
+
+    return read_checkpoint(path)
+
+
+def verify_fn(arch: str):
+    """The ``--verify`` function of ``arch``'s family."""
+    fam = family_of(arch)
+    if not fam.verify:
+        raise PortError(f"--verify is not available for {fam.describe} models")
+    return _resolve(fam.verify)
 
 
 @dataclasses.dataclass
@@ -89,7 +176,17 @@ def _source_name(sf_key: str, layout: str, swap_stem: bool, num_stages: int) -> 
 def convert_state_dict(state: Mapping[str, np.ndarray], arch: str, *, layout: str = "auto",
                        source_label: str = "checkpoint", container: str = "bare",
                        **model_options: Any) -> Conversion:
-    """Convert a torch-layout state dict (numpy arrays) for ``create_model(arch, **model_options)``.
+    """Convert a state dict (numpy arrays) for ``create_model(arch, **model_options)`` with the
+    converter of ``arch``'s family (:data:`FAMILIES`). Raises :class:`CheckpointMismatchError`
+    (strictness) or :class:`PortError`."""
+    convert = _resolve(family_of(arch).convert)
+    return convert(state, arch, layout=layout, source_label=source_label, container=container, **model_options)
+
+
+def convert_x3d_state_dict(state: Mapping[str, np.ndarray], arch: str, *, layout: str = "auto",
+                           source_label: str = "checkpoint", container: str = "bare",
+                           **model_options: Any) -> Conversion:
+    """Convert a torch-layout X3D state dict (numpy arrays) for ``create_model(arch, **model_options)``.
 
     ``layout``: ``"auto"`` (detect from the key names), ``"slowfast"`` or ``"pytorchvideo"``.
     Raises :class:`CheckpointMismatchError` (strictness) or :class:`PortError`.
@@ -194,10 +291,8 @@ def _mismatch(label: str, arch: str, layout: str, model, state, missing, unexpec
 
 
 def convert_file(src: str, arch: str, *, layout: str = "auto", **model_options: Any) -> Conversion:
-    """Read a checkpoint file (torch) and convert it; see :func:`convert_state_dict`."""
-    from .checkpoint import read_checkpoint
-
-    state, container = read_checkpoint(src)
+    """Read a checkpoint file (:func:`read_source`) and convert it; see :func:`convert_state_dict`."""
+    state, container = read_source(src, arch, layout)
     return convert_state_dict(state, arch, layout=layout, source_label=src, container=container, **model_options)
 
 

@@ -1,4 +1,4 @@
-"""Downloading the public X3D checkpoints (urllib + tqdm), resumable, then converting them.
+"""Downloading the public X3D, Slow and I3D checkpoints (urllib + tqdm), resumable, then converting them.
 
 The table :data:`SOURCES` is data: one row per file. A partial download lives in
 ``DIR/<filename>.part``; a later run resumes it with an HTTP ``Range`` request (a server that
@@ -28,6 +28,8 @@ from .errors import PortError
 MIRROR_ENV = "WEIGHT_PORT_MIRROR"
 _PYSLOWFAST = "https://dl.fbaipublicfiles.com/pyslowfast/x3d_models"
 _PYTORCHVIDEO = "https://dl.fbaipublicfiles.com/pytorchvideo/model_zoo/kinetics"
+_PYTORCHVIDEO_CHARADES = "https://dl.fbaipublicfiles.com/pytorchvideo/model_zoo/charades"
+_PYSLOWFAST_K400 = "https://dl.fbaipublicfiles.com/pyslowfast/model_zoo/kinetics400"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,7 +38,8 @@ class WeightSource:
 
     ``name``: what ``download NAME`` takes; ``arch``: the co3d_jax model it converts to by
     default; ``sha256``/``size``: pinned digest and byte count, ``None`` where unknown;
-    ``layout``: ``"slowfast"`` or ``"pytorchvideo"`` (checked after download).
+    ``layout``: ``"slowfast"``, ``"pytorchvideo"``, ``"torchvision"`` or ``"caffe2"`` (checked
+    after download).
     """
 
     name: str
@@ -67,6 +70,26 @@ SOURCES: tuple[WeightSource, ...] = (
                  "x3d_m"),
     WeightSource("pytorchvideo_x3d_l", f"{_PYTORCHVIDEO}/X3D_L.pyth", "X3D_L.pyth", None, None, "pytorchvideo",
                  "x3d_l"),
+    # Slow-8x8-R50 (Slow, CoSlow; reference §3.1): pytorchvideo model zoo, {'model_state': ...}, blocks.*
+    # names. The Kinetics and Charades files share a basename, so they are saved under co3d's names.
+    WeightSource("slow_8x8_r50", f"{_PYTORCHVIDEO}/SLOW_8x8_R50.pyth", "slow_8x8_kinetics.pyth", None, None,
+                 "pytorchvideo", "slow_8x8_r50"),
+    WeightSource("slow_8x8_r50_charades", f"{_PYTORCHVIDEO_CHARADES}/SLOW_8x8_R50.pyth", "slow_8x8_charades.pyth",
+                 None, None, "pytorchvideo", "slow_8x8_r50_charades"),
+    # I3D-8x8-R50 (I3D, CoI3D; co3d's weights): PySlowFast Caffe2 pickle {'blobs': ...}
+    WeightSource("i3d_r50", f"{_PYSLOWFAST_K400}/I3D_8x8_R50.pkl", "I3D_8x8_R50.pkl", None, None, "caffe2",
+                 "i3d_r50"),
+    # the pytorchvideo hub's i3d_r50 (pytorchvideo/models/hub/resnet.py): blocks.* names, pool as blocks.2
+    WeightSource("pytorchvideo_i3d_r50", f"{_PYTORCHVIDEO}/I3D_8x8_R50.pyth", "I3D_8x8_R50.pyth", None, None,
+                 "pytorchvideo", "i3d_r50"),
+    # R(2+1)D-18 (reference §3.1, §3.5): torchvision's plain state dict
+    WeightSource("r2plus1d_18", "https://download.pytorch.org/models/r2plus1d_18-91a641e6.pth",
+                 "r2plus1d_18-91a641e6.pth", None, None, "torchvision", "r2plus1d_18_16"),
+    # SlowFast-R50 (reference §3.1, §3.5): PySlowFast Caffe2 pickles {'blobs': ...}
+    WeightSource("slowfast_8x8_r50", f"{_PYSLOWFAST_K400}/SLOWFAST_8x8_R50.pkl", "SLOWFAST_8x8_R50.pkl", None, None,
+                 "caffe2", "slowfast_8x8_r50"),
+    WeightSource("slowfast_4x16_r50", f"{_PYSLOWFAST_K400}/SLOWFAST_4x16_R50.pkl", "SLOWFAST_4x16_R50.pkl", None, None,
+                 "caffe2", "slowfast_4x16_r50"),
 )
 
 
@@ -198,8 +221,7 @@ def download(name: str, out_dir: str, *, arch: str | None = None, url: str | Non
 
     Returns the ``.npz`` path. An already present, verified ``out_dir/<filename>`` is reused.
     """
-    from .checkpoint import read_checkpoint
-    from .convert import convert_state_dict, save_conversion
+    from .convert import convert_state_dict, read_source, save_conversion
 
     row = find_source(name)
     src_url = resolve_url(row, url)
@@ -216,7 +238,7 @@ def download(name: str, out_dir: str, *, arch: str | None = None, url: str | Non
         def check_structure(path: str) -> None:
             # Always run; without a pinned digest it is the integrity check (load + strict convert).
             try:
-                state, container = read_checkpoint(path)
+                state, container = read_source(path, row.arch, row.layout)
                 checked[row.arch] = convert_state_dict(state, row.arch, layout=row.layout, source_label=dest,
                                                        container=container)
             except PortError as e:
@@ -228,7 +250,7 @@ def download(name: str, out_dir: str, *, arch: str | None = None, url: str | Non
     target = arch or row.arch
     conv = checked.get(target)
     if conv is None:
-        state, container = read_checkpoint(dest)
+        state, container = read_source(dest, target, row.layout)
         conv = convert_state_dict(state, target, layout=row.layout, source_label=dest, container=container)
     npz = os.path.join(out_dir, f"{target}.npz")
     save_conversion(conv, npz, dest)

@@ -47,3 +47,7 @@ def create_model(name: str, **options) -> Model:
         if m:
             return make(m)(**options)
     raise ValueError(f"unknown model {name!r}; known: {', '.join(list_models())} (or cox3d_<size>_<window>)")
+
+
+from . import r2plus1d, slowfast  # noqa: E402,F401  (clip baselines; they register themselves)
+from . import resnet3d  # noqa: E402,F401  (Slow/CoSlow, I3D/CoI3D; registers itself)

@@ -1,0 +1,284 @@
+"""Slow-8x8-R50 / CoSlow and I3D-R50 / CoI3D (clip and continual): one ResNet-3D definition.
+
+Structure and names follow PySlowFast's ``ResNet`` (``model_arch`` ``slow``/``i3d``), which co3d
+uses for the clip baselines and mirrors in ``CoResNet`` (reference co3d.md §2.2, §2.3):
+
+* ``s1`` stem: ``conv`` (k_s,7,7) stride (1,2,2) pad (k_s//2,3,3), ``bn``, ``relu``, ``pool``
+  MaxPool (1,3,3) stride (1,2,2) pad (0,1,1) (``-inf`` padding);
+* stages ``s2..s5`` (depths 3, 4, 6, 3; width 64; outputs 256, 512, 1024, 2048) of bottleneck
+  blocks ``res{i}``: ``branch2`` = ``a`` (k_t,1,1) pad (k_t//2,0,0), ``a_bn``, ``a_relu``, ``b``
+  (1,3,3) stride (1,s,s) pad (0,1,1), ``b_bn``, ``b_relu``, ``c`` 1x1x1, ``c_bn``; skip =
+  ``branch1`` 1x1x1 stride (1,s,s) + ``branch1_bn`` on block 0 of each stage, identity otherwise,
+  delayed by the main branch's delay in stream mode; the block output is ReLU(skip + branch2);
+* ``pathway0_pool`` between ``s2`` and ``s3``: Slow (1,1,1) (the identity; kept because both
+  PyTorch models count it in ptflops), I3D MaxPool (2,1,1) stride (2,1,1), a real temporal
+  stride: CoI3D emits only every 2nd frame (t = D, D+2, ...);
+* ``head``: ``avg_pool`` AvgPool (window // pool_t, image_size // 32, image_size // 32) stride 1,
+  (dropout: inference no-op), ``projection`` Dense 2048 -> num_classes, ``act`` softmax
+  (Kinetics), sigmoid (Charades) or identity (logits).
+
+Temporal kernels (``_TEMPORAL_KERNEL_BASIS``, each stage's list repeated and cut to its depth):
+Slow stem 1, res2 [1], res3 [1], res4 [3], res5 [3]; I3D stem 5, res2 [3], res3 [3, 1],
+res4 [3, 1], res5 [1, 3]. Params pytree paths mirror the PyTorch names exactly like X3D's, e.g.
+``params["s4"]["res0"]["residual"]["branch2"]["a"]["kernel"]`` (``s4.pathway0_res0.branch2.a``)
+and ``params["s2"]["res0"]["residual"]["skip"]["branch1_bn"]["var"]``.
+
+Continual metadata (reference §2.2): CoSlow D = 9 + T_w - 1 (16 / 72 for T_w 8 / 64), RF 26 / 82,
+padding 9, stride 1; CoI3D D = 24 / 80, RF 42 / 98, padding 17, stride 2. ``temporal_fill`` is
+passed to the head pool only, as in co3d's ``CoResNet``, where it has no effect (the pool has
+no padding and its fill is never emitted); the convs always use zero fill.
+
+In stream mode the layers after ``pathway0_pool`` run under ``lax.cond``: on a step where no
+stream's pool emits (every 2nd frame of CoI3D) they are skipped, not computed and discarded.
+
+Registry names: ``slow_8x8_r50``, ``i3d_r50`` (clip); ``coslow_8``, ``coslow_64``, ``coi3d_8``,
+``coi3d_64`` and any window ``coslow_<T_w>`` / ``coi3d_<T_w>`` (continual). Charades (157
+classes, sigmoid head): ``slow_8x8_r50_charades``, ``coslow_8_charades``, ``coslow_64_charades``
+(or the options ``num_classes=157, head_activation='sigmoid'`` on any name). Other options:
+``image_size``, ``temporal_fill``, and ``width`` / ``depths`` (reduced test configurations;
+pytorchvideo's ``stem_dim_out`` builds the same reduced widths).
+
+Normalisation (reference §5.1): 0.45/0.225 for all except the I3D clip baseline, which co3d
+evaluates with ImageNet statistics (CoI3D uses 0.45/0.225).
+
+MACs (:func:`co3d_jax.flops.paper_macs`, ptflops 0.7.5 convention): Slow 54.987 and I3D 28.677
+GMACs per clip (equal to ptflops on pytorchvideo's ``create_resnet`` plus PySlowFast's identity
+``pathway0_pool`` for Slow, less pytorchvideo's 400-element output pool; 0.1 % below the
+reference's 55.04 / 28.71 for co3d's SlowFast ResNet; the gap equals one op per residual-sum
+output element, 57.7 M / 31.7 M, presumably the residual add counted there: not reproduced);
+CoSlow 6.921 per frame; CoI3D 5.695 on an emitting step, 1.528 on the others, 3.611 on average
+(:func:`co3d_jax.flops.paper_step_macs`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from ..layers import Activation, BatchNorm, Conv, Delay, Dense, Pool, Sequential, broadcast_reduce
+from ..layers.base import check_input, static
+from ..model import Model
+from . import registry as _registry
+
+IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+KINETICS = ((0.45, 0.45, 0.45), (0.225, 0.225, 0.225))
+
+# _TEMPORAL_KERNEL_BASIS (PySlowFast / co3d CoResNet): stem, res2..res5
+TEMPORAL_KERNELS = {
+    "slow": ((1,), (1,), (1,), (3,), (3,)),
+    "i3d": ((5,), (3,), (3, 1), (3, 1), (1, 3)),
+}
+POOL_T = {"slow": 1, "i3d": 2}  # _POOL1[arch][0]: pathway0_pool temporal kernel = stride
+
+
+@dataclasses.dataclass(frozen=True)
+class ResNet3DConfig:
+    """Hyper-parameters. ``window`` is the head's temporal pool in *input* frames (``T_w``; the
+    clip length of the clip models); the pool kernel is ``window // pool_t`` post-pool steps."""
+
+    arch: str = "slow"               # "slow" or "i3d"
+    image_size: int = 256
+    window: int = 8
+    frame_rate: int = 8
+    num_classes: int = 400
+    head_activation: str = "softmax"  # "softmax" (Kinetics), "sigmoid" (Charades), "identity" (logits)
+    temporal_fill: str = "zeros"     # head pool only (co3d CoResNet); no effect on outputs
+    depths: tuple = (3, 4, 6, 3)
+    width: int = 64
+
+    def __post_init__(self):
+        object.__setattr__(self, "depths", tuple(int(d) for d in self.depths))
+        if len(self.depths) != 4:
+            raise ValueError(f"ResNet3D: depths must list 4 stages, got {self.depths}")
+        if self.arch not in TEMPORAL_KERNELS:
+            raise ValueError(f"ResNet3D: arch must be one of {sorted(TEMPORAL_KERNELS)}, got {self.arch!r}")
+        if self.window // self.pool_t < 1:
+            raise ValueError(f"ResNet3D: window {self.window} is shorter than the temporal pool {self.pool_t}")
+        if self.image_size // 32 < 1:
+            raise ValueError(f"ResNet3D: image_size {self.image_size} must be at least 32")
+
+    @property
+    def pool_t(self) -> int:
+        return POOL_T[self.arch]
+
+    def stage_kernels(self, stage: int) -> list[int]:
+        """Temporal kernel of ``conv_a`` for every block of stage ``stage`` (0 = res2)."""
+        basis = list(TEMPORAL_KERNELS[self.arch][stage + 1])
+        depth = self.depths[stage]
+        return (basis * depth)[:depth]
+
+
+@static
+class IdentityPool(Pool):
+    """A max pool with kernel = stride = (1, 1, 1): the identity (Slow's ``pathway0_pool``).
+    Computes nothing; kept as a layer so MAC counts include it as ptflops does."""
+
+    def forward(self, params, x):
+        check_input(self, x, clip=True)
+        return x
+
+    def apply(self, params, x):
+        return x
+
+
+@static
+class StridedSequential(Sequential):
+    """A :class:`Sequential` whose children after the first temporally strided child run under
+    ``lax.cond`` in stream mode: when no stream's input to them is valid (a strided layer did not
+    emit), their state is kept and the output is zeros with ``valid`` False, without computing
+    them. Clip mode, params, state and metadata are those of a plain :class:`Sequential`."""
+
+    def _split(self) -> int:
+        for i, (_, c) in enumerate(self.children):
+            if c.stride > 1:
+                return i + 1
+        return len(self.children)
+
+    def step(self, params, state, x, valid):
+        k = self._split()
+        if k >= len(self.children):
+            return super().step(params, state, x, valid)
+        params, state = params or {}, state or {}
+        new_state = {}
+        for n, c in self.children[:k]:
+            new_state[n], x, valid = c.step(params.get(n), state.get(n), x, valid)
+        tail = self.children[k:]
+        tail_state = {n: state[n] for n, _ in tail if n in state}
+
+        def run(operands):
+            st, x, v = operands
+            out = {}
+            for n, c in tail:
+                out[n], x, v = c.step(params.get(n), st.get(n), x, v)
+            return {n: s for n, s in out.items() if n in st}, x, v
+
+        def skip(operands):
+            st, x, v = operands
+            y = jax.eval_shape(run, operands)[1]
+            return st, jnp.zeros(y.shape, y.dtype), jnp.zeros_like(v)
+
+        tail_state, y, valid = lax.cond(jnp.any(valid), run, skip, (tail_state, x, valid))
+        new_state.update(tail_state)
+        return {n: s for n, s in new_state.items() if s is not None and not (isinstance(s, dict) and not s)}, y, valid
+
+
+def _bottleneck(c_in: int, c_out: int, inner: int, k_t: int, stride: int) -> Sequential:
+    return Sequential.of(
+        ("a", Conv(c_in, inner, (k_t, 1, 1), 1, (k_t // 2, 0, 0))),
+        ("a_bn", BatchNorm(inner)),
+        ("a_relu", Activation("relu")),
+        ("b", Conv(inner, inner, (1, 3, 3), (1, stride, stride), (0, 1, 1))),
+        ("b_bn", BatchNorm(inner)),
+        ("b_relu", Activation("relu")),
+        ("c", Conv(inner, c_out)),
+        ("c_bn", BatchNorm(c_out)),
+    )
+
+
+def _block(c_in: int, c_out: int, inner: int, k_t: int, stride: int) -> Sequential:
+    """CoResBlock: ``Sequential(BroadcastReduce(skip, branch2), ReLU)`` (reference §2.3)."""
+    branch2 = _bottleneck(c_in, c_out, inner, k_t, stride)
+    if c_in != c_out or stride != 1:
+        skip = Sequential.of(("branch1", Conv(c_in, c_out, 1, (1, stride, stride))), ("branch1_bn", BatchNorm(c_out)),
+                             ("delay", Delay(branch2.delay)))
+    else:
+        skip = Delay(branch2.delay)
+    return Sequential.of(("residual", broadcast_reduce(("skip", skip), ("branch2", branch2))),
+                         ("relu", Activation("relu")))
+
+
+def build_resnet3d(cfg: ResNet3DConfig) -> Sequential:
+    """The Slow/I3D network as a :class:`StridedSequential` (``s1``, ``s2``, ``pathway0_pool``,
+    ``s3``, ``s4``, ``s5``, ``head``)."""
+    w = cfg.width
+    k_s = TEMPORAL_KERNELS[cfg.arch][0][0]
+    stem = Sequential.of(
+        ("conv", Conv(3, w, (k_s, 7, 7), (1, 2, 2), (k_s // 2, 3, 3))),
+        ("bn", BatchNorm(w)),
+        ("relu", Activation("relu")),
+        ("pool", Pool("max", (1, 3, 3), (1, 2, 2), (0, 1, 1))),
+    )
+    children = [("s1", stem)]
+    c_in = w
+    for s, depth in enumerate(cfg.depths):
+        c_out, inner = w * 4 * 2 ** s, w * 2 ** s
+        stride = 1 if s == 0 else 2
+        kernels = cfg.stage_kernels(s)
+        blocks = [(f"res{i}", _block(c_in if i == 0 else c_out, c_out, inner, kernels[i], stride if i == 0 else 1))
+                  for i in range(depth)]
+        children.append((f"s{s + 2}", Sequential.of(*blocks)))
+        c_in = c_out
+        if s == 0:
+            p = cfg.pool_t
+            pool = IdentityPool("max") if p == 1 else Pool("max", (p, 1, 1), (p, 1, 1), 0)
+            children.append(("pathway0_pool", pool))
+    final = cfg.image_size // 32
+    head = Sequential.of(
+        ("avg_pool", Pool("avg", (cfg.window // cfg.pool_t, final, final), 1, 0, temporal_fill=cfg.temporal_fill)),
+        ("projection", Dense(c_in, cfg.num_classes)),
+        ("act", Activation(cfg.head_activation)),
+    )
+    children.append(("head", head))
+    return StridedSequential.of(*children)
+
+
+ARCHS = {
+    # arch -> (image size, clip-model normalisation)
+    "slow": (256, KINETICS),
+    "i3d": (224, IMAGENET),
+}
+
+
+def resnet3d(arch: str, *, continual: bool, window: int | None = None, name: str | None = None,
+             **options) -> Model:
+    """Build Slow-8x8-R50 / I3D-R50 (``continual=False``) or CoSlow / CoI3D with head window
+    ``window`` (input frames; default 8). ``options``: :class:`ResNet3DConfig` fields
+    (``image_size``, ``num_classes``, ``head_activation``, ``temporal_fill``, ...)."""
+    if arch not in ARCHS:
+        raise ValueError(f"unknown ResNet-3D arch {arch!r}; choose from {sorted(ARCHS)}")
+    unknown = set(options) - {f.name for f in dataclasses.fields(ResNet3DConfig)} - {"normalisation"}
+    if unknown or "arch" in options:
+        raise TypeError(f"unknown ResNet-3D options {sorted(unknown | ({'arch'} & set(options)))}")
+    size, clip_norm = ARCHS[arch]
+    normalisation = options.pop("normalisation", KINETICS if continual else clip_norm)
+    base = dict(arch=arch, image_size=size, window=8, frame_rate=8)
+    if window is not None:
+        base["window"] = int(window)
+    cfg = ResNet3DConfig(**{**base, **options})
+    default = {"slow": ("coslow", "slow_8x8_r50"), "i3d": ("coi3d", "i3d_r50")}[arch]
+    name = name or (f"{default[0]}_{cfg.window}" if continual else default[1])
+    return Model(name=name, net=build_resnet3d(cfg), image_size=cfg.image_size,
+                 clip_length=8 if continual else cfg.window, frame_rate=cfg.frame_rate,
+                 num_classes=cfg.num_classes, normalisation=normalisation, config=cfg, continual=continual)
+
+
+CHARADES = dict(num_classes=157, head_activation="sigmoid")
+
+_registry.register("slow_8x8_r50", partial(resnet3d, "slow", continual=False, name="slow_8x8_r50"))
+_registry.register("i3d_r50", partial(resnet3d, "i3d", continual=False, name="i3d_r50"))
+_registry.register("slow_8x8_r50_charades",
+                   partial(resnet3d, "slow", continual=False, name="slow_8x8_r50_charades", **CHARADES))
+for _w in (8, 64):
+    _registry.register(f"coslow_{_w}", partial(resnet3d, "slow", continual=True, window=_w, name=f"coslow_{_w}"))
+    _registry.register(f"coi3d_{_w}", partial(resnet3d, "i3d", continual=True, window=_w, name=f"coi3d_{_w}"))
+    _registry.register(f"coslow_{_w}_charades", partial(resnet3d, "slow", continual=True, window=_w,
+                                                        name=f"coslow_{_w}_charades", **CHARADES))
+
+
+def _pattern(m):
+    arch = {"coslow": "slow", "coi3d": "i3d"}[m[1]]
+    extra = CHARADES if m[3] else {}
+    return partial(resnet3d, arch, continual=True, window=int(m[2]), name=m[0], **extra)
+
+
+_registry._PATTERNS.append((re.compile(r"^(coslow|coi3d)_(\d+)(_charades)?$"), _pattern))
+
+
+
+__all__ = ["ResNet3DConfig", "build_resnet3d", "resnet3d", "IdentityPool", "StridedSequential", "TEMPORAL_KERNELS",
+           "IMAGENET", "KINETICS"]
