@@ -77,7 +77,16 @@ def main(argv=None) -> int:
     from co3d_jax.data.video import VideoError
     from co3d_jax.params import ParamsError
 
-    opts = {"image_size": args.image_size} if args.image_size else {}
+    opts = {}
+    if args.weights:
+        from co3d_jax.params import read_npz
+        try:
+            opts.update(json.loads(read_npz(args.weights)[1].get("model_options", "{}")))
+        except ParamsError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    if args.image_size:
+        opts["image_size"] = args.image_size
     for item in args.option:
         key, sep, value = item.partition("=")
         if not sep:

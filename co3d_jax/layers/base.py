@@ -6,6 +6,8 @@ A layer is a frozen dataclass (static configuration, hashable, safe to close ove
 * ``init(key, in_shape) -> params``: random parameters (PyTorch default-like init).
 * ``forward(params, clip) -> clip``: clip mode, ``(B, T, H, W, C) -> (B, T', H', W', C')``,
   exactly the ``torch.nn`` computation (zero temporal padding at both ends).
+* ``forward_train(params, clip) -> (clip, params)``: clip mode in training mode (batch-statistics
+  batch norm with updated running statistics); the default is ``forward`` with params unchanged.
 * ``init_state(batch, in_shape, dtype) -> state``: a fixed-shape pytree (``None`` when stateless).
 * ``step(params, state, frame, valid) -> (state, frame, valid)``: continual mode for one frame
   ``(B, H, W, C) -> (B, H', W', C')``; ``valid`` is a ``(B,)`` bool vector. A layer only advances
@@ -87,6 +89,13 @@ class Layer:
         check_input(self, x, clip=True)
         return self.apply(params, x)
 
+    def forward_train(self, params: Params, x: Array) -> tuple[Array, Params]:
+        """Training-mode clip forward: ``(y, new_params)``. Layers without training behaviour
+        return ``forward`` and their params unchanged; :class:`BatchNorm` normalises with batch
+        statistics and returns updated running statistics; containers thread it through their
+        children. Pure: nothing is mutated, inference paths are untouched."""
+        return self.forward(params, x), params
+
     def step(self, params: Params, state: State, x: Array, valid: Array):
         check_input(self, x, clip=False)
         return state, self.apply(params, x), valid
@@ -165,6 +174,10 @@ def _host_rng(key: Array):
     Eager ``jax.random`` compiles one program per distinct shape, which made a CPU ``init`` of a
     whole network take tens of seconds; host sampling from the same key is instant and still
     deterministic in the key."""
+    if isinstance(key, jax.core.Tracer):
+        # Under tracing (e.g. jax.eval_shape(model.init)) skip the failing conversion below: building
+        # that exception's message walks the whole trace, ~20 ms per call (11 s for SlowFast-R50).
+        return None
     try:
         data = np.asarray(jax.random.key_data(key))
     except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):

@@ -126,6 +126,16 @@ class Sequential(Layer):
             x = c.forward(params.get(n), x)
         return x
 
+    def forward_train(self, params, x):
+        if params is None:
+            return self.forward(params, x), params
+        new = dict(params)
+        for n, c in self.children:
+            x, p = c.forward_train(params.get(n), x)
+            if n in params:
+                new[n] = p
+        return x, new
+
     def apply(self, params, x):
         params = params or {}
         for n, c in self.children:
@@ -252,6 +262,17 @@ class Parallel(Layer):
         params = params or {}
         return tuple(b.forward(params.get(n), x) for (n, b), x in zip(self.branches, xs))
 
+    def forward_train(self, params, xs):
+        if params is None:
+            return self.forward(params, xs), params
+        new, outs = dict(params), []
+        for (n, b), x in zip(self.branches, xs):
+            y, p = b.forward_train(params.get(n), x)
+            outs.append(y)
+            if n in params:
+                new[n] = p
+        return tuple(outs), new
+
     def apply(self, params, xs):
         params = params or {}
         return tuple(b.apply(params.get(n), x) for (n, b), x in zip(self.branches, xs))
@@ -295,6 +316,10 @@ class BroadcastReduce(Parallel):
 
     def forward(self, params, x):
         return Reduce(self.op).apply(None, super().forward(params, (x,) * len(self.branches)))
+
+    def forward_train(self, params, x):
+        ys, params = super().forward_train(params, (x,) * len(self.branches))
+        return Reduce(self.op).apply(None, ys), params
 
     def apply(self, params, x):
         return Reduce(self.op).apply(None, super().apply(params, (x,) * len(self.branches)))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from .base import (Array, Layer, Shape, bcast, check_input, check_state_frame, counter_advance, counter_init, gate,
@@ -95,8 +96,9 @@ class Pool(Layer):
         strd = (1, *strides, 1)
         pad = [(0, 0)] + [(p, p) for p in pads] + [(0, 0)]
         if self.kind == "max":
-            return lax.reduce_window(x, jnp.array(-jnp.inf, x.dtype), lax.max, dims, strd, pad)
-        return lax.reduce_window(x, jnp.array(0, x.dtype), lax.add, dims, strd, pad) / math.prod(window)
+            return lax.reduce_window(x, np.array(-np.inf, x.dtype), lax.max, dims, strd, pad)
+        # numpy init values stay concrete under jit, so lax recognises the monoid (differentiable)
+        return lax.reduce_window(x, np.array(0, x.dtype), lax.add, dims, strd, pad) / math.prod(window)
 
     def forward(self, params, x):
         check_input(self, x, clip=True)

@@ -14,6 +14,8 @@ import jax.numpy as jnp
 from .base import (Layer, check_channels, check_input, check_state_frame, counter_advance, counter_init,
                    fan_in_uniform, gate, random_normal, random_uniform, static)
 
+BN_MOMENTUM = 0.1  # running-statistics momentum of BatchNorm.forward_train (PyTorch's default)
+
 ACTIVATIONS = {
     "relu": jax.nn.relu,
     "swish": lambda x: x * jax.nn.sigmoid(x),
@@ -66,6 +68,27 @@ class BatchNorm(Layer):
         check_channels(self, x, self.channels)
         inv = params["scale"] / jnp.sqrt(params["var"] + self.eps)
         return x * inv.astype(x.dtype) + (params["bias"] - params["mean"] * inv).astype(x.dtype)
+
+    def forward_train(self, params, x):
+        """Training mode (``torch.nn.BatchNorm3d.train()``): normalise with the batch statistics
+        over every axis but channels (B, T, H, W; biased variance), and return the running
+        statistics updated with momentum 0.1 and the *unbiased* batch variance, as PyTorch does.
+        Statistics are computed in float32 whatever the input dtype; under ``jit`` with a sharded
+        batch they are global-batch statistics (synchronised BN)."""
+        check_input(self, x, clip=True)
+        check_channels(self, x, self.channels)
+        axes = tuple(range(x.ndim - 1))
+        n = math.prod(x.shape[a] for a in axes)
+        xf = x.astype(jnp.float32)
+        mean = jnp.mean(xf, axis=axes)
+        var = jnp.mean(jnp.square(xf - mean), axis=axes)
+        inv = params["scale"].astype(jnp.float32) * jax.lax.rsqrt(var + self.eps)
+        y = (xf - mean) * inv + params["bias"].astype(jnp.float32)
+        m = BN_MOMENTUM
+        stats = jax.lax.stop_gradient((mean, var * (n / max(n - 1, 1))))
+        new = dict(params, mean=(1 - m) * params["mean"] + m * stats[0].astype(params["mean"].dtype),
+                   var=(1 - m) * params["var"] + m * stats[1].astype(params["var"].dtype))
+        return y.astype(x.dtype), new
 
     def macs(self, in_shape, t=None):
         # ptflops: affine BN = 2/element; in a continual step its hook fires twice (forward_stepping

@@ -1,0 +1,488 @@
+"""Fine-tuning library: loss, optimiser, a jitted data-parallel train step, head replacement and
+training-time data sampling. The CLI is ``experiments/finetune.py``; see ``docs/finetuning.md``.
+
+* **Forward.** Training runs the clip network in training mode (:meth:`Layer.forward_train`:
+  batch-statistics BN, running statistics updated with momentum 0.1 as PyTorch) on the
+  *logits*: :func:`logits_net` replaces the head's final softmax by the identity (same params).
+  The loss is ``log_softmax`` cross-entropy on the logits averaged over the head's output
+  positions (one position at the configured clip length). Taking ``log`` of the model's softmax
+  output instead would underflow to ``-inf`` for confident wrong predictions and loses precision
+  (the gradient of ``log(softmax)`` through the softmax's rounding); ``log_softmax`` is exact.
+  Optional dropout (X3D recipe: 0.5) is applied before the ``projection`` dense layer.
+* **Optimiser** (:func:`make_optimizer`): SGD with (Nesterov) momentum or AdamW, a linear warmup
+  into a cosine decay (the X3D recipe's schedule), weight decay on conv/dense kernels only (not on
+  BN scale/bias or biases), optional global-norm clipping. BN running statistics are not trained:
+  their gradients are zero, they get no weight decay, and after every update they are replaced by
+  the statistics :meth:`Layer.forward_train` returns.
+* **Data parallel** (:func:`make_train_step`): a 1-D ``data`` mesh over the local devices; the
+  batch is sharded over it (``NamedSharding(mesh, P('data'))``) and params/optimizer state are
+  replicated. Batch statistics and gradients are global-batch quantities (XLA inserts the
+  all-reduces), so the result does not depend on the device count beyond float summation order.
+* **Mixed precision** (``compute_dtype='bfloat16'``): the clip is cast to bf16 and every layer
+  casts its f32 params to the input dtype, so convolutions and matmuls run in bf16; BN statistics,
+  the loss, gradients, params and optimizer state stay f32.
+* **Heads** (:func:`load_pretrained`): a checkpoint whose ``head/projection`` has another class
+  count gets a fresh projection (normal(0.01) kernel, zero bias, PySlowFast's ``fc_init_std``);
+  every other parameter must match exactly.
+* **Precise BN** (:func:`precise_bn`): running statistics recomputed as the average batch
+  statistics over extra batches with the weights fixed (PySlowFast ``BN.USE_PRECISE_STATS``).
+* **Data** (:func:`train_sample`, :func:`sample_indices`): X3D training augmentation (random
+  temporal window, short-side scale jitter, random crop, optional horizontal flip) in numpy; the
+  data order and every sample's randomness are pure functions of ``(seed, global sample number)``,
+  so a run resumed from ``step`` sees exactly the batches an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from .layers import Activation, Layer, Parallel, Sequential
+from .params import ParamsError, check_against, flatten, read_npz, unflatten
+
+BN_KEYS = frozenset({"scale", "bias", "mean", "var"})
+
+
+# ============================================================================ config
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation hyper-parameters (hashable: it keys the compiled train step)."""
+
+    total_steps: int
+    optimizer: str = "sgd"            # "sgd" | "adamw"
+    lr: float = 0.1                   # peak learning rate (after warmup)
+    warmup_steps: int = 0
+    warmup_start_lr: float = 0.0
+    end_lr: float = 0.0               # cosine decay target at total_steps
+    momentum: float = 0.9             # sgd
+    nesterov: bool = True             # sgd (PySlowFast X3D: SOLVER.NESTEROV True)
+    b1: float = 0.9                   # adamw
+    b2: float = 0.999                 # adamw
+    weight_decay: float = 5e-5        # on kernels only
+    grad_clip: float = 0.0            # global-norm clip (0: off)
+    label_smoothing: float = 0.0
+    dropout: float = 0.0              # before the projection (X3D recipe: 0.5)
+    compute_dtype: str = "float32"    # "float32" | "bfloat16"
+    seed: int = 0                     # dropout RNG
+
+    def __post_init__(self):
+        if self.optimizer not in ("sgd", "adamw"):
+            raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
+        if self.compute_dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"compute_dtype must be 'float32' or 'bfloat16', got {self.compute_dtype!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.total_steps < 1 or not 0 <= self.warmup_steps <= self.total_steps:
+            raise ValueError(f"need total_steps >= 1 and 0 <= warmup_steps <= total_steps, got "
+                             f"{self.total_steps}, {self.warmup_steps}")
+
+
+# ============================================================================ params
+def param_labels(params) -> Any:
+    """Same tree as ``params`` with a label per leaf: ``'stats'`` (BN running mean/var),
+    ``'bn'`` (BN scale/bias), ``'kernel'`` (conv/dense weights: the only weight-decayed leaves)
+    or ``'bias'``."""
+    def visit(p):
+        if isinstance(p, dict):
+            if set(p) == BN_KEYS:
+                return {k: ("stats" if k in ("mean", "var") else "bn") for k in p}
+            return {k: (visit(v) if isinstance(v, dict) else ("kernel" if k == "kernel" else "bias"))
+                    for k, v in p.items()}
+        raise TypeError(f"params must be nested dicts, got {type(p).__name__}")
+    return visit(params)
+
+
+def merge_stats(updated, trained_stats, labels):
+    """``updated`` with its BN running statistics taken from ``trained_stats``."""
+    return jax.tree.map(lambda u, s, lbl: s if lbl == "stats" else u, updated, trained_stats, labels)
+
+
+def _find_children(layer: Layer, name: str):
+    """Yield every layer named ``name`` in a layer tree."""
+    if isinstance(layer, Sequential):
+        for n, c in layer.children:
+            if n == name:
+                yield c
+            yield from _find_children(c, name)
+    for _, b in getattr(layer, "branches", ()):
+        yield from _find_children(b, name)
+
+
+def logits_net(net: Layer) -> Layer:
+    """``net`` with a final softmax (the last child, recursively) replaced by the identity; the
+    params tree is unchanged. Nets ending in anything else are returned as they are."""
+    if isinstance(net, Activation) and net.fn == "softmax":
+        return Activation("identity")
+    if isinstance(net, Sequential):
+        *rest, (name, last) = net.children
+        new = logits_net(last)
+        if new is not last:
+            return dataclasses.replace(net, children=(*rest, (name, new)))
+    return net
+
+
+def map_layers(layer: Layer, fn) -> Layer:
+    """Rebuild a layer tree bottom-up with ``fn`` applied to every leaf layer (containers keep
+    their names, so the params tree is unchanged)."""
+    if isinstance(layer, Sequential):
+        kids = tuple((n, map_layers(c, fn)) for n, c in layer.children)
+        return dataclasses.replace(layer, children=kids)
+    if isinstance(layer, Parallel):  # includes BroadcastReduce
+        kids = tuple((n, map_layers(b, fn)) for n, b in layer.branches)
+        return dataclasses.replace(layer, branches=kids)
+    return fn(layer)
+
+
+def training_net(net: Layer) -> Layer:
+    """The network the train step differentiates: :func:`logits_net` (head softmax -> identity)."""
+    return logits_net(net)
+
+
+def _init_kernel(rng: np.random.Generator, shape, projection: bool):
+    if projection:  # PySlowFast: fc weight normal(0, fc_init_std=0.01)
+        return rng.normal(0.0, 0.01, shape)
+    # c2_msra_fill = kaiming_normal_(mode="fan_out", nonlinearity="relu"); torch's fan_out of a
+    # (C_out, C_in/g, kT, kH, kW) weight is C_out * kT * kH * kW.
+    fan_out = shape[-1] * math.prod(shape[:-2])
+    return rng.normal(0.0, math.sqrt(2.0 / fan_out), shape)
+
+
+def init_for_training(model, seed: int = 0, zero_init_final_bn: bool = True):
+    """From-scratch params with PySlowFast's X3D initialisation: MSRA (fan-out) conv/dense
+    kernels, zero biases, the projection ~ N(0, 0.01), BN scale 1 / bias 0 / mean 0 / var 1, and
+    the last BN of every residual branch (``c_bn``, ``transform_final_bn``) zero-initialised."""
+    rng = np.random.default_rng(seed)
+    shapes = jax.eval_shape(model.init, jax.random.key(0))
+
+    def visit(p, name):
+        if set(p) == BN_KEYS:
+            c = p["scale"].shape
+            scale = np.zeros(c) if (zero_init_final_bn and name == "c_bn") else np.ones(c)
+            return {"scale": scale, "bias": np.zeros(c), "mean": np.zeros(c), "var": np.ones(c)}
+        out = {}
+        for k, v in sorted(p.items()):
+            if isinstance(v, dict):
+                out[k] = visit(v, k)
+            elif k == "kernel":
+                out[k] = _init_kernel(rng, v.shape, name == "projection")
+            else:
+                out[k] = np.zeros(v.shape)
+        return out
+
+    return jax.tree.map(lambda a, s: jnp.asarray(a, s.dtype), visit(shapes, ""), shapes)
+
+
+def fresh_head(model, seed: int = 0) -> dict:
+    """A new ``head/projection`` (``kernel ~ N(0, 0.01)``, zero bias) for ``model.num_classes``."""
+    shapes = jax.eval_shape(model.init, jax.random.key(0))["head"]["projection"]
+    rng = np.random.default_rng([seed, 7])
+    return {k: jnp.asarray(_init_kernel(rng, v.shape, True) if k == "kernel" else np.zeros(v.shape), v.dtype)
+            for k, v in shapes.items()}
+
+
+HEAD_PREFIX = "head/projection/"
+
+
+def load_pretrained(path: str, model, seed: int = 0) -> tuple[dict, dict]:
+    """Load ``path`` (``.npz``) for fine-tuning ``model``: every parameter must match, except
+    ``head/projection``, which is re-initialised (:func:`fresh_head`) when its class count
+    differs. Returns ``(params, info)``; ``info`` has ``replaced_head``, ``checkpoint_classes``,
+    ``metadata``."""
+    flat, meta = read_npz(path)
+    reference = jax.eval_shape(model.init, jax.random.key(0))
+    ref_flat = flatten(reference)
+    head_keys = [k for k in ref_flat if k.startswith(HEAD_PREFIX)]
+    if not head_keys:
+        raise ParamsError(f"{model.name}: no {HEAD_PREFIX.rstrip('/')} in the model; cannot adapt the head")
+    ckpt_kernel = flat.get(HEAD_PREFIX + "kernel")
+    ckpt_classes = None if ckpt_kernel is None else int(ckpt_kernel.shape[-1])
+    replace = any(k not in flat or tuple(flat[k].shape) != tuple(ref_flat[k].shape) for k in head_keys)
+    body = {k: v for k, v in flat.items() if not k.startswith(HEAD_PREFIX)}
+    ref_body = unflatten({k: v for k, v in ref_flat.items() if not k.startswith(HEAD_PREFIX)})
+    check_against(body, ref_body, f"{path} (arch {meta.get('arch', 'unknown')}) for model {model.name}")
+    params = unflatten({k: jnp.asarray(v, ref_flat[k].dtype) for k, v in body.items()})
+    if replace:
+        params["head"]["projection"] = fresh_head(model, seed)
+    else:
+        params["head"]["projection"] = {k[len(HEAD_PREFIX):]: jnp.asarray(flat[k]) for k in head_keys}
+    return params, dict(replaced_head=replace, checkpoint_classes=ckpt_classes, metadata=meta)
+
+
+# ============================================================================ optimiser
+def lr_schedule(cfg: TrainConfig) -> optax.Schedule:
+    """Linear warmup from ``warmup_start_lr`` to ``lr`` over ``warmup_steps``, then a cosine
+    decay to ``end_lr`` at ``total_steps`` (the X3D recipe's ``cosine`` policy with warmup)."""
+    decay = max(cfg.total_steps - cfg.warmup_steps, 1)
+
+    def cosine(step):
+        t = jnp.clip(step / decay, 0.0, 1.0)
+        return cfg.end_lr + (cfg.lr - cfg.end_lr) * 0.5 * (1.0 + jnp.cos(jnp.pi * t))
+
+    if cfg.warmup_steps == 0:
+        return cosine
+    warm = optax.linear_schedule(cfg.warmup_start_lr, cfg.lr, cfg.warmup_steps)
+    return optax.join_schedules([warm, cosine], [cfg.warmup_steps])
+
+
+def make_optimizer(cfg: TrainConfig, labels) -> optax.GradientTransformation:
+    """SGD (+momentum, Nesterov) or AdamW with :func:`lr_schedule`; weight decay on kernels only."""
+    decay_mask = jax.tree.map(lambda lbl: lbl == "kernel", labels)
+    parts = [optax.clip_by_global_norm(cfg.grad_clip)] if cfg.grad_clip > 0 else []
+    sched = lr_schedule(cfg)
+    if cfg.optimizer == "sgd":
+        if cfg.weight_decay:
+            parts.append(optax.add_decayed_weights(cfg.weight_decay, decay_mask))  # PyTorch-style L2
+        parts.append(optax.sgd(sched, momentum=cfg.momentum or None, nesterov=cfg.nesterov and cfg.momentum > 0))
+    else:
+        parts.append(optax.adamw(sched, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay, mask=decay_mask))
+    return optax.chain(*parts)
+
+
+# ============================================================================ forward / loss
+def train_forward(net: Layer, params, clip: jax.Array, *, dropout: float = 0.0, rng: jax.Array | None = None):
+    """Training-mode forward of ``net`` -> ``(logits (B, K) float32, new_params)``.
+
+    ``net`` should end in logits (:func:`logits_net`). Output positions are averaged (one at the
+    configured clip length). With ``dropout > 0`` inverted dropout is applied to the input of every
+    layer named ``projection`` (``rng`` required)."""
+    if dropout > 0:
+        if rng is None:
+            raise ValueError("dropout needs an rng key")
+        if not any(True for _ in _find_children(net, "projection")):
+            raise ValueError("dropout: the network has no layer named 'projection'")
+        y, new = _forward_train_dropout(net, params, clip, dropout, rng)
+    else:
+        y, new = net.forward_train(params, clip)
+    return jnp.mean(y.astype(jnp.float32), axis=tuple(range(1, y.ndim - 1))), new
+
+
+def _forward_train_dropout(layer, params, x, rate, rng):
+    if not isinstance(layer, Sequential) or not any(True for _ in _find_children(layer, "projection")):
+        return layer.forward_train(params, x)
+    params = params or {}
+    new = dict(params)
+    for n, c in layer.children:
+        if n == "projection":
+            keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
+            x = jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
+        x, p = _forward_train_dropout(c, params.get(n), x, rate, rng)
+        if n in params:
+            new[n] = p
+    return x, new
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
+    """Mean softmax cross-entropy from logits (``log_softmax``; optional label smoothing)."""
+    k = logits.shape[-1]
+    onehot = jax.nn.one_hot(labels, k, dtype=jnp.float32)
+    if label_smoothing:
+        onehot = onehot * (1.0 - label_smoothing) + label_smoothing / k
+    return jnp.mean(-jnp.sum(onehot * jax.nn.log_softmax(logits, axis=-1), axis=-1))
+
+
+# ============================================================================ train step
+def data_mesh(devices=None) -> Mesh:
+    """A 1-D ``('data',)`` mesh over ``devices`` (default: all local devices)."""
+    devices = jax.local_devices() if devices is None else devices
+    return Mesh(np.asarray(devices), ("data",))
+
+
+def shardings(mesh: Mesh) -> tuple[NamedSharding, NamedSharding]:
+    """``(replicated, batch)`` shardings: params/optimizer state, and batch-axis-sharded data."""
+    return NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+
+
+@functools.lru_cache(maxsize=16)
+def make_train_step(net: Layer, cfg: TrainConfig, mesh: Mesh, donate: bool = True):
+    """``train_step(params, opt_state, clips, labels, step) -> (params, opt_state, metrics)``,
+    jitted, with ``clips (B, T, H, W, 3)``/``labels (B,)`` sharded over ``mesh`` and everything
+    else replicated. ``step`` (int32) is the number of updates done before this one (it seeds
+    dropout). ``metrics``: ``loss``, ``accuracy``, ``grad_norm``, ``lr``. Cached per
+    ``(net, cfg, mesh)``, so repeated runs in one process compile once."""
+    net = training_net(net)
+    sched = lr_schedule(cfg)
+    dtype = jnp.dtype(cfg.compute_dtype)
+    base_key = jax.random.key(cfg.seed)
+
+    def step_fn(params, opt_state, clips, labels, step):
+        labels_tree = param_labels(params)
+        tx = make_optimizer(cfg, labels_tree)
+        rng = jax.random.fold_in(base_key, step)
+
+        def loss_fn(p):
+            logits, new = train_forward(net, p, clips.astype(dtype), dropout=cfg.dropout, rng=rng)
+            loss = cross_entropy(logits, labels, cfg.label_smoothing)
+            return loss, (logits, new)
+
+        (loss, (logits, new)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        params_out = merge_stats(optax.apply_updates(params, updates), new, labels_tree)
+        acc = jnp.mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32))
+        metrics = dict(loss=loss, accuracy=acc, grad_norm=optax.global_norm(grads), lr=sched(step))
+        return params_out, opt_state, metrics
+
+    repl, batch = shardings(mesh)
+    return jax.jit(step_fn, in_shardings=(repl, repl, batch, batch, repl), out_shardings=(repl, repl, repl),
+                   donate_argnums=(0, 1) if donate else ())
+
+
+def init_opt_state(params, cfg: TrainConfig):
+    return make_optimizer(cfg, param_labels(params)).init(params)
+
+
+def replicate(tree, mesh: Mesh):
+    repl, _ = shardings(mesh)
+    return jax.device_put(tree, repl)
+
+
+def shard_batch(clips: np.ndarray, labels: np.ndarray, mesh: Mesh):
+    """Put a host batch on the mesh, split along the batch axis."""
+    n = mesh.devices.size
+    if clips.shape[0] % n:
+        raise ValueError(f"batch size {clips.shape[0]} is not divisible by the {n} devices of the mesh")
+    _, batch = shardings(mesh)
+    return jax.device_put(clips, batch), jax.device_put(labels, batch)
+
+
+@functools.lru_cache(maxsize=16)
+def make_batch_stats_fn(net: Layer, mesh: Mesh):
+    """``f(params, clips) -> stats``: every BN's batch ``mean`` and unbiased ``var`` (in the
+    running-statistics leaves of a params-shaped tree) for one training-mode forward; jitted
+    with the batch sharded over ``mesh``."""
+    from .layers.simple import BN_MOMENTUM
+    net = logits_net(net)
+
+    def f(params, clips):
+        labels = param_labels(params)
+        zeroed = jax.tree.map(lambda p, lbl: jnp.zeros_like(p) if lbl == "stats" else p, params, labels)
+        _, new = net.forward_train(zeroed, clips)   # running = 0.9 * 0 + 0.1 * batch statistic
+        return jax.tree.map(lambda p, lbl: p / BN_MOMENTUM if lbl == "stats" else None, new, labels)
+
+    repl, batch = shardings(mesh)
+    return jax.jit(f, in_shardings=(repl, batch), out_shardings=repl)
+
+
+def precise_bn(net: Layer, params, batches, mesh: Mesh):
+    """PySlowFast's "precise BN" (``BN.USE_PRECISE_STATS``): replace the running statistics by
+    the average of the batch statistics (mean, unbiased variance) over ``batches`` (an iterable
+    of host ``(clips, labels)``) with the weights fixed. After a short fine-tuning run the
+    momentum-0.1 running statistics lag the last weights; these do not."""
+    fn = make_batch_stats_fn(net, mesh)
+    total, n = None, 0
+    for clips, labels in batches:
+        x, _ = shard_batch(np.asarray(clips), np.asarray(labels), mesh)
+        stats = fn(params, x)
+        total = stats if total is None else jax.tree.map(jnp.add, total, stats)
+        n += 1
+    if n == 0:
+        return params
+    labels = param_labels(params)
+    avg = jax.tree.map(lambda t: t / n, total)
+    return jax.tree.map(lambda p, lbl, s: s if lbl == "stats" else p, params, labels, avg)
+
+
+def evaluate_clips(model, params, clips, batch_size: int = 16) -> np.ndarray:
+    """Inference class scores ``(N, K)`` of ``model`` (running BN statistics) on ``clips``."""
+    fwd = jax.jit(model.forward)
+    return np.concatenate([np.asarray(fwd(params, jnp.asarray(clips[i:i + batch_size])))
+                           for i in range(0, len(clips), batch_size)])
+
+
+# ============================================================================ training data
+@dataclasses.dataclass(frozen=True)
+class TrainClipSpec:
+    """X3D training sampling: ``num_frames`` at ``sampling_rate`` (30-fps frames apart) from a
+    uniformly random window; short side resized to a random size in ``jitter`` (PySlowFast
+    ``TRAIN_JITTER_SCALES``, e.g. [182, 228] for a 160 crop); random ``image_size`` crop;
+    horizontal flip with probability 0.5 if ``flip``; ``mean``/``std`` normalisation."""
+
+    num_frames: int
+    sampling_rate: int
+    image_size: int
+    jitter: tuple = (0, 0)
+    flip: bool = True
+    mean: tuple = (0.45, 0.45, 0.45)
+    std: tuple = (0.225, 0.225, 0.225)
+
+    @staticmethod
+    def default_jitter(image_size: int) -> tuple[int, int]:
+        """PySlowFast's X3D ratios: [182, 228] for 160, [256, 320] for 224, [356, 446] for 312."""
+        return (int(round(image_size * 256 / 224)), int(round(image_size * 320 / 224)))
+
+
+def sample_indices(seed: int, num_videos: int, step: int, batch_size: int) -> list[tuple[int, int]]:
+    """``(global sample number, video index)`` of the ``batch_size`` samples of update ``step``.
+
+    Sample ``s`` is position ``s % N`` of epoch ``s // N``, whose order is a permutation drawn
+    from ``(seed, epoch)``; a pure function, so resuming at any step reproduces the data order."""
+    out = []
+    for j in range(batch_size):
+        s = step * batch_size + j
+        epoch, pos = divmod(s, num_videos)
+        out.append((s, int(epoch_permutation(seed, epoch, num_videos)[pos])))
+    return out
+
+
+@functools.lru_cache(maxsize=4)
+def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
+    return np.random.default_rng([seed, 1, epoch]).permutation(n)
+
+
+def sample_rng(seed: int, sample: int) -> np.random.Generator:
+    """The augmentation RNG of global sample number ``sample``."""
+    return np.random.default_rng([seed, 2, sample])
+
+
+def _bilinear_rows(in_size: int, out_size: int, lo: int, hi: int):
+    """torch ``upsample_bilinear`` (align_corners=False, no antialias) taps for outputs lo..hi-1."""
+    scale = in_size / out_size
+    src = np.maximum((np.arange(lo, hi) + 0.5) * scale - 0.5, 0.0)
+    i0 = np.minimum(src.astype(np.int64), in_size - 1)
+    i1 = np.minimum(i0 + 1, in_size - 1)
+    w1 = (src - i0).astype(np.float32)
+    return i0, i1, 1.0 - w1, w1
+
+
+def resize_crop_region(frames: np.ndarray, short: int, size: int, top: float, left: float) -> np.ndarray:
+    """Resize uint8 ``(T, H, W, 3)`` so the short side is ``short`` (bilinear) and crop a
+    ``size``-square at relative offsets ``top``/``left`` in [0, 1]; float32 in [0, 1]."""
+    t, h, w, _ = frames.shape
+    if h <= w:
+        nh, nw = short, int(math.floor(w / h * short))
+    else:
+        nh, nw = int(math.floor(h / w * short)), short
+    nh, nw = max(nh, size), max(nw, size)   # a short side below the crop is stretched to it
+    y0 = int(round(top * (nh - size)))
+    x0 = int(round(left * (nw - size)))
+    r0, r1, rw0, rw1 = _bilinear_rows(h, nh, y0, y0 + size)
+    c0, c1, cw0, cw1 = _bilinear_rows(w, nw, x0, x0 + size)
+    x = frames.astype(np.float32) / np.float32(255.0)
+    cols = x[:, :, c0] * cw0[None, None, :, None] + x[:, :, c1] * cw1[None, None, :, None]
+    return cols[:, r0] * rw0[None, :, None, None] + cols[:, r1] * rw1[None, :, None, None]
+
+
+def train_sample(frames: np.ndarray, fps: float, spec: TrainClipSpec, rng: np.random.Generator) -> np.ndarray:
+    """One augmented training clip ``(num_frames, S, S, 3)`` float32 (normalised) from all the
+    decoded uint8 frames of a video."""
+    from .data.sampling import clip_size, temporal_indices
+
+    n = len(frames)
+    size = clip_size(spec.sampling_rate, spec.num_frames, fps)
+    start = rng.uniform(0.0, max(n - size, 0.0))
+    idx = temporal_indices(n, size, spec.num_frames, start)
+    lo, hi = spec.jitter if spec.jitter[1] > 0 else TrainClipSpec.default_jitter(spec.image_size)
+    short = int(rng.integers(lo, hi + 1))
+    top, left = rng.uniform(), rng.uniform()
+    clip = resize_crop_region(frames[idx], short, spec.image_size, top, left)
+    if spec.flip and rng.uniform() < 0.5:
+        clip = clip[:, :, ::-1]
+    mean, std = np.asarray(spec.mean, np.float32), np.asarray(spec.std, np.float32)
+    return np.ascontiguousarray((clip - mean) / std, dtype=np.float32)

@@ -1,0 +1,516 @@
+"""Fine-tune (or train from scratch) an X3D clip model on a Kinetics-style video folder, with
+Orbax checkpoints, exact resume and an ``.npz`` export usable as the continual CoX3D.
+
+    python -m experiments.finetune --model x3d_s --weights W.npz --data DIR --num-classes N \\
+        --steps S --batch-size B --out RUN_DIR [--optimizer sgd|adamw] [--lr LR] [--warmup W] \\
+        [--bf16] [--save-every K] [--keep N]
+
+Data: ``{DIR}/data/{split}/{label}/{name}.mp4`` (``co3d_jax.data.kinetics_folder``; ``--split``
+defaults to ``train``); class index = sorted label names. Each sample is a random temporal window
+of ``--num-frames`` frames at ``--sampling-rate`` (default: the model's clip), short-side scale
+jitter, random crop, horizontal flip (``--no-flip`` for direction-sensitive labels).
+
+Outputs in ``--out``: ``config.json`` (the run), ``metrics.jsonl`` (one line per update: step,
+loss, accuracy, grad_norm, lr, epoch; deterministic values only), ``checkpoints/`` (Orbax
+``CheckpointManager``: every ``--save-every`` updates and at the end, keeping ``--keep``),
+``params.npz`` (the trained params, metadata ``arch`` and ``model_options`` incl.
+``num_classes``) and ``summary.json``. Re-running the same command resumes from the latest
+checkpoint and continues exactly as an uninterrupted run (bit-identical on CPU: the data order
+and all augmentation/dropout randomness are functions of (seed, sample/step number), and the
+checkpoint holds params, optimizer state, step and data position). A checkpoint restores onto any
+device count (abstract target, then resharded). Ctrl-C / SIGTERM save a checkpoint and stop.
+
+Use the result as the continual model: ``co3d_jax.load_params("RUN_DIR/params.npz", "cox3d_s_13")``;
+``python -m experiments.evaluate --model cox3d_s_13 --weights RUN_DIR/params.npz --model-arg
+num_classes=N ...``. See docs/finetuning.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import concurrent.futures as cf
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+METRICS = "metrics.jsonl"
+CHECKPOINTS = "checkpoints"
+EXPORT = "params.npz"
+# options that do not change the training trajectory: they may differ between a run and its
+# resumption (precise_bn only changes the export, so a finished run can be re-exported with it)
+NON_SEMANTIC = {"out", "workers", "prefetch", "no_progress", "stop_after", "overwrite", "save_every", "keep",
+                "log_every", "precise_bn"}
+
+
+# ----------------------------------------------------------------------------- CLI
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m experiments.finetune", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    m = p.add_argument_group("model")
+    m.add_argument("--model", required=True, help="registry name of the clip model, e.g. x3d_s, x3d_m")
+    src = m.add_mutually_exclusive_group(required=True)
+    src.add_argument("--weights", help="initial params (.npz); a projection of another class count is replaced")
+    src.add_argument("--from-scratch", action="store_true", help="PySlowFast X3D initialisation")
+    m.add_argument("--num-classes", type=int, help="classes of the new head (default: the classes in the data)")
+    m.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra create_model option (repeatable), e.g. image_size=112, depth_factor=1.0")
+    m.add_argument("--se-clip-pool", choices=["global", "frame"], default="global",
+                   help="SE pool while training: global (X3D) or frame (what CoX3D computes per frame)")
+    m.add_argument("--no-zero-init-final-bn", action="store_true",
+                   help="--from-scratch: do not zero-init each residual branch's last BN (X3D recipe does)")
+    d = p.add_argument_group("data")
+    d.add_argument("--data", required=True, help="Kinetics-style root: {DIR}/data/{split}/{label}/*.mp4")
+    d.add_argument("--split", default="train")
+    d.add_argument("--classes", default="dataset", choices=["dataset", "shipped"])
+    d.add_argument("--num-frames", type=int, help="frames per clip (default: the model's clip length)")
+    d.add_argument("--sampling-rate", type=int, help="30-fps frames between samples (default: the model's)")
+    d.add_argument("--jitter", type=int, nargs=2, metavar=("MIN", "MAX"),
+                   help="short-side scale jitter (default: X3D's ratios, [182, 228] for 160)")
+    d.add_argument("--no-flip", action="store_true", help="no random horizontal flip")
+    o = p.add_argument_group("optimisation")
+    o.add_argument("--steps", type=int, required=True, help="number of updates")
+    o.add_argument("--batch-size", type=int, default=8, help="global batch (a multiple of the device count)")
+    o.add_argument("--optimizer", choices=["sgd", "adamw"], default="sgd")
+    o.add_argument("--lr", type=float, help="peak lr (default: sgd 0.1*B/128 as the X3D recipe, adamw 1e-3)")
+    o.add_argument("--warmup", type=int, help="linear warmup steps (default: steps // 10)")
+    o.add_argument("--warmup-start-lr", type=float, default=0.0)
+    o.add_argument("--end-lr", type=float, default=0.0, help="cosine decay target")
+    o.add_argument("--momentum", type=float, default=0.9)
+    o.add_argument("--no-nesterov", action="store_true")
+    o.add_argument("--weight-decay", type=float, help="on kernels only (default: sgd 5e-5, adamw 0.05)")
+    o.add_argument("--grad-clip", type=float, default=0.0, help="global-norm clip (0: off)")
+    o.add_argument("--label-smoothing", type=float, default=0.0)
+    o.add_argument("--dropout", type=float, default=0.5, help="before the projection (X3D: 0.5)")
+    o.add_argument("--bf16", action="store_true", help="bf16 compute (params/optimizer/BN stats stay f32)")
+    o.add_argument("--seed", type=int, default=0, help="data order, augmentation, dropout and init")
+    o.add_argument("--precise-bn", type=int, default=0, metavar="N",
+                   help="before export, recompute BN statistics over N training batches (PySlowFast precise BN)")
+    r = p.add_argument_group("run")
+    r.add_argument("--out", required=True, help="run folder (resumed if it holds the same run)")
+    r.add_argument("--save-every", type=int, default=500, help="checkpoint period in updates")
+    r.add_argument("--keep", type=int, default=3, help="checkpoints kept")
+    r.add_argument("--log-every", type=int, default=10, help="metrics fetched/written every N updates")
+    r.add_argument("--workers", type=int, default=None, help="decoding processes (0: in the main process)")
+    r.add_argument("--prefetch", type=int, default=2, help="batches decoded ahead")
+    r.add_argument("--overwrite", action="store_true", help="discard an existing run in --out")
+    r.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+    r.add_argument("--stop-after", type=int, help=argparse.SUPPRESS)  # tests: stop as if killed after N updates
+    return p
+
+
+def _parse_value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def model_options(args) -> dict:
+    opts = {}
+    for item in args.model_arg:
+        if "=" not in item:
+            raise SystemExit(f"--model-arg expects KEY=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        opts[k.strip()] = _parse_value(v.strip())
+    for k in ("num_classes", "head_activation", "se_clip_pool"):
+        if k in opts:
+            raise SystemExit(f"--model-arg {k}=... is set by finetune itself (use --num-classes / --se-clip-pool)")
+    return opts
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def atomic_write(path: str, text: str) -> None:
+    d = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def file_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------- data
+def load_train_sample(spec, seed: int, path: str, sample: int):
+    """Decode ``path`` and draw global sample ``sample``'s augmented clip (None on a bad video)."""
+    from co3d_jax.data.video import VideoError, decode_all
+    from co3d_jax.train import sample_rng, train_sample
+    try:
+        frames, fps = decode_all(path)
+        if len(frames) == 0:
+            return None, "no frames"
+        return train_sample(frames, fps, spec, sample_rng(seed, sample)), None
+    except VideoError as e:
+        return None, str(e)
+    except Exception as e:  # anything a broken file can trigger
+        return None, f"{type(e).__name__}: {e}"
+
+
+class BatchLoader:
+    """Batches for updates ``start, start+1, ...`` in order, decoded ``prefetch`` batches ahead
+    by ``workers`` spawned processes (or inline). Sample ``s`` of the run is video
+    ``sample_indices(seed, N, step, B)``; a video that fails to decode is replaced by the next
+    video in index order (deterministic), and reported."""
+
+    def __init__(self, records, spec, seed: int, batch_size: int, start: int, workers: int, prefetch: int):
+        self.records, self.spec, self.seed, self.batch = records, spec, seed, batch_size
+        self.step = start
+        self.failed: dict[str, str] = {}
+        self.pool = None
+        if workers > 0:
+            import multiprocessing as mp
+            self.pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"))
+        self.prefetch = max(prefetch, 0) if self.pool else 0
+        self.pending: collections.deque = collections.deque()
+        self.next_submit = start
+
+    def _tasks(self, step):
+        from co3d_jax.train import sample_indices
+        return sample_indices(self.seed, len(self.records), step, self.batch)
+
+    def _submit(self, step):
+        futs = []
+        for s, idx in self._tasks(step):
+            rec = self.records[idx]
+            if self.pool:
+                futs.append((s, idx, self.pool.submit(load_train_sample, self.spec, self.seed, rec.path, s)))
+            else:
+                futs.append((s, idx, None))
+        self.pending.append((step, futs))
+
+    def next(self):
+        while self.next_submit <= self.step + self.prefetch:
+            self._submit(self.next_submit)
+            self.next_submit += 1
+        step, futs = self.pending.popleft()
+        assert step == self.step
+        clips, labels = [], []
+        for s, idx, fut in futs:
+            clip, err = fut.result() if fut else load_train_sample(self.spec, self.seed, self.records[idx].path, s)
+            tries = 0
+            while clip is None:
+                self.failed[self.records[idx].id] = err
+                tries += 1
+                if tries >= min(len(self.records), 20):
+                    raise RuntimeError(f"{tries} videos in a row failed to decode (last: {err})")
+                idx = (idx + 1) % len(self.records)
+                clip, err = load_train_sample(self.spec, self.seed, self.records[idx].path, s)
+            clips.append(clip)
+            labels.append(self.records[idx].label)
+        self.step += 1
+        return np.stack(clips), np.asarray(labels, np.int32)
+
+    def close(self):
+        if self.pool:
+            for _, futs in self.pending:
+                for _, _, f in futs:
+                    f.cancel()
+            self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def _opt_leaves(opt_state) -> dict:
+    import jax
+    return {f"{i:05d}": leaf for i, leaf in enumerate(jax.tree.leaves(opt_state))}
+
+
+def _abstract(tree, sharding):
+    import jax
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), tree)
+
+
+def make_manager(directory: str, keep: int):
+    import orbax.checkpoint as ocp
+    opts = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+    return ocp.CheckpointManager(os.path.abspath(directory), options=opts)
+
+
+def save_checkpoint(mngr, step: int, params, opt_state, meta: dict) -> None:
+    import orbax.checkpoint as ocp
+    state = {"params": params, "opt_state": _opt_leaves(opt_state)}
+    mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+              force=True)
+
+
+def restore_checkpoint(mngr, step: int, params_like, opt_like, mesh):
+    """Restore onto ``mesh`` (any device count): the target is abstract (shape, dtype, replicated
+    sharding on this mesh), so the stored shardings are never used; then unflatten the optimizer
+    state into the structure of ``opt_like``."""
+    import jax
+    import orbax.checkpoint as ocp
+    from co3d_jax.train import shardings
+    repl, _ = shardings(mesh)
+    target = {"params": _abstract(params_like, repl), "opt_state": _abstract(_opt_leaves(opt_like), repl)}
+    out = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
+                                                       meta=ocp.args.JsonRestore()))
+    state, meta = out["state"], out["meta"]
+    leaves = [state["opt_state"][k] for k in sorted(state["opt_state"])]
+    opt_state = jax.tree.unflatten(jax.tree.structure(opt_like), leaves)
+    return state["params"], opt_state, meta
+
+
+# ----------------------------------------------------------------------------- metrics
+def read_metrics(path: str, upto: int) -> list[str]:
+    """Lines of ``metrics.jsonl`` for steps <= ``upto`` (a torn last line is dropped)."""
+    if not os.path.exists(path):
+        return []
+    keep = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                break
+            if rec.get("step", 0) <= upto:
+                keep.append(line if line.endswith("\n") else line + "\n")
+    return keep
+
+
+# ----------------------------------------------------------------------------- main
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.steps < 1 or args.batch_size < 1 or args.save_every < 1 or args.keep < 1 or args.log_every < 1:
+        _log("--steps, --batch-size, --save-every, --keep and --log-every must be >= 1")
+        return 2
+
+    import jax
+
+    import co3d_jax
+    from co3d_jax import train as T
+    from co3d_jax.data import kinetics_folder
+    from co3d_jax.data.loader import default_workers
+    from co3d_jax.params import ParamsError, save_params
+
+    # ---------------- data
+    try:
+        index = kinetics_folder(args.data, args.split, args.classes)
+    except (FileNotFoundError, ValueError) as e:
+        _log(str(e))
+        return 2
+    records = [r for r in index.records if r.label is not None]
+    if not records:
+        _log(f"no labelled videos under {args.data}/data/{index.split}")
+        return 2
+    num_classes = args.num_classes or len(index.classes)
+    if max(r.label for r in records) >= num_classes:
+        _log(f"--num-classes {num_classes} but the data has {len(index.classes)} classes")
+        return 2
+
+    # ---------------- model
+    opts = model_options(args)
+    opts["num_classes"] = num_classes
+    train_opts = dict(opts, se_clip_pool="frame") if args.se_clip_pool == "frame" else dict(opts)
+    try:
+        model = co3d_jax.create_model(args.model, **train_opts)
+    except (ValueError, TypeError) as e:
+        _log(str(e))
+        return 2
+    mesh = T.data_mesh()
+    ndev = mesh.devices.size
+    if args.batch_size % ndev:
+        _log(f"--batch-size {args.batch_size} is not a multiple of the {ndev} devices")
+        return 2
+    lr = args.lr if args.lr is not None else (0.1 * args.batch_size / 128 if args.optimizer == "sgd" else 1e-3)
+    wd = args.weight_decay if args.weight_decay is not None else (5e-5 if args.optimizer == "sgd" else 0.05)
+    warmup = args.warmup if args.warmup is not None else args.steps // 10
+    try:
+        cfg = T.TrainConfig(total_steps=args.steps, optimizer=args.optimizer, lr=lr,
+                            warmup_steps=min(warmup, args.steps),
+                            warmup_start_lr=args.warmup_start_lr, end_lr=args.end_lr, momentum=args.momentum,
+                            nesterov=not args.no_nesterov, weight_decay=wd, grad_clip=args.grad_clip,
+                            label_smoothing=args.label_smoothing, dropout=args.dropout,
+                            compute_dtype="bfloat16" if args.bf16 else "float32", seed=args.seed)
+    except ValueError as e:
+        _log(str(e))
+        return 2
+    jitter = tuple(args.jitter) if args.jitter else T.TrainClipSpec.default_jitter(model.image_size)
+    spec = T.TrainClipSpec(num_frames=args.num_frames or model.clip_length,
+                           sampling_rate=args.sampling_rate or model.frame_rate, image_size=model.image_size,
+                           jitter=jitter,
+                           flip=not args.no_flip, mean=tuple(model.normalisation[0]), std=tuple(model.normalisation[1]))
+
+    # ---------------- run folder
+    out = os.path.abspath(args.out)
+    os.makedirs(out, exist_ok=True)
+    cfg_path, metrics_path = os.path.join(out, "config.json"), os.path.join(out, METRICS)
+    ckpt_dir = os.path.join(out, CHECKPOINTS)
+    if args.overwrite:
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+        for f in (cfg_path, metrics_path, os.path.join(out, EXPORT), os.path.join(out, "summary.json")):
+            if os.path.exists(f):
+                os.remove(f)
+    signature = {k: v for k, v in sorted(vars(args).items()) if k not in NON_SEMANTIC}
+    signature["weights_sha256"] = file_sha256(args.weights) if args.weights else None
+    config = dict(args=signature, model=args.model, model_options=opts, num_classes=num_classes,
+                  classes=list(index.classes), num_videos=len(records), train=dataclasses.asdict(cfg),
+                  clip=dataclasses.asdict(spec))
+    config = json.loads(json.dumps(config))
+    if os.path.exists(cfg_path):
+        with open(cfg_path, encoding="utf-8") as f:
+            old = json.load(f)
+        if old != config:
+            diff = sorted(k for k in set(old["args"]) | set(config["args"])
+                          if old["args"].get(k) != config["args"].get(k)) or sorted(
+                k for k in set(old) | set(config) if old.get(k) != config.get(k))
+            _log(f"{out} holds a different run (differs in {', '.join(diff)}); use another --out or --overwrite")
+            return 2
+    atomic_write(cfg_path, json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+    # ---------------- state: resume or initialise
+    mngr = make_manager(ckpt_dir, args.keep)
+    latest = mngr.latest_step()
+    shapes = jax.eval_shape(model.init, jax.random.key(0))
+    opt_shapes = jax.eval_shape(lambda p: T.init_opt_state(p, cfg), shapes)
+    if latest is not None:
+        params, opt_state, meta = restore_checkpoint(mngr, latest, shapes, opt_shapes, mesh)
+        start = int(meta["step"])
+        if start != latest or meta.get("seed") != args.seed:
+            _log(f"checkpoint {latest} does not belong to this run (meta {meta})")
+            return 2
+        _log(f"resumed from step {start} (saved on {meta.get('num_devices')} device(s), now {ndev})")
+    else:
+        start = 0
+        if args.from_scratch:
+            params = T.init_for_training(model, args.seed, zero_init_final_bn=not args.no_zero_init_final_bn)
+        else:
+            try:
+                params, info = T.load_pretrained(args.weights, model, args.seed)
+            except ParamsError as e:
+                _log(str(e))
+                return 2
+            if info["replaced_head"]:
+                _log(f"new head: {info['checkpoint_classes']} -> {num_classes} classes (fresh projection)")
+        params = T.replicate(params, mesh)
+        opt_state = T.replicate(T.init_opt_state(params, cfg), mesh)
+    lines = read_metrics(metrics_path, start)
+    atomic_write(metrics_path, "".join(lines))
+
+    # ---------------- train
+    train_step = T.make_train_step(model.net, cfg, mesh)
+    workers = default_workers() if args.workers is None else args.workers
+    loader = BatchLoader(records, spec, args.seed, args.batch_size, start, workers, args.prefetch)
+    stop_at = args.steps if args.stop_after is None else min(args.steps, args.stop_after)
+    stop = {"signal": None}
+
+    def _stop(signum, frame):
+        stop["signal"] = signum
+
+    old_handlers = {s: signal.signal(s, _stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        from tqdm import tqdm
+    except ImportError:  # progress is optional
+        tqdm = None
+    bar = tqdm(total=args.steps, initial=start, disable=args.no_progress or tqdm is None, dynamic_ncols=True,
+               desc="finetune") if tqdm else None
+    pending: list = []
+    t0, n_done = time.time(), 0
+    last = {}
+
+    def flush():
+        if not pending:
+            return
+        host = jax.device_get([m for _, m in pending])
+        with open(metrics_path, "a", encoding="utf-8") as f:
+            for (s, _), m in zip(pending, host):
+                rec = {"step": s, **{k: float(v) for k, v in sorted(m.items())},
+                       "epoch": s * args.batch_size / len(records)}
+                f.write(json.dumps(rec) + "\n")
+                last.update(rec)
+        pending.clear()
+        if bar is not None:
+            bar.set_postfix(loss=f"{last['loss']:.4f}", acc=f"{last['accuracy']:.3f}", lr=f"{last['lr']:.3g}")
+
+    def meta_for(step):
+        epoch, pos = divmod(step * args.batch_size, len(records))
+        return dict(step=step, seed=args.seed, samples_seen=step * args.batch_size, epoch=epoch, epoch_position=pos,
+                    num_videos=len(records), data_order="permutation(default_rng([seed, 1, epoch]))",
+                    sample_rng="default_rng([seed, 2, sample])", dropout_rng="fold_in(key(seed), step)",
+                    num_devices=ndev)
+
+    step = start
+    interrupted = False
+    try:
+        while step < stop_at:
+            clips, labels = loader.next()
+            xb, yb = T.shard_batch(clips, labels, mesh)
+            params, opt_state, m = train_step(params, opt_state, xb, yb, np.int32(step))
+            step += 1
+            n_done += 1
+            pending.append((step, m))
+            save = step % args.save_every == 0 or step == args.steps
+            if save or step % args.log_every == 0 or step == stop_at:
+                flush()
+            if bar is not None:
+                bar.update(1)
+            if save:
+                save_checkpoint(mngr, step, params, opt_state, meta_for(step))
+            if stop["signal"] is not None:
+                if not save:
+                    save_checkpoint(mngr, step, params, opt_state, meta_for(step))
+                _log(f"stopped by signal {stop['signal']} at step {step}; checkpoint saved, re-run to resume")
+                interrupted = True
+                break
+    finally:
+        flush()
+        mngr.wait_until_finished()
+        loader.close()
+        if bar is not None:
+            bar.close()
+        for s, h in old_handlers.items():
+            signal.signal(s, h)
+    elapsed = time.time() - t0
+    if interrupted:
+        return 130
+    if step < args.steps:  # --stop-after: as if killed (no final checkpoint, no export)
+        mngr.close()
+        return 0
+
+    # ---------------- export
+    if mngr.latest_step() != args.steps:
+        save_checkpoint(mngr, step, params, opt_state, meta_for(step))
+        mngr.wait_until_finished()
+    mngr.close()
+    if args.precise_bn > 0:   # batches after the training ones: deterministic, also on a re-export
+        bn_loader = BatchLoader(records, spec, args.seed, args.batch_size, args.steps, workers, args.prefetch)
+        try:
+            params = T.precise_bn(model.net, params, (bn_loader.next() for _ in range(args.precise_bn)), mesh)
+        finally:
+            bn_loader.close()
+        loader.failed.update(bn_loader.failed)
+    host = jax.tree.map(np.asarray, jax.device_get(params))
+    export_opts = {k: v for k, v in opts.items() if k not in ("window",)}
+    meta = {"arch": args.model, "model_options": json.dumps(export_opts, sort_keys=True),
+            "classes": json.dumps(list(index.classes)), "steps": args.steps, "source": "experiments.finetune"}
+    save_params(os.path.join(out, EXPORT), host, metadata=meta)
+    lines = read_metrics(metrics_path, args.steps)
+    tail = [json.loads(line) for line in lines[-max(args.log_every, 1):]]
+    summary = dict(steps=args.steps, resumed_from=start if start else None, devices=ndev,
+                   final_loss=float(np.mean([r["loss"] for r in tail])) if tail else None,
+                   final_accuracy=float(np.mean([r["accuracy"] for r in tail])) if tail else None,
+                   seconds=elapsed, steps_per_s=n_done / elapsed if elapsed > 0 else None,
+                   clips_per_s=n_done * args.batch_size / elapsed if elapsed > 0 else None,
+                   failed_videos=loader.failed, export=os.path.join(out, EXPORT))
+    atomic_write(os.path.join(out, "summary.json"), json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    _log(f"done: {args.steps} steps, final loss {summary['final_loss']}, params -> {summary['export']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
