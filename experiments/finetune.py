@@ -42,6 +42,8 @@ import time
 
 import numpy as np
 
+from experiments._cli import parse_options
+
 METRICS = "metrics.jsonl"
 CHECKPOINTS = "checkpoints"
 EXPORT = "params.npz"
@@ -107,20 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _parse_value(text: str):
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
 def model_options(args) -> dict:
-    opts = {}
-    for item in args.model_arg:
-        if "=" not in item:
-            raise SystemExit(f"--model-arg expects KEY=VALUE, got {item!r}")
-        k, v = item.split("=", 1)
-        opts[k.strip()] = _parse_value(v.strip())
+    try:
+        opts = parse_options(args.model_arg, "--model-arg")
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
     for k in ("num_classes", "head_activation", "se_clip_pool"):
         if k in opts:
             raise SystemExit(f"--model-arg {k}=... is set by finetune itself (use --num-classes / --se-clip-pool)")

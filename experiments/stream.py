@@ -75,6 +75,7 @@ def main(argv=None) -> int:
 
     import co3d_jax
     from co3d_jax.data.video import VideoError
+    from experiments._cli import parse_options
     from co3d_jax.params import ParamsError
 
     opts = {}
@@ -87,12 +88,11 @@ def main(argv=None) -> int:
             return 2
     if args.image_size:
         opts["image_size"] = args.image_size
-    for item in args.option:
-        key, sep, value = item.partition("=")
-        if not sep:
-            print(f"error: --option expects KEY=VALUE, got {item!r}", file=sys.stderr)
-            return 2
-        opts[key] = json.loads(value) if value[:1].isdigit() or value in ("true", "false") else value
+    try:
+        opts.update(parse_options(args.option, "--option"))
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     try:
         model = co3d_jax.create_model(args.model, **opts)
     except (ValueError, TypeError) as e:
