@@ -167,7 +167,7 @@ class StridedSequential(Sequential):
         return {n: s for n, s in new_state.items() if s is not None and not (isinstance(s, dict) and not s)}, y, valid
 
 
-def _bottleneck(c_in: int, c_out: int, inner: int, k_t: int, stride: int) -> Sequential:
+def bottleneck(c_in: int, c_out: int, inner: int, k_t: int, stride: int) -> Sequential:
     return Sequential.of(
         ("a", Conv(c_in, inner, (k_t, 1, 1), 1, (k_t // 2, 0, 0))),
         ("a_bn", BatchNorm(inner)),
@@ -180,9 +180,19 @@ def _bottleneck(c_in: int, c_out: int, inner: int, k_t: int, stride: int) -> Seq
     )
 
 
+def stem(c_out: int, k_t: int) -> Sequential:
+    """ResNet stem: ``(k_t, 7, 7)`` conv stride (1, 2, 2), BN, ReLU, ``(1, 3, 3)`` max pool stride (1, 2, 2)."""
+    return Sequential.of(
+        ("conv", Conv(3, c_out, (k_t, 7, 7), (1, 2, 2), (k_t // 2, 3, 3))),
+        ("bn", BatchNorm(c_out)),
+        ("relu", Activation("relu")),
+        ("pool", Pool("max", (1, 3, 3), (1, 2, 2), (0, 1, 1))),
+    )
+
+
 def _block(c_in: int, c_out: int, inner: int, k_t: int, stride: int) -> Sequential:
     """CoResBlock: ``Sequential(BroadcastReduce(skip, branch2), ReLU)`` (reference §2.3)."""
-    branch2 = _bottleneck(c_in, c_out, inner, k_t, stride)
+    branch2 = bottleneck(c_in, c_out, inner, k_t, stride)
     if c_in != c_out or stride != 1:
         skip = Sequential.of(("branch1", Conv(c_in, c_out, 1, (1, stride, stride))), ("branch1_bn", BatchNorm(c_out)),
                              ("delay", Delay(branch2.delay)))
@@ -196,14 +206,7 @@ def build_resnet3d(cfg: ResNet3DConfig) -> Sequential:
     """The Slow/I3D network as a :class:`StridedSequential` (``s1``, ``s2``, ``pathway0_pool``,
     ``s3``, ``s4``, ``s5``, ``head``)."""
     w = cfg.width
-    k_s = TEMPORAL_KERNELS[cfg.arch][0][0]
-    stem = Sequential.of(
-        ("conv", Conv(3, w, (k_s, 7, 7), (1, 2, 2), (k_s // 2, 3, 3))),
-        ("bn", BatchNorm(w)),
-        ("relu", Activation("relu")),
-        ("pool", Pool("max", (1, 3, 3), (1, 2, 2), (0, 1, 1))),
-    )
-    children = [("s1", stem)]
+    children = [("s1", stem(w, TEMPORAL_KERNELS[cfg.arch][0][0]))]
     c_in = w
     for s, depth in enumerate(cfg.depths):
         c_out, inner = w * 4 * 2 ** s, w * 2 ** s

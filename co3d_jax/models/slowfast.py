@@ -61,6 +61,7 @@ from ..layers.base import check_input, static
 from ..layers.containers import _clip_len
 from ..model import Model
 from .r2plus1d import ClipOnlySequential
+from .resnet3d import bottleneck, stem
 
 FEICHTENHOFER_NORMALISATION = ((0.45, 0.45, 0.45), (0.225, 0.225, 0.225))
 # R50 only: for R101 PySlowFast applies the temporal kernel to the first 6 of res4's 23 blocks
@@ -290,16 +291,7 @@ class SlowFastConfig:
 
 
 def _bottleneck_block(c_in: int, c_out: int, inner: int, kt: int, stride: int) -> Sequential:
-    branch2 = Sequential.of(
-        ("a", Conv(c_in, inner, (kt, 1, 1), 1, (kt // 2, 0, 0))),
-        ("a_bn", BatchNorm(inner)),
-        ("a_relu", Activation("relu")),
-        ("b", Conv(inner, inner, (1, 3, 3), (1, stride, stride), (0, 1, 1))),
-        ("b_bn", BatchNorm(inner)),
-        ("b_relu", Activation("relu")),
-        ("c", Conv(inner, c_out)),
-        ("c_bn", BatchNorm(c_out)),
-    )
+    branch2 = bottleneck(c_in, c_out, inner, kt, stride)
     if c_in != c_out or stride != 1:
         skip = Sequential.of(("branch1", Conv(c_in, c_out, 1, (1, stride, stride))), ("branch1_bn", BatchNorm(c_out)))
     else:
@@ -308,22 +300,13 @@ def _bottleneck_block(c_in: int, c_out: int, inner: int, kt: int, stride: int) -
                          ("relu", Activation("relu")))
 
 
-def _stem(c_out: int, kt: int) -> Sequential:
-    return Sequential.of(
-        ("conv", Conv(3, c_out, (kt, 7, 7), (1, 2, 2), (kt // 2, 3, 3))),
-        ("bn", BatchNorm(c_out)),
-        ("relu", Activation("relu")),
-        ("pool", Pool("max", (1, 3, 3), (1, 2, 2), (0, 1, 1))),
-    )
-
-
 def build_slowfast(cfg: SlowFastConfig) -> SlowFastNet:
     w, beta, ratio = cfg.width_per_group, cfg.beta_inv, cfg.fusion_conv_channel_ratio
     fuse = dict(ratio=ratio, kernel_t=cfg.fusion_kernel_size, alpha=cfg.alpha)
     k_stem = _TEMPORAL_KERNELS[0]
     children = [
         ("pack", PackPathways(cfg.alpha)),
-        ("s1", Pathways.of(("pathway0_stem", _stem(w, k_stem[0])), ("pathway1_stem", _stem(w // beta, k_stem[1])),
+        ("s1", Pathways.of(("pathway0_stem", stem(w, k_stem[0])), ("pathway1_stem", stem(w // beta, k_stem[1])),
                            auto_delay=False)),
         ("s1_fuse", FuseFastToSlow(w // beta, **fuse)),
     ]
