@@ -63,7 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--sampling-rate", type=int, help="override the model's frame rate (30-fps frames between samples)")
     d = p.add_argument_group("data")
     d.add_argument("--dataset", default="kinetics400", choices=["kinetics400", "charades"])
-    d.add_argument("--root", required=True, help="dataset root (folder layout) or clips folder (with --annotations)")
+    d.add_argument("--root", required=True,
+                   help="dataset root (folder layout), clips folder (with --annotations) or TFDS data_dir (--source tfds)")
+    d.add_argument("--source", default="files", choices=["files", "tfds"],
+                   help="files (default) or a TFDS dataset built by python -m co3d_jax.data.tfds (needs tensorflow-datasets)")
     d.add_argument("--split", default="validate", help="validate (val) or test; Charades: val")
     d.add_argument("--annotations", help="Kinetics official CSV (label,youtube_id,time_start,time_end,split)")
     d.add_argument("--classes", default="dataset", choices=["dataset", "shipped"],
@@ -321,6 +324,9 @@ def main(argv=None) -> int:
     if args.batch_size < 1:
         _log("--batch-size must be >= 1")
         return 2
+    if args.source == "tfds" and args.annotations:
+        _log("--annotations applies to --source files (a TFDS dataset carries its own index)")
+        return 2
 
     import jax
 
@@ -366,8 +372,8 @@ def main(argv=None) -> int:
 
     # ---------------- data
     try:
-        index = open_dataset(args.dataset, args.root, args.split, args.annotations, args.classes)
-    except (FileNotFoundError, ValueError, KeyError) as e:
+        index = open_dataset(args.dataset, args.root, args.split, args.annotations, args.classes, args.source)
+    except (FileNotFoundError, ValueError, KeyError, RuntimeError) as e:
         _log(f"cannot read the dataset: {e}")
         return 2
     if len(index.classes) > model.num_classes:
@@ -385,7 +391,8 @@ def main(argv=None) -> int:
     items = list(enumerate(records))
 
     config = dict(model=name, model_options=opts, weights=weights_name, weights_id=weights_id,
-                  dataset=args.dataset, root=os.path.abspath(args.root), split=index.split, layout=index.layout,
+                  dataset=args.dataset, root=os.path.abspath(args.root), source=args.source, split=index.split,
+                  layout=index.layout,
                   annotations=os.path.abspath(args.annotations) if args.annotations else None,
                   classes=args.classes, num_classes=len(index.classes), decoder=decoder,
                   protocol=dict(dataclasses.asdict(protocol), image_size=model.image_size,

@@ -6,7 +6,8 @@ Orbax checkpoints, exact resume and an ``.npz`` export usable as the continual C
         [--bf16] [--save-every K] [--keep N]
 
 Data: ``{DIR}/data/{split}/{label}/{name}.mp4`` (``co3d_jax.data.kinetics_folder``; ``--split``
-defaults to ``train``); class index = sorted label names. Each sample is a random temporal window
+defaults to ``train``), or with ``--source tfds`` the ``co3d_kinetics400`` TFDS dataset in ``DIR``
+(``co3d_jax.data.tfds``); class index = sorted label names. Each sample is a random temporal window
 of ``--num-frames`` frames at ``--sampling-rate`` (default: the model's clip), short-side scale
 jitter, random crop, horizontal flip (``--no-flip`` for direction-sensitive labels).
 
@@ -70,7 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--no-zero-init-final-bn", action="store_true",
                    help="--from-scratch: do not zero-init each residual branch's last BN (X3D recipe does)")
     d = p.add_argument_group("data")
-    d.add_argument("--data", required=True, help="Kinetics-style root: {DIR}/data/{split}/{label}/*.mp4")
+    d.add_argument("--data", required=True,
+                   help="Kinetics-style root: {DIR}/data/{split}/{label}/*.mp4, or a TFDS data_dir with --source tfds")
+    d.add_argument("--source", default="files", choices=["files", "tfds"],
+                   help="files (default) or co3d_kinetics400 built by python -m co3d_jax.data.tfds")
     d.add_argument("--split", default="train")
     d.add_argument("--classes", default="dataset", choices=["dataset", "shipped"])
     d.add_argument("--num-frames", type=int, help="frames per clip (default: the model's clip length)")
@@ -141,12 +145,14 @@ def file_sha256(path: str) -> str:
 
 
 # ----------------------------------------------------------------------------- data
-def load_train_sample(spec, seed: int, path: str, sample: int):
-    """Decode ``path`` and draw global sample ``sample``'s augmented clip (None on a bad video)."""
+def load_train_sample(spec, seed: int, record, sample: int):
+    """Decode ``record``'s video (a file or stored TFDS bytes) and draw global sample ``sample``'s
+    augmented clip (None on a bad video)."""
+    from co3d_jax.data.datasets import video_media
     from co3d_jax.data.video import VideoError, decode_all
     from co3d_jax.train import sample_rng, train_sample
     try:
-        frames, fps = decode_all(path)
+        frames, fps = decode_all(video_media(record))
         if len(frames) == 0:
             return None, "no frames"
         return train_sample(frames, fps, spec, sample_rng(seed, sample)), None
@@ -183,7 +189,7 @@ class BatchLoader:
         for s, idx in self._tasks(step):
             rec = self.records[idx]
             if self.pool:
-                futs.append((s, idx, self.pool.submit(load_train_sample, self.spec, self.seed, rec.path, s)))
+                futs.append((s, idx, self.pool.submit(load_train_sample, self.spec, self.seed, rec, s)))
             else:
                 futs.append((s, idx, None))
         self.pending.append((step, futs))
@@ -196,7 +202,7 @@ class BatchLoader:
         assert step == self.step
         clips, labels = [], []
         for s, idx, fut in futs:
-            clip, err = fut.result() if fut else load_train_sample(self.spec, self.seed, self.records[idx].path, s)
+            clip, err = fut.result() if fut else load_train_sample(self.spec, self.seed, self.records[idx], s)
             tries = 0
             while clip is None:
                 self.failed[self.records[idx].id] = err
@@ -204,7 +210,7 @@ class BatchLoader:
                 if tries >= min(len(self.records), 20):
                     raise RuntimeError(f"{tries} videos in a row failed to decode (last: {err})")
                 idx = (idx + 1) % len(self.records)
-                clip, err = load_train_sample(self.spec, self.seed, self.records[idx].path, s)
+                clip, err = load_train_sample(self.spec, self.seed, self.records[idx], s)
             clips.append(clip)
             labels.append(self.records[idx].label)
         self.step += 1
@@ -287,19 +293,19 @@ def main(argv=None) -> int:
 
     import co3d_jax
     from co3d_jax import train as T
-    from co3d_jax.data import kinetics_folder
+    from co3d_jax.data import open_dataset
     from co3d_jax.data.loader import default_workers
     from co3d_jax.params import ParamsError, save_params
 
     # ---------------- data
     try:
-        index = kinetics_folder(args.data, args.split, args.classes)
-    except (FileNotFoundError, ValueError) as e:
+        index = open_dataset("kinetics400", args.data, args.split, classes=args.classes, source=args.source)
+    except (FileNotFoundError, ValueError, RuntimeError) as e:
         _log(str(e))
         return 2
     records = [r for r in index.records if r.label is not None]
     if not records:
-        _log(f"no labelled videos under {args.data}/data/{index.split}")
+        _log(f"no labelled videos in {args.data} split {index.split}")
         return 2
     num_classes = args.num_classes or len(index.classes)
     if max(r.label for r in records) >= num_classes:

@@ -42,3 +42,55 @@ def write_video(path, n, fps=30, hw=(48, 64), seed=0, faststart=False):
                 c.mux(p)
         for p in s.encode():
             c.mux(p)
+
+
+# ----------------------------------------------------------------------------- mini datasets
+MINI_KINETICS_VIDEOS = [  # (class, ytid, frames, fps, (h, w))
+    ("archery", "aaaaaaaaaa1", 45, 30, (48, 64)),
+    ("archery", "aaaaaaaaaa2", 12, 30, (48, 64)),      # short: last frame repeated
+    ("bowling", "bbbbbbbbbb1", 60, 30, (64, 48)),      # portrait
+    ("bowling", "bbbbbbbbbb2", 50, 25, (48, 64)),      # 25 fps
+    ("capoeira", "cccccccccc1", 40, 30, (48, 64)),
+    ("capoeira", "cccccccccc2", 36, 30, (48, 64)),
+]
+MINI_KINETICS_BAD = {"archery/corrupt0000_000000_000010.mp4": "corrupt",
+                     "bowling/empty00000_000000_000010.mp4": "empty",
+                     "capoeira/trunc00000_000000_000010.mp4": "truncated"}
+
+
+def make_mini_kinetics(root):
+    """A Kinetics folder layout under ``root`` (a pathlib.Path): ``data/validate/{class}/*.mp4``
+    with the videos of MINI_KINETICS_VIDEOS and a corrupt, an empty and a truncated file."""
+    split = root / "data" / "validate"
+    for k, (label, ytid, n, fps, hw) in enumerate(MINI_KINETICS_VIDEOS):
+        (split / label).mkdir(parents=True, exist_ok=True)
+        write_video(str(split / label / f"{ytid}_000000_000010.mp4"), n, fps, hw, seed=k)
+    (split / "archery" / "corrupt0000_000000_000010.mp4").write_bytes(np.random.default_rng(1).bytes(5000))
+    (split / "bowling" / "empty00000_000000_000010.mp4").write_bytes(b"")
+    # truncated with the index up front: opens fine, the stream ends before its metadata says
+    trunc = split / "capoeira" / "trunc00000_000000_000010.mp4"
+    write_video(str(trunc), 40, faststart=True)
+    trunc.write_bytes(trunc.read_bytes()[: trunc.stat().st_size // 2])
+    return root
+
+
+MINI_CHARADES = {"AAAAA": (30, ["0", "0,2"]), "BBBBB": (12, ["1", "nan"]), "CCCCC": (20, ["2"])}
+
+
+def make_mini_charades(root):
+    """A Charades layout under ``root``: ``splits/{classes.txt,val.csv}`` and random 40x56 JPEG
+    frames in ``data/Charades_v1_rgb/{video}/``; per-frame labels cycle through MINI_CHARADES."""
+    from PIL import Image
+
+    frames_dir = root / "data" / "Charades_v1_rgb"
+    (root / "splits").mkdir(parents=True)
+    (root / "splits" / "classes.txt").write_text("c000 a\nc001 b\nc002 c\n")
+    rng = np.random.default_rng(0)
+    lines = ["original_vido_id video_id frame_id path labels"]
+    for v, (vid, (n, labs)) in enumerate(MINI_CHARADES.items()):
+        (frames_dir / vid).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 256, (40, 56, 3), dtype=np.uint8)).save(frames_dir / vid / f"{vid}-{i + 1:06d}.jpg")
+            lines.append(f'{vid} {v} {i} {vid}/{vid}-{i + 1:06d}.jpg "{labs[i % len(labs)]}"')
+    (root / "splits" / "val.csv").write_text("\n".join(lines) + "\n")
+    return root

@@ -25,24 +25,14 @@ from co3d_jax.data import (ClipSpec, centered_window, charades_indices, clip_siz
                            shipped_kinetics400_classes, temporal_indices, torch_linspace_f32)
 from co3d_jax.data import metrics as M  # noqa: E402
 from experiments import evaluate as E  # noqa: E402
-from helpers import write_video  # noqa: E402
+from helpers import (MINI_CHARADES, MINI_KINETICS_BAD, MINI_KINETICS_VIDEOS, make_mini_charades,  # noqa: E402
+                     make_mini_kinetics)
 
 pytestmark = pytest.mark.filterwarnings("ignore:found 3 classes")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLASSES = ["archery", "bowling", "capoeira"]
-# (class, ytid, frames, fps, (h, w))
-VIDEOS = [
-    ("archery", "aaaaaaaaaa1", 45, 30, (48, 64)),
-    ("archery", "aaaaaaaaaa2", 12, 30, (48, 64)),      # short: last frame repeated
-    ("bowling", "bbbbbbbbbb1", 60, 30, (64, 48)),      # portrait
-    ("bowling", "bbbbbbbbbb2", 50, 25, (48, 64)),      # 25 fps
-    ("capoeira", "cccccccccc1", 40, 30, (48, 64)),
-    ("capoeira", "cccccccccc2", 36, 30, (48, 64)),
-]
-BAD = {"archery/corrupt0000_000000_000010.mp4": "corrupt",
-       "bowling/empty00000_000000_000010.mp4": "empty",
-       "capoeira/trunc00000_000000_000010.mp4": "truncated"}
+VIDEOS, BAD = MINI_KINETICS_VIDEOS, MINI_KINETICS_BAD
 
 
 def decode_all(path):
@@ -52,18 +42,7 @@ def decode_all(path):
 
 @pytest.fixture(scope="module")
 def kin(tmp_path_factory):
-    root = tmp_path_factory.mktemp("k400")
-    split = root / "data" / "validate"
-    for k, (label, ytid, n, fps, hw) in enumerate(VIDEOS):
-        (split / label).mkdir(parents=True, exist_ok=True)
-        write_video(str(split / label / f"{ytid}_000000_000010.mp4"), n, fps, hw, seed=k)
-    (split / "archery" / "corrupt0000_000000_000010.mp4").write_bytes(np.random.default_rng(1).bytes(5000))
-    (split / "bowling" / "empty00000_000000_000010.mp4").write_bytes(b"")
-    # truncated with the index up front: opens fine, the stream ends before its metadata says
-    trunc = split / "capoeira" / "trunc00000_000000_000010.mp4"
-    write_video(str(trunc), 40, faststart=True)
-    trunc.write_bytes(trunc.read_bytes()[: trunc.stat().st_size // 2])
-    return root
+    return make_mini_kinetics(tmp_path_factory.mktemp("k400"))
 
 
 def _tiny(name):
@@ -348,20 +327,8 @@ def test_sharded_run_equals_single_device(sharded_proc, clip_run):
 
 
 def test_charades_frames_run(weights, tmp_path):
-    root = tmp_path / "charades"
-    frames_dir = root / "data" / "Charades_v1_rgb"
-    (root / "splits").mkdir(parents=True)
-    (root / "splits" / "classes.txt").write_text("c000 a\nc001 b\nc002 c\n")
-    rng = np.random.default_rng(0)
-    lines = ["original_vido_id video_id frame_id path labels"]
-    from PIL import Image
-    vids = {"AAAAA": (30, ["0", "0,2"]), "BBBBB": (12, ["1", "nan"]), "CCCCC": (20, ["2"])}
-    for v, (vid, (n, labs)) in enumerate(vids.items()):
-        (frames_dir / vid).mkdir(parents=True)
-        for i in range(n):
-            Image.fromarray(rng.integers(0, 256, (40, 56, 3), dtype=np.uint8)).save(frames_dir / vid / f"{vid}-{i + 1:06d}.jpg")
-            lines.append(f'{vid} {v} {i} {vid}/{vid}-{i + 1:06d}.jpg "{labs[i % len(labs)]}"')
-    (root / "splits" / "val.csv").write_text("\n".join(lines) + "\n")
+    root = make_mini_charades(tmp_path / "charades")
+    vids = MINI_CHARADES
     out = tmp_path / "out"
     argv = _argv("x3d_s", weights["x3d_s"], root, out)
     argv[argv.index("kinetics400")] = "charades"

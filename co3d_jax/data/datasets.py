@@ -37,14 +37,42 @@ SPLIT_ALIASES = {"val": "validate", "valid": "validate", "validation": "validate
 
 
 @dataclasses.dataclass(frozen=True)
+class TfdsRef:
+    """Where a video lives in a prepared TFDS dataset: the builder's version folder, the split
+    and the example's position (see :mod:`co3d_jax.data.tfds`)."""
+
+    builder_dir: str
+    split: str
+    position: int
+
+
+@dataclasses.dataclass(frozen=True)
 class VideoRecord:
     """One video: ``id`` (unique, stable across runs), ``path`` (file or frame folder),
-    ``label`` (class index, a tuple of indices for multi-label, or None), ``frames`` (Charades)."""
+    ``label`` (class index, a tuple of indices for multi-label, or None), ``frames`` (Charades),
+    ``tfds`` (set for a video stored in a TFDS dataset; then ``path`` only names it)."""
 
     id: str
     path: str
     label: int | tuple | None
     frames: tuple | None = None
+    tfds: TfdsRef | None = None
+
+
+def video_media(record: VideoRecord):
+    """What the decoders read for ``record``: the file path, or the stored bytes (TFDS)."""
+    if record.tfds is None:
+        return record.path
+    from .tfds.reader import read_example
+    return read_example(record.tfds, record.id)["video"]
+
+
+def frame_media(record: VideoRecord) -> tuple:
+    """The frames of a frame-folder record (Charades): paths, or the stored JPEG bytes (TFDS)."""
+    if record.tfds is None:
+        return record.frames or ()
+    from .tfds.reader import read_example
+    return tuple(read_example(record.tfds, record.id)["frames"])
 
 
 @dataclasses.dataclass
@@ -79,7 +107,7 @@ def _class_list(labels, classes: str | list, dataset: str) -> list[str]:
     if isinstance(classes, (list, tuple)):
         return list(classes)
     if classes == "dataset":
-        if dataset == "kinetics400" and len(present) not in (400, 600, 700):
+        if dataset == "kinetics400" and present and len(present) not in (400, 600, 700):
             warnings.warn(f"found {len(present)} classes in the split (expected 400): class indices follow the "
                           "sorted labels present, as in the reference; pass classes='shipped' to use the full list")
         return present
@@ -206,6 +234,12 @@ def kinetics_csv(csv_path: str, clips_root: str, split: str | None = "validate",
     return DatasetIndex("kinetics400", split or "all", clips_root, "kinetics-csv", cls, records, missing)
 
 
+def charades_frame_root(root: str) -> str:
+    """The folder the Charades frame lists' paths are relative to."""
+    frame_root = os.path.join(root, "data", "Charades_v1_rgb")
+    return frame_root if os.path.isdir(frame_root) else os.path.join(root, "Charades_v1_rgb")
+
+
 def charades(root: str, split: str = "val") -> DatasetIndex:
     """Charades v1 RGB frames with the PySlowFast frame lists (video-level multi-hot labels)."""
     root = os.path.abspath(root)
@@ -219,9 +253,7 @@ def charades(root: str, split: str = "val") -> DatasetIndex:
             classes = [c.strip() for c in f if c.strip()]
     else:
         classes = [f"c{i:03d}" for i in range(157)]
-    frame_root = os.path.join(root, "data", "Charades_v1_rgb")
-    if not os.path.isdir(frame_root):
-        frame_root = os.path.join(root, "Charades_v1_rgb")
+    frame_root = charades_frame_root(root)
     videos: "OrderedDict[str, dict]" = OrderedDict()
     with open(os.path.join(ann_dir, f"{split}.csv"), encoding="utf-8") as f:
         header = f.readline().split()
@@ -250,10 +282,16 @@ def charades(root: str, split: str = "val") -> DatasetIndex:
 
 
 def open_dataset(name: str, root: str, split: str = "validate", annotations: str | None = None,
-                 classes: str | list = "dataset") -> DatasetIndex:
+                 classes: str | list = "dataset", source: str = "files") -> DatasetIndex:
     """Build the index for ``name`` (``kinetics400`` or ``charades``). For Kinetics, ``annotations``
     (an official CSV) selects the CSV layout with ``root`` as the clips folder; otherwise the
-    folder layout is used."""
+    folder layout is used. ``source="tfds"``: ``root`` is a TFDS ``data_dir`` holding the dataset
+    prepared by :mod:`co3d_jax.data.tfds` (needs ``tensorflow-datasets``, not TensorFlow)."""
+    if source == "tfds":
+        from .tfds.reader import tfds_index
+        return tfds_index(name, root, split, classes)
+    if source != "files":
+        raise ValueError(f"unknown source {source!r} (files, tfds)")
     if name == "kinetics400":
         if annotations:
             return kinetics_csv(annotations, root, split, classes)

@@ -23,7 +23,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from .datasets import VideoRecord
+from .datasets import VideoRecord, frame_media, video_media
 from .sampling import charades_indices, num_repeated
 from .transforms import eval_transform
 from .video import VideoError, decode_clip, read_image
@@ -63,7 +63,7 @@ def load_sample(spec: ClipSpec, position: int, record: VideoRecord) -> Sample:
     """Decode, sample and transform one video; errors become ``Sample.error``."""
     try:
         if spec.kind == "frames":
-            paths = record.frames or ()
+            paths = frame_media(record)
             if not paths:
                 raise VideoError("no frames listed")
             idx = charades_indices(len(paths), spec.num_frames, spec.sampling_rate)
@@ -74,7 +74,7 @@ def load_sample(spec: ClipSpec, position: int, record: VideoRecord) -> Sample:
             raw = np.stack([uniq[int(i)] for i in idx])
             info = dict(decoded=len(paths), indices=idx.tolist(), repeated=num_repeated(idx))
         else:
-            raw, info = decode_clip(record.path, spec.sampling_rate, spec.num_frames, spec.decoder)
+            raw, info = decode_clip(video_media(record), spec.sampling_rate, spec.num_frames, spec.decoder)
         idx = np.asarray(info["indices"])[spec.drop_first:]
         raw = raw[spec.drop_first:]
         # Transform each distinct source frame once (long windows repeat the last frame).

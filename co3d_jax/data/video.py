@@ -16,18 +16,60 @@ video (the reference silently substitutes a random other video).
 
 PyAV is preferred; OpenCV (``cv2``) is a fallback with frame-index (not pts) selection, which
 agrees with PyAV for constant-frame-rate files but is not guaranteed bit-identical.
+
+Every reader takes a path or the file's encoded bytes (a :data:`Media`; TFDS examples hold
+bytes): PyAV reads bytes from memory, OpenCV from a temporary file, so both give the same frames
+as the file on disk.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 import os
+import tempfile
+from typing import Union
 
 import numpy as np
 
 from .sampling import TARGET_FPS, centered_window, clip_size, num_repeated, temporal_indices
 
 SEEK_MARGIN = 1024
+
+Media = Union[str, bytes]
+"""A video or image: a file path, or the file's encoded bytes."""
+
+
+def _check_media(media: Media, what: str = "file") -> None:
+    if isinstance(media, (bytes, bytearray, memoryview)):
+        if len(media) == 0:
+            raise VideoError(f"empty {what}")
+        return
+    if not os.path.isfile(media):
+        raise VideoError(f"{what} not found")
+    if os.path.getsize(media) == 0:
+        raise VideoError(f"empty {what}")
+
+
+def _av_input(media: Media):
+    """What ``av.open`` takes: the path, or a file object over the bytes."""
+    return media if isinstance(media, str) else io.BytesIO(bytes(media))
+
+
+@contextlib.contextmanager
+def _as_path(media: Media, suffix: str = ".mp4"):
+    """A path to ``media`` (a temporary file for bytes; OpenCV only reads files)."""
+    if isinstance(media, str):
+        yield media
+        return
+    fd, path = tempfile.mkstemp(suffix=suffix)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(bytes(media))
+        yield path
+    finally:
+        os.unlink(path)
 
 
 class VideoError(Exception):
@@ -62,18 +104,16 @@ def resolve_backend(backend: str = "auto") -> str:
     return backend
 
 
-def decode_clip(path: str, sampling_rate: float, num_frames: int, backend: str = "pyav",
+def decode_clip(path: Media, sampling_rate: float, num_frames: int, backend: str = "pyav",
                 target_fps: float = TARGET_FPS) -> tuple[np.ndarray, dict]:
-    """The reference's centred test clip: ``(frames uint8 (num_frames, H, W, 3), info)``.
+    """The reference's centred test clip of ``path`` (a file or its bytes):
+    ``(frames uint8 (num_frames, H, W, 3), info)``.
 
     ``info``: ``fps``, ``frames_meta`` (stream frame count), ``decoded`` (frames decoded in the
     window), ``indices`` (into the decoded frames), ``repeated`` (duplicated indices: the video
     is shorter than the window), ``decode_all``.
     """
-    if not os.path.isfile(path):
-        raise VideoError("file not found")
-    if os.path.getsize(path) == 0:
-        raise VideoError("empty file")
+    _check_media(path)
     if backend == "pyav":
         return _decode_pyav(path, sampling_rate, num_frames, target_fps)
     if backend == "opencv":
@@ -85,7 +125,7 @@ def _decode_pyav(path, sampling_rate, num_frames, target_fps):
     import av
 
     try:
-        container = av.open(path)
+        container = av.open(_av_input(path))
     except Exception as e:  # av.error.* and OSError
         raise VideoError(f"cannot open: {type(e).__name__}: {e}") from None
     try:
@@ -145,7 +185,12 @@ def _decode_pyav(path, sampling_rate, num_frames, target_fps):
     return out, info
 
 
-def _decode_opencv(path, sampling_rate, num_frames, target_fps):
+def _decode_opencv(media, sampling_rate, num_frames, target_fps):
+    with _as_path(media) as path:
+        return _decode_opencv_file(path, sampling_rate, num_frames, target_fps)
+
+
+def _decode_opencv_file(path, sampling_rate, num_frames, target_fps):
     import cv2
 
     cap = cv2.VideoCapture(path)
@@ -189,45 +234,53 @@ def _decode_opencv(path, sampling_rate, num_frames, target_fps):
     return np.ascontiguousarray(out), info
 
 
-def read_image(path: str) -> np.ndarray:
-    """One RGB image as uint8 ``(H, W, 3)`` (Pillow, else PyAV's image demuxer)."""
+def read_image(path: Media) -> np.ndarray:
+    """One RGB image (a file or its encoded bytes) as uint8 ``(H, W, 3)`` (Pillow, else PyAV's
+    image demuxer)."""
+    name = os.path.basename(path) if isinstance(path, str) else "(bytes)"
+    if not isinstance(path, str) and len(path) == 0:
+        raise VideoError("cannot read image (bytes): empty")
     try:
         from PIL import Image
     except ImportError:
         Image = None
     if Image is not None:
         try:
-            with Image.open(path) as im:
+            with Image.open(_av_input(path)) as im:
                 return np.asarray(im.convert("RGB"))
         except Exception as e:
-            raise VideoError(f"cannot read image {os.path.basename(path)}: {type(e).__name__}: {e}") from None
+            raise VideoError(f"cannot read image {name}: {type(e).__name__}: {e}") from None
     import av
     try:
-        with av.open(path) as c:
+        with av.open(_av_input(path)) as c:
             for f in c.decode(video=0):
                 return f.to_rgb().to_ndarray()
     except Exception as e:
-        raise VideoError(f"cannot read image {os.path.basename(path)}: {type(e).__name__}: {e}") from None
-    raise VideoError(f"cannot read image {os.path.basename(path)}")
+        raise VideoError(f"cannot read image {name}: {type(e).__name__}: {e}") from None
+    raise VideoError(f"cannot read image {name}")
 
 
-def decode_all(path: str, backend: str = "auto") -> tuple[np.ndarray, float]:
-    """Every frame of ``path``: ``(frames uint8 (T, H, W, 3), fps)`` (live streaming input).
+def decode_all(path: Media, backend: str = "auto") -> tuple[np.ndarray, float]:
+    """Every frame of ``path`` (a file or its bytes): ``(frames uint8 (T, H, W, 3), fps)``.
 
     Raises :class:`VideoError` naming the problem for a missing, empty, unreadable or frameless file.
     """
-    if not os.path.isfile(path):
-        raise VideoError(f"{path}: file not found")
-    if os.path.getsize(path) == 0:
-        raise VideoError(f"{path}: empty file")
+    label = path if isinstance(path, str) else "(bytes)"
+    try:
+        _check_media(path)
+    except VideoError as e:
+        raise VideoError(f"{label}: {e}") from None
     backend = resolve_backend(backend)
+    if backend == "opencv" and not isinstance(path, str):
+        with _as_path(path) as tmp:
+            return decode_all(tmp, backend)
     frames, fps = [], 30.0
     try:
         if backend == "pyav":
             import av
-            with av.open(path) as container:
+            with av.open(_av_input(path)) as container:
                 if not container.streams.video:
-                    raise VideoError(f"{path}: no video stream")
+                    raise VideoError(f"{label}: no video stream")
                 stream = container.streams.video[0]
                 fps = float(stream.average_rate or 30.0)
                 frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
@@ -244,7 +297,7 @@ def decode_all(path: str, backend: str = "auto") -> tuple[np.ndarray, float]:
     except VideoError:
         raise
     except Exception as e:  # decoder errors (av.error.*, OSError)
-        raise VideoError(f"{path}: cannot decode: {type(e).__name__}: {e}") from None
+        raise VideoError(f"{label}: cannot decode: {type(e).__name__}: {e}") from None
     if not frames:
-        raise VideoError(f"{path}: no decodable frame")
+        raise VideoError(f"{label}: no decodable frame")
     return np.stack(frames), fps
