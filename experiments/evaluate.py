@@ -333,6 +333,8 @@ def main(argv=None) -> int:
     if args.distributed:
         kw = {k: v for k, v in dict(coordinator_address=args.coordinator, num_processes=args.num_processes,
                                     process_id=args.process_id).items() if v is not None}
+        # CPU processes exchange the end-of-run barrier through Gloo (GPU/TPU clients ignore this).
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(**kw)
 
     import co3d_jax

@@ -85,7 +85,8 @@ def _summary(out):
 
 @pytest.fixture(scope="module")
 def sharded_proc(kin, weights, tmp_path_factory):
-    """The 4-device run, started early in a subprocess so it overlaps the in-process runs."""
+    """The 4-device run, started early in a subprocess so it overlaps the in-process runs
+    (co_run asks for it and for two_process_run only to start them early)."""
     out = tmp_path_factory.mktemp("sharded")
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
     argv = _argv("x3d_s", weights["x3d_s"], kin, out)
@@ -102,7 +103,31 @@ def sharded_proc(kin, weights, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def co_run(kin, weights, sharded_proc, tmp_path_factory):
+def two_process_run(kin, weights, tmp_path_factory):
+    """Multi-host evaluation as two jax.distributed processes of 2 CPU devices each (Gloo)."""
+    import socket
+    out = tmp_path_factory.mktemp("two_process")
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+    code = ("import sys, jax; jax.config.update('jax_default_matmul_precision', 'highest'); "
+            "from experiments.evaluate import main; sys.exit(main(sys.argv[1:]))")
+    procs = []
+    for pid in range(2):
+        argv = _argv("x3d_s", weights["x3d_s"], kin, out, "--distributed", "--coordinator", f"localhost:{port}",
+                     "--num-processes", "2", "--process-id", str(pid))
+        procs.append(subprocess.Popen([sys.executable, "-c", code, *argv], cwd=REPO, env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    yield procs, out
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def co_run(kin, weights, sharded_proc, two_process_run, tmp_path_factory):
     out = tmp_path_factory.mktemp("co_full")
     assert E.main(_argv("cox3d_s_13", weights["cox3d_s_13"], kin, out)) == 0
     return out
@@ -324,6 +349,25 @@ def test_sharded_run_equals_single_device(sharded_proc, clip_run):
             assert a[k]["rank"] == b[k]["rank"]
     sa, sb = _summary(out), _summary(clip_run)
     assert sa["metrics"]["top1"] == sb["metrics"]["top1"] and sa["failed"] == sb["failed"]
+
+
+def test_two_process_run_equals_single_device(two_process_run, clip_run):
+    procs, out = two_process_run
+    for proc in procs:
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-3000:]
+        assert "4 device(s), batch 4" in err
+    assert sorted(f for f in os.listdir(out) if f.startswith("predictions")) == ["predictions.0.jsonl",
+                                                                                 "predictions.1.jsonl"]
+    a, b = _preds(out), _preds(clip_run)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert ("error" in a[k]) == ("error" in b[k])
+        if "error" not in a[k]:
+            np.testing.assert_allclose(a[k]["scores"], b[k]["scores"], rtol=1e-5, atol=1e-6)
+            assert a[k]["rank"] == b[k]["rank"]
+    sa, sb = _summary(out), _summary(clip_run)
+    assert sa["metrics"] == sb["metrics"] and sa["failed"] == sb["failed"]
 
 
 def test_charades_frames_run(weights, tmp_path):
