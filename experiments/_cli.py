@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import tempfile
 
 
 def parse_options(items: list[str], flag: str = "--model-arg") -> dict:
@@ -18,3 +21,61 @@ def parse_options(items: list[str], flag: str = "--model-arg") -> dict:
         except json.JSONDecodeError:
             opts[key.strip()] = value.strip()
     return opts
+
+
+def model_args(items: list[str]) -> dict:
+    """The ``--model-arg KEY=VALUE`` options as a dict; a malformed item exits with its message."""
+    try:
+        return parse_options(items, "--model-arg")
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
+
+
+def add_benchmark_args(ap, out: str, repeats: int, sections: str) -> None:
+    """The options every benchmark script shares: ``--out``, ``--repeats``, ``--dtypes``,
+    ``--models`` and ``--sections``."""
+    ap.add_argument("--out", default=out, help="results JSON (device, versions and date included)")
+    ap.add_argument("--repeats", type=int, default=repeats, help="timed repeats (the median is reported)")
+    ap.add_argument("--dtypes", default="fp32,bf16")
+    ap.add_argument("--models", default="", help="comma-separated subset of model names (default: all)")
+    ap.add_argument("--sections", default=sections, help="comma-separated parts to run")
+
+
+def atomic_write(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` through a synced temporary file and a rename, so a reader (or a
+    crash) never sees a half-written file. Creates the parent folder."""
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=os.path.basename(path))
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def file_sha256(path: str) -> str:
+    """Hex SHA-256 of a file (read in 1 MiB blocks)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class ResultsFile:
+    """A benchmark's JSON results ``{"env": env, "results": [...]}``, rewritten atomically after
+    every :meth:`record` (so an interrupted run keeps what it measured) and echoed as JSON lines."""
+
+    def __init__(self, path: str, env: dict):
+        self.path = path
+        self.data = {"env": env, "results": []}
+
+    def record(self, row: dict) -> None:
+        self.data["results"].append(row)
+        print(json.dumps(row), flush=True)
+        atomic_write(self.path, json.dumps(self.data, indent=1))

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
 import sys
 import time
 
 import numpy as np
+
+from experiments._cli import ResultsFile, add_benchmark_args
 
 # paper batch sizes (reference §5.5)
 CONTINUAL = [("cox3d_s_64", 64), ("cox3d_m_64", 64), ("cox3d_l_64", 32)]
@@ -158,29 +159,18 @@ def environment() -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m experiments.benchmark_jax", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default="results/bench_jax.json")
+    add_benchmark_args(ap, "results/bench_jax.json", 10, "stream,latency,clip,depthwise,unroll,bf16err")
     ap.add_argument("--chunk", type=int, default=64, help="frames per jitted scan call")
-    ap.add_argument("--repeats", type=int, default=10)
-    ap.add_argument("--dtypes", default="fp32,bf16")
-    ap.add_argument("--models", default="", help="comma-separated subset of model names (default: all)")
-    ap.add_argument("--sections", default="stream,latency,clip,depthwise,unroll,bf16err")
     ap.add_argument("--quick", action="store_true", help="tiny CPU smoke run (small images, batch 2)")
     args = ap.parse_args(argv)
 
-    results = {"env": environment(), "results": []}
     dtypes = args.dtypes.split(",")
     sections = set(args.sections.split(","))
     keep = set(args.models.split(",")) if args.models else None
     co_models = [(n, b) for n, b in CONTINUAL if keep is None or n in keep]
     clip_models = [(n, b) for n, b in CLIP if keep is None or n in keep]
 
-    def record(r):
-        results["results"].append(r)
-        print(json.dumps(r), flush=True)
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out + ".tmp", "w") as f:
-            json.dump(results, f, indent=1)
-        os.replace(args.out + ".tmp", args.out)
+    record = ResultsFile(args.out, environment()).record
 
     if args.quick:
         record(bench_stream("cox3d_s_13", 2, "fp32", 8, 2, image_size=64))

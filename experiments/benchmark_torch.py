@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
-import os
 import platform
 import sys
 import time
 
 import numpy as np
 
+from experiments._cli import ResultsFile, add_benchmark_args
 from experiments.benchmark_jax import CLIP, CONTINUAL
 
 SIZES = {"cox3d_s_64": ("s", 160, 64, 2.2), "cox3d_m_64": ("m", 224, 64, 2.2), "cox3d_l_64": ("l", 312, 64, 5.0)}
@@ -89,12 +88,8 @@ def bench_clip(name, batch, dtype, repeats, dev):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m experiments.benchmark_torch", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default="results/bench_torch.json")
+    add_benchmark_args(ap, "results/bench_torch.json", 5, "stream,latency,clip")
     ap.add_argument("--frames", type=int, default=32, help="frames per timed repeat (stream)")
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--dtypes", default="fp32,bf16")
-    ap.add_argument("--models", default="", help="comma-separated subset of model names (default: all)")
-    ap.add_argument("--sections", default="stream,latency,clip")
     args = ap.parse_args(argv)
 
     import torch
@@ -105,15 +100,8 @@ def main(argv=None) -> int:
            "torch": torch.__version__, "continual_inference": continual.__version__,
            "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32, "python": platform.python_version(),
            "command": " ".join(sys.argv)}
-    results = {"env": env, "results": []}
 
-    def record(r):
-        results["results"].append(r)
-        print(json.dumps(r), flush=True)
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out + ".tmp", "w") as f:
-            json.dump(results, f, indent=1)
-        os.replace(args.out + ".tmp", args.out)
+    record = ResultsFile(args.out, env).record
 
     sections = set(args.sections.split(","))
     keep = set(args.models.split(",")) if args.models else None

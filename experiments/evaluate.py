@@ -26,19 +26,17 @@ import argparse
 import csv
 import dataclasses
 import functools
-import hashlib
 import io
 import json
 import os
 import re
 import signal
 import sys
-import tempfile
 import time
 
 import numpy as np
 
-from experiments._cli import parse_options
+from experiments._cli import atomic_write, file_sha256, model_args
 
 PREDICTIONS = "predictions.jsonl"
 
@@ -89,10 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def model_options(args) -> dict:
-    try:
-        opts = parse_options(args.model_arg, "--model-arg")
-    except ValueError as e:
-        raise SystemExit(str(e)) from None
+    opts = model_args(args.model_arg)
     if args.temporal_fill:
         opts["temporal_fill"] = args.temporal_fill
     return opts
@@ -197,29 +192,6 @@ def make_predict_fn(model, protocol: Protocol):
 
 
 # ----------------------------------------------------------------------------- files
-def atomic_write(path: str, text: str) -> None:
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def prediction_files(out: str) -> list[str]:
     return sorted(os.path.join(out, n) for n in os.listdir(out)
                   if n == PREDICTIONS or re.fullmatch(r"predictions\.\d+\.jsonl", n)) if os.path.isdir(out) else []

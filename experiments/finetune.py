@@ -32,18 +32,16 @@ import argparse
 import collections
 import concurrent.futures as cf
 import dataclasses
-import hashlib
 import json
 import os
 import shutil
 import signal
 import sys
-import tempfile
 import time
 
 import numpy as np
 
-from experiments._cli import parse_options
+from experiments._cli import atomic_write, file_sha256, model_args
 
 METRICS = "metrics.jsonl"
 CHECKPOINTS = "checkpoints"
@@ -114,10 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def model_options(args) -> dict:
-    try:
-        opts = parse_options(args.model_arg, "--model-arg")
-    except ValueError as e:
-        raise SystemExit(str(e)) from None
+    opts = model_args(args.model_arg)
     for k in ("num_classes", "head_activation", "se_clip_pool"):
         if k in opts:
             raise SystemExit(f"--model-arg {k}=... is set by finetune itself (use --num-classes / --se-clip-pool)")
@@ -126,22 +121,6 @@ def model_options(args) -> dict:
 
 def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-def atomic_write(path: str, text: str) -> None:
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
-def file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # ----------------------------------------------------------------------------- data

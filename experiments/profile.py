@@ -23,6 +23,8 @@ import platform
 import sys
 import time
 
+from experiments._cli import atomic_write
+
 # Reported in the paper's table (co3d README; reference co3d.md §6): Kinetics-400 top-1 %, GFLOPs.
 REPORTED = {
     "x3d_xs": (59.37, 0.64), "x3d_s": (64.71, 2.06), "x3d_m": (67.24, 4.97), "x3d_l": (69.29, 19.17),
@@ -138,12 +140,6 @@ def plot(rows: list[dict], path: str) -> None:
     plt.close(fig)
 
 
-def _atomic_write(path: str, text: str) -> None:
-    with open(path + ".tmp", "w") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m experiments.profile", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -199,7 +195,7 @@ def main(argv=None) -> int:
                 batch = int(args.batch)
             row.update(measure(name, batch, dtypes, chunk, repeats))
         rows.append(row)
-        _atomic_write(os.path.join(args.out, "profile.json"), json.dumps({"env": env, "rows": rows}, indent=1))
+        atomic_write(os.path.join(args.out, "profile.json"), json.dumps({"env": env, "rows": rows}, indent=1))
     cols = ["model", "kind", "input", "params", "gmacs_paper", "gmacs_paper_avg", "gflops_xla", "per", "delay", "receptive_field",
             "memory_mb", "batch"] + [f"throughput_{d}" for d in dtypes] + ["throughput_unit", "reported_top1",
                                                                            "reported_gflops"]

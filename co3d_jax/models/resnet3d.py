@@ -60,9 +60,10 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from ..layers import Activation, BatchNorm, Conv, Delay, Dense, Pool, Sequential, broadcast_reduce
+from ..layers import Activation, BatchNorm, Conv, Dense, Pool, Sequential
 from ..layers.base import check_input, static
 from ..model import Model
+from .blocks import res_block
 from . import registry as _registry
 
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -192,14 +193,7 @@ def stem(c_out: int, k_t: int) -> Sequential:
 
 def _block(c_in: int, c_out: int, inner: int, k_t: int, stride: int) -> Sequential:
     """CoResBlock: ``Sequential(BroadcastReduce(skip, branch2), ReLU)`` (reference §2.3)."""
-    branch2 = bottleneck(c_in, c_out, inner, k_t, stride)
-    if c_in != c_out or stride != 1:
-        skip = Sequential.of(("branch1", Conv(c_in, c_out, 1, (1, stride, stride))), ("branch1_bn", BatchNorm(c_out)),
-                             ("delay", Delay(branch2.delay)))
-    else:
-        skip = Delay(branch2.delay)
-    return Sequential.of(("residual", broadcast_reduce(("skip", skip), ("branch2", branch2))),
-                         ("relu", Activation("relu")))
+    return res_block(bottleneck(c_in, c_out, inner, k_t, stride), c_in, c_out, stride)
 
 
 def build_resnet3d(cfg: ResNet3DConfig) -> Sequential:

@@ -16,9 +16,9 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from ..layers import (Activation, BatchNorm, Conv, Delay, Dense, Pool, Sequential, broadcast_reduce,
-                      squeeze_excitation)
+from ..layers import Activation, BatchNorm, Conv, Dense, Pool, Sequential, squeeze_excitation
 from ..model import Model
+from .blocks import res_block
 
 
 def round_width(width: float, multiplier: float, min_depth: int = 8, divisor: int = 8) -> int:
@@ -86,14 +86,7 @@ def _bottleneck(cfg: X3DConfig, c_in: int, c_out: int, inner: int, stride: int, 
 
 
 def _block(cfg: X3DConfig, c_in: int, c_out: int, inner: int, stride: int, use_se: bool) -> Sequential:
-    branch2 = _bottleneck(cfg, c_in, c_out, inner, stride, use_se)
-    if c_in != c_out or stride != 1:
-        skip = Sequential.of(("branch1", Conv(c_in, c_out, 1, (1, stride, stride))), ("branch1_bn", BatchNorm(c_out)),
-                             ("delay", Delay(branch2.delay)))
-    else:
-        skip = Delay(branch2.delay)
-    return Sequential.of(("residual", broadcast_reduce(("skip", skip), ("branch2", branch2))),
-                         ("relu", Activation("relu")))
+    return res_block(_bottleneck(cfg, c_in, c_out, inner, stride, use_se), c_in, c_out, stride)
 
 
 def build_x3d(cfg: X3DConfig) -> Sequential:

@@ -54,12 +54,6 @@ _CITATION = """\
 }"""
 
 
-def _array_record_default(kwargs: dict) -> dict:
-    # TFRecord writing needs TensorFlow; ArrayRecord needs neither it nor a shuffle buffer.
-    kwargs.setdefault("file_format", "array_record")
-    return kwargs
-
-
 def _read_bytes(path: str) -> bytes:
     with open(path, "rb") as f:
         return f.read()
@@ -106,23 +100,33 @@ def kinetics_indexes(root: str, splits=None) -> dict[str, DatasetIndex]:
     return out
 
 
-class Co3dKinetics400(tfds.core.GeneratorBasedBuilder):
+class _ManualBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """What both builders share: ArrayRecord by default, a ``splits`` filter, examples in index
+    order and the co3d index in ``metadata.json``."""
+
+    def __init__(self, *, splits=None, **kwargs):
+        """``splits``: build only these (default: every split found in the manual folder)."""
+        self._wanted_splits = tuple(splits) if splits else None
+        kwargs.setdefault("file_format", "array_record")   # TFRecord writing would need TensorFlow
+        super().__init__(**kwargs)
+
+    def _dataset_info(self, description: str, features: dict, homepage: str) -> tfds.core.DatasetInfo:
+        return tfds.core.DatasetInfo(builder=self, description=description,
+                                     features=tfds.features.FeaturesDict(features), homepage=homepage,
+                                     citation=_CITATION, metadata=tfds.core.MetadataDict(), disable_shuffling=True)
+
+
+class Co3dKinetics400(_ManualBuilder):
     """Kinetics-400 clips, stored as their encoded files (decoded by co3d_jax when read)."""
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Encoded video files, co3d/PySlowFast folder or official CSV layouts."}
     MANUAL_DOWNLOAD_INSTRUCTIONS = _KINETICS_MANUAL
 
-    def __init__(self, *, splits=None, **kwargs):
-        """``splits``: build only these (default: every split found in the manual folder)."""
-        self._wanted_splits = tuple(splits) if splits else None
-        super().__init__(**_array_record_default(kwargs))
-
     def _info(self) -> tfds.core.DatasetInfo:
-        return tfds.core.DatasetInfo(
-            builder=self,
-            description="Kinetics-400 video clips as encoded files, with the class of each clip.",
-            features=tfds.features.FeaturesDict({
+        return self._dataset_info(
+            "Kinetics-400 video clips as encoded files, with the class of each clip.",
+            {
                 "id": tfds.features.Text(doc="path below data/ (folders) or the clip stem (CSV)"),
                 "video": tfds.features.Tensor(shape=(), dtype=np.object_, doc="the encoded video file"),
                 "file_name": tfds.features.Text(),
@@ -132,12 +136,8 @@ class Co3dKinetics400(tfds.core.GeneratorBasedBuilder):
                 "youtube_id": tfds.features.Text(),
                 "time_start": tfds.features.Scalar(dtype=np.int32, doc="seconds; -1 if unknown"),
                 "time_end": tfds.features.Scalar(dtype=np.int32, doc="seconds; -1 if unknown"),
-            }),
-            homepage="https://github.com/LukasHedegaard/co3d",
-            citation=_CITATION,
-            metadata=tfds.core.MetadataDict(),
-            disable_shuffling=True,
-        )
+            },
+            "https://github.com/LukasHedegaard/co3d")
 
     def _split_generators(self, dl_manager):
         indexes = kinetics_indexes(os.fspath(dl_manager.manual_dir), self._wanted_splits)
@@ -172,34 +172,24 @@ class Co3dKinetics400(tfds.core.GeneratorBasedBuilder):
             }
 
 
-class Co3dCharades(tfds.core.GeneratorBasedBuilder):
+class Co3dCharades(_ManualBuilder):
     """Charades v1 RGB frames (encoded JPEGs) with video-level multi-hot labels."""
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Encoded JPEG frames from the PySlowFast frame lists."}
     MANUAL_DOWNLOAD_INSTRUCTIONS = _CHARADES_MANUAL
 
-    def __init__(self, *, splits=None, **kwargs):
-        """``splits``: build only these (default: train and val where their lists exist)."""
-        self._wanted_splits = tuple(splits) if splits else None
-        super().__init__(**_array_record_default(kwargs))
-
     def _info(self) -> tfds.core.DatasetInfo:
-        return tfds.core.DatasetInfo(
-            builder=self,
-            description="Charades v1 videos as their RGB JPEG frames, with every action in the video.",
-            features=tfds.features.FeaturesDict({
+        return self._dataset_info(
+            "Charades v1 videos as their RGB JPEG frames, with every action in the video.",
+            {
                 "id": tfds.features.Text(doc="original_vido_id"),
                 "frames": tfds.features.Sequence(tfds.features.Tensor(shape=(), dtype=np.object_),
                                                  doc="encoded JPEG frames in frame-list order"),
                 "frame_paths": tfds.features.Sequence(tfds.features.Text(), doc="below Charades_v1_rgb/"),
                 "labels": tfds.features.Sequence(tfds.features.ClassLabel(num_classes=CHARADES_NUM_CLASSES)),
-            }),
-            homepage="https://prior.allenai.org/projects/charades",
-            citation=_CITATION,
-            metadata=tfds.core.MetadataDict(),
-            disable_shuffling=True,
-        )
+            },
+            "https://prior.allenai.org/projects/charades")
 
     def _split_generators(self, dl_manager):
         root = os.fspath(dl_manager.manual_dir)
