@@ -75,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", required=True, help="results folder (created; resumed if it holds a matching run)")
     r.add_argument("--batch-size", type=int, default=8, help="global batch (rounded up to a multiple of the devices)")
     r.add_argument("--workers", type=int, default=None, help="decoding processes (0 = in the main process)")
-    r.add_argument("--loader", default="process", choices=["process", "grain"], help="worker pool implementation")
+    r.add_argument("--loader", default="auto", choices=["auto", "grain", "process"],
+                   help="decoding workers: grain, a process pool, or auto (grain where installed)")
     r.add_argument("--save-scores", action="store_true", help="store every class score per video (always for Charades)")
     r.add_argument("--overwrite", action="store_true", help="discard an existing run in --out")
     r.add_argument("--no-progress", action="store_true", help="no tqdm bar")
@@ -311,7 +312,7 @@ def main(argv=None) -> int:
 
     import co3d_jax
     from co3d_jax.data import ClipSpec, iterate_samples, label_rank, open_dataset
-    from co3d_jax.data.loader import default_workers
+    from co3d_jax.data.loader import default_workers, resolve_loader
     from co3d_jax.data.video import resolve_backend
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
@@ -413,11 +414,13 @@ def main(argv=None) -> int:
     mine = todo[pid::nproc]
     steps = -(-max(len(todo[p::nproc]) for p in range(nproc)) // local_batch) if todo else 0
     workers = default_workers() if args.workers is None else args.workers
+    loader = resolve_loader(args.loader) if workers > 0 else "inline"
     frame_shape = (protocol.model_frames, model.image_size, model.image_size, 3)
     save_scores = config["save_scores"]
     _log(f"{name}: {protocol.mode}, {protocol.num_frames} frames at rate {protocol.sampling_rate}"
          + (f" (output at frame {protocol.first_output})" if model.continual else "")
-         + f"; {len(todo)} videos to go on {ndev} device(s), batch {global_batch}, {workers} worker(s)")
+         + f"; {len(todo)} videos to go on {ndev} device(s), batch {global_batch}, {workers} worker(s)"
+         + (f" ({loader})" if workers > 0 else ""))
 
     def to_local(x):
         if nproc == 1:
@@ -513,7 +516,7 @@ def main(argv=None) -> int:
     atomic_write(os.path.join(out, "summary.csv"), summary_csv(summary))
     atomic_write(os.path.join(out, "timing.json"), json.dumps(dict(
         elapsed_s=elapsed, videos_this_run=len(todo), devices=ndev, device_kind=str(devices.flat[0].device_kind),
-        batch=global_batch, workers=workers, loader=args.loader), indent=2) + "\n")
+        batch=global_batch, workers=workers, loader=loader), indent=2) + "\n")
     metr = ", ".join(f"{k}={v:.4f}" for k, v in summary["metrics"].items() if isinstance(v, float))
     _log(f"done in {elapsed:.1f}s: {summary['num_evaluated']} evaluated, {summary['num_failed']} failed, "
          f"{summary['num_missing']} missing; {metr}; summary in {out}/summary.json")

@@ -5,10 +5,11 @@
 (never raises for a bad video: ``Sample.error`` says why). :func:`iterate_samples` yields the
 samples in dataset order, decoded by ``workers`` processes ahead of the consumer:
 
-* ``loader="process"`` (default): a ``concurrent.futures.ProcessPoolExecutor`` (``spawn``
-  context, safe with JAX's threads) with a bounded window of ``prefetch`` in-flight videos;
-* ``loader="grain"``: ``grain.MapDataset(...).map(...).to_iter_dataset().mp_prefetch(...)``
-  (optional dependency; same order, same samples);
+* ``loader="grain"``: ``grain.MapDataset(...).map(...).to_iter_dataset().mp_prefetch(...)``;
+* ``loader="process"``: a ``concurrent.futures.ProcessPoolExecutor`` (``spawn`` context, safe
+  with JAX's threads) with a bounded window of ``prefetch`` in-flight videos (no extra dependency);
+* ``loader="auto"`` (default): Grain where it is installed, else ``process``; both give the same
+  samples in the same order;
 * ``workers=0``: decode in the calling thread (debugging, tests).
 """
 
@@ -104,10 +105,24 @@ def _spawn_context():
     return mp.get_context("spawn")
 
 
+def resolve_loader(loader: str = "auto") -> str:
+    """``auto`` -> ``grain`` if it imports, else ``process``; other names are checked."""
+    if loader == "auto":
+        try:
+            import grain  # noqa: F401
+            return "grain"
+        except ImportError:
+            return "process"
+    if loader not in ("grain", "process"):
+        raise ValueError(f"unknown loader {loader!r} (auto, grain, process)")
+    return loader
+
+
 def iterate_samples(spec: ClipSpec, items: Iterable[tuple[int, VideoRecord]], workers: int = 0,
-                    loader: str = "process", prefetch: int | None = None) -> Iterator[Sample]:
+                    loader: str = "auto", prefetch: int | None = None) -> Iterator[Sample]:
     """Yield :class:`Sample` for ``items`` (``(position, record)`` pairs) in order."""
     items = list(items)
+    loader = resolve_loader(loader)
     fn = _Loader(spec)
     if workers <= 0 or not items:
         for it in items:
@@ -116,8 +131,6 @@ def iterate_samples(spec: ClipSpec, items: Iterable[tuple[int, VideoRecord]], wo
     if loader == "grain":
         yield from _iterate_grain(fn, items, workers, prefetch)
         return
-    if loader != "process":
-        raise ValueError(f"unknown loader {loader!r} (process, grain)")
     window = max(1, prefetch or 4 * workers)
     with cf.ProcessPoolExecutor(max_workers=workers, mp_context=_spawn_context()) as pool:
         pending: collections.deque = collections.deque()
