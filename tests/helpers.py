@@ -6,6 +6,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from co3d_jax.flops import paper_macs
+
 
 def random_params(model, seed: int = 0):
     """Random weights (PyTorch-like fan-in uniform) and broad random BN statistics, drawn with
@@ -25,6 +27,18 @@ def random_params(model, seed: int = 0):
         return {k: visit(v) for k, v in sorted(p.items())}
 
     return jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), visit(shapes))
+
+
+def assert_paper_macs(model, mode: str, ref_gmacs: float, exact: int, digits: int | None = None) -> int:
+    """``paper_macs(model, mode)`` equals ``exact`` and is within 1 % of the paper's
+    ``ref_gmacs``; with ``digits``, it also rounds to ``ref_gmacs`` at that many decimals (the
+    precision the paper prints). Returns the count."""
+    macs = paper_macs(model, mode)
+    assert macs == exact
+    assert abs(macs / 1e9 - ref_gmacs) / ref_gmacs < 0.01
+    if digits is not None:
+        assert round(macs / 1e9, digits) == ref_gmacs
+    return macs
 
 
 def write_video(path, n, fps=30, hw=(48, 64), seed=0, faststart=False):

@@ -19,64 +19,46 @@ from torch import nn
 from co3d_jax import layers as L
 from co3d_jax.stream import run_layer
 
-from torch_utils import (bn_params, clip_from_torch, clip_to_torch, co_forward_steps, compare_with_co, conv_params,
-                         frame_from_torch, linear_params, params_from_torch, randomize_bn_, rel_err, stack_valid)
+from torch_utils import (ErrorLog, bn_params, clip_from_torch, clip_to_torch, co_forward_steps, compare_with_co,
+                         conv_params, frame_from_torch, linear_params, params_from_torch, randomize_bn_, rel_err,
+                         stack_valid)
 
 TOL = 1e-5
-ERRORS: dict[str, float] = {}
-
-
-def record(kind: str, errs: dict) -> None:
-    for mode, e in errs.items():
-        key = f"{kind}/{mode}"
-        ERRORS[key] = max(ERRORS.get(key, 0.0), e)
-    assert all(e <= TOL for e in errs.values()), f"{kind}: relative errors {errs} exceed {TOL}"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _report_errors():
-    yield
-    if ERRORS:
-        print("\nmax relative error per layer type (test_layers.py):")
-        for k in sorted(ERRORS):
-            print(f"  {k:28s} {ERRORS[k]:.2e}")
-
-
-@pytest.fixture(autouse=True)
-def _torch_no_grad():
-    torch.manual_seed(0)
-    with torch.no_grad():
-        yield
+LOG = ErrorLog(TOL, "max relative error per layer type (test_layers.py)")
+record = LOG.record
+_report_errors, _torch_no_grad = LOG.fixtures()
 
 
 # ------------------------------------------------------------------------------------- conv
 
-# (name, C_in, C_out, kernel, stride, padding, groups, bias, fill, impl)
-CONV_CASES = [
-    ("k3p1", 4, 6, (3, 3, 3), (1, 1, 1), (1, 1, 1), 1, True, "zeros", "auto"),
-    ("k3p0_nobias", 4, 6, (3, 3, 3), (1, 1, 1), (0, 1, 1), 1, False, "zeros", "auto"),
-    ("k5p2", 3, 5, (5, 1, 1), (1, 1, 1), (2, 0, 0), 1, True, "zeros", "auto"),
-    ("k2p1_even", 4, 4, (2, 3, 3), (1, 1, 1), (1, 1, 1), 1, True, "zeros", "auto"),
-    ("k4p1_ts2_ss2", 4, 6, (4, 3, 3), (2, 2, 2), (1, 1, 1), 1, True, "zeros", "auto"),
-    ("k1_stateless_ss2", 4, 6, (1, 3, 3), (1, 2, 2), (0, 1, 1), 1, True, "zeros", "auto"),
-    ("groups2_ss2", 4, 8, (3, 3, 3), (1, 2, 2), (1, 1, 1), 2, True, "zeros", "auto"),
-    ("dw_lax_ss2", 6, 6, (3, 3, 3), (1, 2, 2), (1, 1, 1), 6, False, "zeros", "lax"),
-    ("dw_shift_ts2_ss2_bias", 6, 6, (3, 3, 3), (2, 2, 2), (1, 1, 1), 6, True, "zeros", "shift"),
-    ("rep_k5p2_ss2", 4, 4, (5, 3, 3), (1, 2, 2), (2, 1, 1), 1, True, "replicate", "auto"),
-    ("rep_dw_lax_k3p2_ts2", 6, 6, (3, 1, 1), (2, 1, 1), (2, 0, 0), 6, False, "replicate", "lax"),
-    ("rep_dw_shift_k3p1", 6, 6, (3, 3, 3), (1, 1, 1), (1, 1, 1), 6, False, "replicate", "shift"),
-]
+# name -> the layer under test; the co.Conv3d reference is built from its fields
+CONV_CASES = {
+    "k3p1": L.Conv(4, 6, (3, 3, 3), (1, 1, 1), (1, 1, 1), bias=True),
+    "k3p0_nobias": L.Conv(4, 6, (3, 3, 3), (1, 1, 1), (0, 1, 1)),
+    "k5p2": L.Conv(3, 5, (5, 1, 1), (1, 1, 1), (2, 0, 0), bias=True),
+    "k2p1_even": L.Conv(4, 4, (2, 3, 3), (1, 1, 1), (1, 1, 1), bias=True),
+    "k4p1_ts2_ss2": L.Conv(4, 6, (4, 3, 3), (2, 2, 2), (1, 1, 1), bias=True),
+    "k1_stateless_ss2": L.Conv(4, 6, (1, 3, 3), (1, 2, 2), (0, 1, 1), bias=True),
+    "groups2_ss2": L.Conv(4, 8, (3, 3, 3), (1, 2, 2), (1, 1, 1), groups=2, bias=True),
+    "dw_lax_ss2": L.Conv(6, 6, (3, 3, 3), (1, 2, 2), (1, 1, 1), groups=6, impl="lax"),
+    "dw_shift_ts2_ss2_bias": L.Conv(6, 6, (3, 3, 3), (2, 2, 2), (1, 1, 1), groups=6, bias=True, impl="shift"),
+    "rep_k5p2_ss2": L.Conv(4, 4, (5, 3, 3), (1, 2, 2), (2, 1, 1), bias=True, temporal_fill="replicate"),
+    "rep_dw_lax_k3p2_ts2": L.Conv(6, 6, (3, 1, 1), (2, 1, 1), (2, 0, 0), groups=6, temporal_fill="replicate",
+                                  impl="lax"),
+    "rep_dw_shift_k3p1": L.Conv(6, 6, (3, 3, 3), (1, 1, 1), (1, 1, 1), groups=6, temporal_fill="replicate",
+                                impl="shift"),
+}
 
 
-@pytest.mark.parametrize("case", CONV_CASES, ids=[c[0] for c in CONV_CASES])
-def test_conv(case):
-    name, cin, cout, k, s, p, g, bias, fill, impl = case
-    co_conv = co.Conv3d(cin, cout, k, stride=s, padding=p, groups=g, bias=bias, temporal_fill=fill).eval()
-    layer = L.Conv(cin, cout, k, s, p, groups=g, bias=bias, temporal_fill=fill, impl=impl)
+@pytest.mark.parametrize("name", list(CONV_CASES))
+def test_conv(name):
+    layer = CONV_CASES[name]
+    co_conv = co.Conv3d(layer.in_channels, layer.out_channels, layer.kernel, stride=layer.strides, padding=layer.pads,
+                        groups=layer.groups, bias=layer.bias, temporal_fill=layer.temporal_fill).eval()
     params = conv_params(co_conv)
-    assert params["kernel"].shape == (*k, cin // g, cout)
-    in_shape = (7, 7, cin) if s[1] == 2 else (6, 6, cin)
-    record("conv", compare_with_co(layer, params, co_conv, in_shape, jit_forward=impl == "shift"))
+    assert params["kernel"].shape == (*layer.kernel, layer.in_channels // layer.groups, layer.out_channels)
+    in_shape = (7, 7, layer.in_channels) if layer.strides[1] == 2 else (6, 6, layer.in_channels)
+    record("conv", compare_with_co(layer, params, co_conv, in_shape, jit_forward=layer.impl == "shift"))
 
 
 def test_conv_k1_temporal_stride():

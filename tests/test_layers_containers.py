@@ -22,33 +22,12 @@ from torch import nn
 from co3d_jax import layers as L
 from co3d_jax.stream import reset_state, run_layer
 
-from torch_utils import compare_with_co, params_from_torch, randomize_bn_
+from torch_utils import ErrorLog, compare_with_co, params_from_torch, randomize_bn_
 
 TOL = 1e-5
-ERRORS: dict[str, float] = {}
-
-
-def record(kind: str, errs: dict) -> None:
-    for mode, e in errs.items():
-        key = f"{kind}/{mode}"
-        ERRORS[key] = max(ERRORS.get(key, 0.0), e)
-    assert all(e <= TOL for e in errs.values()), f"{kind}: relative errors {errs} exceed {TOL}"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _report_errors():
-    yield
-    if ERRORS:
-        print("\nmax relative error per container type (test_layers_containers.py):")
-        for k in sorted(ERRORS):
-            print(f"  {k:28s} {ERRORS[k]:.2e}")
-
-
-@pytest.fixture(autouse=True)
-def _torch_no_grad():
-    torch.manual_seed(0)
-    with torch.no_grad():
-        yield
+LOG = ErrorLog(TOL, "max relative error per container type (test_layers_containers.py)")
+record = LOG.record
+_report_errors, _torch_no_grad = LOG.fixtures()
 
 
 def bn(c: int, seed: int) -> nn.BatchNorm3d:

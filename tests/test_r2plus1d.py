@@ -27,6 +27,8 @@ from co3d_jax.models.r2plus1d import IMAGENET_NORMALISATION, midplanes  # noqa: 
 from weight_port import CheckpointMismatchError, PortError  # noqa: E402
 from weight_port.r2plus1d import convert_file, convert_state_dict, jax_to_torchvision  # noqa: E402
 
+from torch_utils import randomize_model_bn_  # noqa: E402
+
 RTOL = 1e-5
 SMALL = dict(image_size=32, clip_length=8)
 PARAMS = 31_505_325
@@ -43,16 +45,8 @@ def rel_err(a, b) -> float:
 def make_torch_model(seed: int = 0, num_classes: int = 400):
     torch.manual_seed(seed)
     model = torchvision.models.video.r2plus1d_18(num_classes=num_classes)
-    g = torch.Generator().manual_seed(seed + 1)
+    randomize_model_bn_(model, seed + 1)
     with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm3d):
-                n = m.num_features
-                m.weight.copy_(torch.rand(n, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(n, generator=g) * 0.2)
-                m.running_mean.copy_(torch.randn(n, generator=g) * 0.5)
-                m.running_var.copy_(torch.rand(n, generator=g) * 1.5 + 0.5)
-                m.num_batches_tracked.fill_(100)
         # torchvision's fc init (std 0.01) gives tiny logits; make the comparison meaningful
         model.fc.weight.mul_(5.0)
     return model.eval()

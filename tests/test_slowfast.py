@@ -33,6 +33,8 @@ from weight_port import CheckpointMismatchError, PortError  # noqa: E402
 from weight_port.slowfast import (caffe2_to_slowfast, convert_state_dict, jax_to_slowfast,  # noqa: E402
                                   slowfast_to_caffe2)
 
+from torch_utils import randomize_model_bn_  # noqa: E402
+
 RTOL = 1e-5
 # arch -> (alpha, fusion kernel, CI fast frames, parameters, paper_macs at 256 px / 32 frames)
 ARCHS = {
@@ -57,16 +59,8 @@ def make_pytorchvideo(arch: str, frames: int, size: int, seed: int = 0):
                             slowfast_fusion_conv_stride=(alpha, 1, 1),
                             head_pool_kernel_sizes=((frames // alpha, size // 32, size // 32),
                                                     (frames, size // 32, size // 32)))
-    g = torch.Generator().manual_seed(seed + 1)
+    randomize_model_bn_(model, seed + 1)
     with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm3d):
-                n = m.num_features
-                m.weight.copy_(torch.rand(n, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(n, generator=g) * 0.2)
-                m.running_mean.copy_(torch.randn(n, generator=g) * 0.5)
-                m.running_var.copy_(torch.rand(n, generator=g) * 1.5 + 0.5)
-                m.num_batches_tracked.fill_(100)
         # random BN statistics inflate the features: keep the logits O(10) so that the softmax
         # comparison (errors ~ logit error) stays well inside the tolerance
         model.blocks[-1].proj.weight.mul_(0.25)
@@ -230,6 +224,86 @@ def test_parity_with_pytorchvideo(arch, torch_models, ported, capsys):
     with capsys.disabled():
         print(f"\n[{arch} {frames}x{SIZE}x{SIZE}] rel err logits {e_logits:.2e} softmax {e_probs:.2e} "
               f"(max |logit| {np.abs(ref).max():.2f})")
+
+
+# ----------------------------------------------------------------------------- BN folding, training mode
+FUSIONS = ("s1_fuse", "s2_fuse", "s3_fuse", "s4_fuse")
+# Training-mode BN re-normalises every layer with this batch's statistics (16 values per channel
+# in s5's slow pathway here), which amplifies float32 rounding down the network: on this input
+# pytorchvideo in float32 differs from itself in float64 by 3e-5 (logits) and 2e-5 (running
+# statistics), measured; the eval-mode RTOL would test rounding, not the computation.
+TRAIN_RTOL = 1e-4
+
+
+def bn_stat_paths(params) -> list:
+    """``flatten`` paths of every BN running statistic (``.../mean``, ``.../var``) in ``params``."""
+    return [k for k in flatten(params) if k.endswith(("/mean", "/var"))]
+
+
+def test_fold_batchnorm_folds_the_fusions(ported, capsys):
+    """``Model.fold_batchnorm`` merges every conv -> BN, the fusions' ``conv_f2s`` -> ``bn``
+    included: no BN layer or statistic remains and the logits are unchanged (8x8 at 64 px with
+    the ported random BN statistics)."""
+    arch = "slowfast_8x8_r50"
+    frames = ARCHS[arch][2]
+    m = co3d_jax.create_model(arch, **small_options(arch, head_activation="identity"))
+    params = jax.tree.map(jnp.asarray, ported[arch].params)
+    assert all(set(params[n]) == {"conv_f2s", "bn"} for n in FUSIONS)
+    folded = {}
+
+    def run(p, x):  # one program: folding eagerly dispatches ~700 small ops, slower than compiling them
+        folded["model"], fp = m.fold_batchnorm(p)  # the layer tree is static: kept from the trace
+        return m.forward(p, x), folded["model"].forward(fp, x), fp
+
+    x = np.random.default_rng(3).standard_normal((1, frames, SIZE, SIZE, 3)).astype(np.float32)
+    out, out_folded, fparams = (jax.tree.map(np.asarray, a) for a in jax.jit(run)(params, jnp.asarray(x)))
+    net = folded["model"].net
+    for n in FUSIONS:
+        assert sorted(flatten(fparams[n])) == ["conv_f2s/bias", "conv_f2s/kernel"]
+        assert [type(c).__name__ for _, c in net[n].path.children] == ["Conv", "Activation", "Activation"]
+        assert np.abs(fparams[n]["conv_f2s"]["bias"]).max() > 0.1  # the BN's shift moved into the conv
+    assert bn_stat_paths(fparams) == [] and len(bn_stat_paths(params)) == 2 * 110
+    err = rel_err(out_folded, out)
+    assert err <= RTOL and np.abs(out).max() > 1
+    with capsys.disabled():
+        print(f"\n[{arch} {frames}x{SIZE}x{SIZE}] folded vs unfolded logits: rel err {err:.2e}")
+
+
+def test_forward_train_equals_pytorchvideo_train_mode(torch_models, ported, capsys):
+    """``forward_train`` (batch-statistics BN; running statistics updated with momentum 0.1 and
+    the unbiased batch variance) against pytorchvideo's ``.train()`` forward, dropout off: the
+    logits, and every BN's running statistics after the step mapped back through the porter, the
+    fusions' (which then differ from their inference values) included. Weights stay unchanged."""
+    arch = "slowfast_8x8_r50"
+    alpha, _, frames = ARCHS[arch][:3]
+    model = copy.deepcopy(torch_models[arch]).train()
+    model.blocks[-1].dropout.eval()
+    x = np.random.default_rng(1).standard_normal((2, frames, SIZE, SIZE, 3)).astype(np.float32)
+    ref = torch_logits(model, x, alpha)  # updates the model's running statistics
+    want = flatten(convert_state_dict(numpy_sd(model), arch).params)
+    m = co3d_jax.create_model(arch, **small_options(arch, head_activation="identity"))
+
+    def train_logits(p, x):
+        y, new = m.net.forward_train(p, x)
+        return jnp.mean(y, axis=(1, 2, 3)), new
+
+    before = flatten(ported[arch].params)
+    logits, new = jax.jit(train_logits)(jax.tree.map(jnp.asarray, ported[arch].params), jnp.asarray(x))
+    got = {k: np.asarray(v) for k, v in flatten(new).items()}
+    assert sorted(got) == sorted(want) == sorted(before)
+    stats = bn_stat_paths(new)
+    assert all(np.array_equal(got[k], before[k]) for k in got if k not in stats)
+    errs = {k: rel_err(got[k], want[k]) for k in stats}
+    e_logits, worst = rel_err(logits, ref), max(errs, key=errs.get)
+    assert e_logits <= TRAIN_RTOL and errs[worst] <= TRAIN_RTOL, (e_logits, worst, errs[worst])
+    for n in FUSIONS:
+        for s in ("mean", "var"):
+            assert rel_err(want[f"{n}/bn/{s}"], before[f"{n}/bn/{s}"]) > 1e-2  # the step moved them
+    assert np.abs(ref).max() > 0.1
+    fuse = max(errs[f"{n}/bn/{s}"] for n in FUSIONS for s in ("mean", "var"))
+    with capsys.disabled():
+        print(f"\n[{arch} 2x{frames}x{SIZE}x{SIZE} train mode] rel err logits {e_logits:.2e}, running stats "
+              f"{errs[worst]:.2e} (worst {worst}), fusion BNs {fuse:.2e}")
 
 
 # ----------------------------------------------------------------------------- layouts

@@ -35,6 +35,8 @@ from weight_port.convert import convert_file, convert_state_dict, save_conversio
 from weight_port.layouts import IDENTITY_BN_VAR, jax_params_to_state_dict  # noqa: E402
 from weight_port.reference import jax_forward_fn, verify  # noqa: E402
 
+from torch_utils import randomize_bn_, randomize_model_bn_  # noqa: E402
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RTOL = 1e-5
 SMALL = dict(frames=4, image_size=64)   # X3D-XS weights (= S/M weights), cheap input
@@ -47,21 +49,8 @@ def make_pytorchvideo_x3d(frames: int, image_size: int, seed: int = 0, **kwargs)
 
     torch.manual_seed(seed)
     model = create_x3d(input_clip_length=frames, input_crop_size=image_size, **kwargs)
-    randomise_bn(model)
+    randomize_model_bn_(model, 1234)
     return model.eval()
-
-
-def randomise_bn(model) -> None:
-    g = torch.Generator().manual_seed(1234)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm3d):
-                n = m.num_features
-                m.weight.copy_(torch.rand(n, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(n, generator=g) * 0.2)
-                m.running_mean.copy_(torch.randn(n, generator=g) * 0.5)
-                m.running_var.copy_(torch.rand(n, generator=g) * 1.5 + 0.5)
-                m.num_batches_tracked.fill_(1000)
 
 
 def pytorchvideo_to_slowfast(sd: dict) -> dict:
@@ -89,14 +78,7 @@ def add_slowfast_shortcut_bn(model) -> None:
     block = model.blocks[1].res_blocks[0]
     assert block.branch1_norm is None and block.branch1_conv is not None
     block.branch1_norm = torch.nn.BatchNorm3d(block.branch1_conv.out_channels)
-    g = torch.Generator().manual_seed(99)
-    with torch.no_grad():
-        bn = block.branch1_norm
-        bn.weight.copy_(torch.rand(bn.num_features, generator=g) + 0.5)
-        bn.bias.copy_(torch.randn(bn.num_features, generator=g) * 0.2)
-        bn.running_mean.copy_(torch.randn(bn.num_features, generator=g) * 0.5)
-        bn.running_var.copy_(torch.rand(bn.num_features, generator=g) + 0.5)
-    bn.eval()
+    randomize_bn_(block.branch1_norm, torch.Generator().manual_seed(99), mean_std=0.5).eval()
 
 
 def numpy_sd(model) -> dict:

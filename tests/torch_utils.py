@@ -20,6 +20,7 @@ from typing import Optional, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -91,15 +92,32 @@ def linear_params(module: nn.Module) -> dict:
     return p
 
 
-def randomize_bn_(bn: nn.Module, gen: torch.Generator) -> nn.Module:
-    """Random affine params and running statistics (in place), so eval-mode BN is not the identity."""
+def randomize_bn_(bn: nn.Module, gen: torch.Generator, mean_std: float = 0.2,
+                  var_range: tuple = (0.5, 1.5)) -> nn.Module:
+    """Random affine params and running statistics (in place), so eval-mode BN is not the identity:
+    weight ~ U(0.5, 1.5), bias ~ N(0, 0.2^2), running mean ~ N(0, mean_std^2), running var ~
+    U(var_range), each ``(C,)`` and drawn from ``gen`` in that order."""
     c = bn.num_features
+    lo, hi = var_range
     with torch.no_grad():
         bn.weight.copy_(torch.rand(c, generator=gen) + 0.5)
         bn.bias.copy_(torch.randn(c, generator=gen) * 0.2)
-        bn.running_mean.copy_(torch.randn(c, generator=gen) * 0.2)
-        bn.running_var.copy_(torch.rand(c, generator=gen) + 0.5)
+        bn.running_mean.copy_(torch.randn(c, generator=gen) * mean_std)
+        bn.running_var.copy_(torch.rand(c, generator=gen) * (hi - lo) + lo)
     return bn
+
+
+def randomize_model_bn_(model: nn.Module, seed: int, mean_std: float = 0.5,
+                        var_range: tuple = (0.5, 2.0)) -> nn.Module:
+    """:func:`randomize_bn_` on every ``BatchNorm3d`` of ``model`` (in place, module order, one
+    generator seeded ``seed``), as a trained checkpoint would have them: broad statistics and a
+    non-zero ``num_batches_tracked`` (which the porters consume and ignore)."""
+    gen = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm3d):
+            randomize_bn_(m, gen, mean_std, var_range)
+            m.num_batches_tracked.fill_(1000)
+    return model
 
 
 def _torch_children(module: nn.Module) -> list:
@@ -165,6 +183,45 @@ def rel_err(a, b) -> float:
     if a.size == 0:
         return 0.0
     return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-12))
+
+
+class ErrorLog:
+    """Worst relative error per ``kind/mode`` over one test module's parity checks.
+
+    :meth:`record` asserts each error against ``tol`` and keeps the maximum; :meth:`fixtures`
+    gives the module's autouse fixtures (the table printed after the module, and every test run
+    under ``torch.no_grad`` with ``torch.manual_seed(0)``)."""
+
+    def __init__(self, tol: float, title: str):
+        self.tol, self.title, self.errors = tol, title, {}
+
+    def record(self, kind: str, errs: dict) -> None:
+        """``errs`` ``{mode: relative error}`` of one check of layer ``kind``; fails above ``tol``."""
+        for mode, e in errs.items():
+            key = f"{kind}/{mode}"
+            self.errors[key] = max(self.errors.get(key, 0.0), e)
+        assert all(e <= self.tol for e in errs.values()), f"{kind}: relative errors {errs} exceed {self.tol}"
+
+    def report(self) -> None:
+        if self.errors:
+            print(f"\n{self.title}:")
+            for k in sorted(self.errors):
+                print(f"  {k:28s} {self.errors[k]:.2e}")
+
+    def fixtures(self):
+        """``(report, no_grad)``: assign both to module globals (pytest registers them by name)."""
+        @pytest.fixture(scope="module", autouse=True)
+        def report():
+            yield
+            self.report()
+
+        @pytest.fixture(autouse=True)
+        def no_grad():
+            torch.manual_seed(0)
+            with torch.no_grad():
+                yield
+
+        return report, no_grad
 
 
 def stack_valid(outs: Sequence[Optional[torch.Tensor]]):

@@ -28,7 +28,11 @@ def fold_conv_bn(conv: Conv, bn: BatchNorm, conv_params: dict, bn_params: dict):
 
 def fold_batchnorm(layer: Layer, params):
     """Return ``(layer', params')`` with every ``Conv`` directly followed by a ``BatchNorm``
-    (inside any container) merged. Outputs are unchanged up to float rounding."""
+    (inside any container) merged. Outputs are unchanged up to float rounding.
+
+    A layer that holds sublayers outside :class:`Sequential` / :class:`Parallel` (e.g. SlowFast's
+    ``FuseFastToSlow``) folds them in its own ``fold_batchnorm(params) -> (layer', params')``
+    method, which is called here; other layers are returned unchanged."""
     if isinstance(layer, Sequential):
         params = params or {}
         children, new_params = [], {}
@@ -59,4 +63,7 @@ def fold_batchnorm(layer: Layer, params):
             if p is not None and not (isinstance(p, dict) and not p):
                 new_params[name] = p
         return dataclasses.replace(layer, branches=tuple(branches)), new_params
+    hook = getattr(layer, "fold_batchnorm", None)
+    if callable(hook):
+        return hook(params)
     return layer, params

@@ -56,7 +56,8 @@ import dataclasses
 import jax.numpy as jnp
 import numpy as np
 
-from ..layers import Activation, BatchNorm, Conv, Dense, Layer, Parallel, Pool, Sequential, broadcast_reduce
+from ..layers import (Activation, BatchNorm, Conv, Dense, Layer, Parallel, Pool, Sequential, broadcast_reduce,
+                      fold_batchnorm)
 from ..layers.base import check_input, static
 from ..layers.containers import _clip_len
 from ..model import Model
@@ -152,26 +153,29 @@ class Pathways(Parallel):
 
 @static
 class FuseFastToSlow(Layer):
-    """PySlowFast ``FuseFastToSlow``: ``(xs, xf) -> (concat(xs, ReLU(bn(conv_f2s(xf)))), xf)``;
-    params ``{"conv_f2s": ..., "bn": ...}``."""
+    """PySlowFast ``FuseFastToSlow``: ``(xs, xf) -> (concat(xs, path(xf)), xf)`` where ``path`` is
+    ``conv_f2s`` (k,1,1) stride (alpha,1,1), ``bn``, ReLU: the slow pathway ``(B, T/alpha, H, W,
+    C_s)`` gains ``ratio * C_f`` channels from the fast one ``(B, T, H, W, C_f)``. Params are
+    ``path``'s, ``{"conv_f2s": ..., "bn": ...}``. Build with :meth:`of`.
 
-    fast_channels: int
-    ratio: int = 2
-    kernel_t: int = 7
-    alpha: int = 4
+    ``path`` is an ordinary :class:`Sequential`, so training mode (batch-statistics BN) and
+    :func:`~co3d_jax.layers.fold_batchnorm` (through :meth:`fold_batchnorm`) treat its BN like
+    every other one."""
 
-    @property
-    def path(self) -> Sequential:
-        c, k = self.fast_channels, self.kernel_t
-        return Sequential.of(
-            ("conv_f2s", Conv(c, c * self.ratio, (k, 1, 1), (self.alpha, 1, 1), (k // 2, 0, 0))),
-            ("bn", BatchNorm(c * self.ratio)),
+    path: Sequential
+
+    @classmethod
+    def of(cls, fast_channels: int, ratio: int = 2, kernel_t: int = 7, alpha: int = 4) -> "FuseFastToSlow":
+        c, k = fast_channels, kernel_t
+        return cls(Sequential.of(
+            ("conv_f2s", Conv(c, c * ratio, (k, 1, 1), (alpha, 1, 1), (k // 2, 0, 0))),
+            ("bn", BatchNorm(c * ratio)),
             ("relu", Activation("relu")),
-        )
+        ))
 
     def out_shape(self, in_shape):
         slow, fast = in_shape
-        return ((*slow[:-1], slow[-1] + self.fast_channels * self.ratio), fast)
+        return ((*slow[:-1], slow[-1] + self.path.out_shape(fast)[-1]), fast)
 
     def clip_lengths(self, t):
         return t
@@ -184,11 +188,29 @@ class FuseFastToSlow(Layer):
 
     def forward(self, params, xs):
         slow, fast = xs
-        fuse = self.path.forward(params, fast)
-        if fuse.shape[1] != slow.shape[1]:
-            raise ValueError(f"FuseFastToSlow: the fast pathway gives {fuse.shape[1]} fused frames for "
+        return self._concat(slow, self.path.forward(params, fast)), fast
+
+    def forward_train(self, params, xs):
+        """Training mode: ``path``'s BN normalises with batch statistics and its running
+        statistics come back updated, as :meth:`BatchNorm.forward_train` does."""
+        slow, fast = xs
+        fused, params = self.path.forward_train(params, fast)
+        return (self._concat(slow, fused), fast), params
+
+    def fold_batchnorm(self, params):
+        """``(layer', params')`` with ``conv_f2s`` and ``bn`` merged (the hook
+        :func:`~co3d_jax.layers.fold_batchnorm` calls)."""
+        path, params = fold_batchnorm(self.path, params)
+        return dataclasses.replace(self, path=path), params
+
+    @staticmethod
+    def _concat(slow, fused):
+        """``slow`` ``(B, T_s, H, W, C_s)`` and ``fused`` ``(B, T_s, H, W, C_fused)`` -> ``(B, T_s,
+        H, W, C_s + C_fused)``."""
+        if fused.shape[1] != slow.shape[1]:
+            raise ValueError(f"FuseFastToSlow: the fast pathway gives {fused.shape[1]} fused frames for "
                              f"{slow.shape[1]} slow frames (clip length / alpha mismatch)")
-        return (jnp.concatenate([slow, fuse.astype(slow.dtype)], axis=-1), fast)
+        return jnp.concatenate([slow, fused.astype(slow.dtype)], axis=-1)
 
     def step(self, params, state, x, valid):
         raise NotImplementedError("clip-only model: SlowFast has no continual (frame-by-frame) mode")
@@ -308,7 +330,7 @@ def build_slowfast(cfg: SlowFastConfig) -> SlowFastNet:
         ("pack", PackPathways(cfg.alpha)),
         ("s1", Pathways.of(("pathway0_stem", stem(w, k_stem[0])), ("pathway1_stem", stem(w // beta, k_stem[1])),
                            auto_delay=False)),
-        ("s1_fuse", FuseFastToSlow(w // beta, **fuse)),
+        ("s1_fuse", FuseFastToSlow.of(w // beta, **fuse)),
     ]
     slow_in, fast_in = w + w // beta * ratio, w // beta
     for s, depth in enumerate(cfg.stage_depths):
@@ -324,7 +346,7 @@ def build_slowfast(cfg: SlowFastConfig) -> SlowFastNet:
             pathways.append((f"pathway{p}", Sequential.of(*blocks)))
         children.append((f"s{s + 2}", Pathways.of(*pathways, auto_delay=False)))
         if s + 1 < len(cfg.stage_depths):
-            children.append((f"s{s + 2}_fuse", FuseFastToSlow(fast_out, **fuse)))
+            children.append((f"s{s + 2}_fuse", FuseFastToSlow.of(fast_out, **fuse)))
             if s == 0:  # PySlowFast's identity pools between s2 and s3 (_POOL1["slowfast"] = 1x1x1)
                 children.append(("pathway_pool", Pathways.of(("pathway0_pool", IdentityPool()),
                                                              ("pathway1_pool", IdentityPool()), auto_delay=False)))
