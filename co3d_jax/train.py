@@ -117,10 +117,13 @@ def _find_children(layer: Layer, name: str):
 
 
 def logits_net(net: Layer) -> Layer:
-    """``net`` with a final softmax (the last child, recursively) replaced by the identity; the
-    params tree is unchanged. Nets ending in anything else are returned as they are."""
+    """``net`` with a final softmax (the last child, recursively, or a head's ``activation``
+    setting, e.g. SlowFast's) replaced by the identity; the params tree is unchanged. Nets ending
+    in anything else are returned as they are."""
     if isinstance(net, Activation) and net.fn == "softmax":
         return Activation("identity")
+    if dataclasses.is_dataclass(net) and getattr(net, "activation", None) == "softmax":
+        return dataclasses.replace(net, activation="identity")
     if isinstance(net, Sequential):
         *rest, (name, last) = net.children
         new = logits_net(last)

@@ -29,6 +29,7 @@ import co3d_jax  # noqa: E402
 from co3d_jax.flops import count_params, paper_macs  # noqa: E402
 from co3d_jax.models.slowfast import FEICHTENHOFER_NORMALISATION, slow_indices  # noqa: E402
 from co3d_jax.params import flatten  # noqa: E402
+from co3d_jax.train import logits_net  # noqa: E402
 from weight_port import CheckpointMismatchError, PortError  # noqa: E402
 from weight_port.slowfast import (caffe2_to_slowfast, convert_state_dict, jax_to_slowfast,  # noqa: E402
                                   slowfast_to_caffe2)
@@ -212,9 +213,16 @@ def test_parity_with_pytorchvideo(arch, torch_models, ported, capsys):
     assert conv.layout == "pytorchvideo"
     logits_m = co3d_jax.create_model(arch, **small_options(arch, head_activation="identity"))
     probs_m = co3d_jax.create_model(arch, **small_options(arch))
-    fn = jax.jit(lambda p, x: (logits_m.forward(p, x), probs_m.forward(p, x)))
+    train_net = logits_net(probs_m.net)   # what fine-tuning differentiates: the head's softmax removed
+
+    def outputs(p, x):
+        y = train_net.forward(p, x)
+        return logits_m.forward(p, x), probs_m.forward(p, x), jnp.mean(y, axis=tuple(range(1, y.ndim - 1)))
+
     x = np.random.default_rng(0).standard_normal((1, frames, SIZE, SIZE, 3)).astype(np.float32)
-    logits, probs = (np.asarray(a) for a in fn(jax.tree.map(jnp.asarray, conv.params), jnp.asarray(x)))
+    logits, probs, train_logits = (np.asarray(a) for a in jax.jit(outputs)(jax.tree.map(jnp.asarray, conv.params),
+                                                                          jnp.asarray(x)))
+    np.testing.assert_allclose(train_logits, logits, rtol=1e-6, atol=1e-6)
     ref = torch_logits(torch_models[arch], x, alpha)
     e = np.exp(ref.astype(np.float64) - ref.max(-1, keepdims=True))
     ref_probs = e / e.sum(-1, keepdims=True)

@@ -56,12 +56,13 @@ import dataclasses
 import jax.numpy as jnp
 import numpy as np
 
-from ..layers import (Activation, BatchNorm, Conv, Dense, Layer, Parallel, Pool, Sequential, broadcast_reduce,
+from ..layers import (Activation, BatchNorm, Conv, Dense, Layer, Parallel, Pool, Sequential,
                       fold_batchnorm)
 from ..layers.base import check_input, static
 from ..layers.containers import _clip_len
 from ..model import Model
 from .r2plus1d import ClipOnlySequential
+from .blocks import res_block
 from .resnet3d import bottleneck, stem
 
 FEICHTENHOFER_NORMALISATION = ((0.45, 0.45, 0.45), (0.225, 0.225, 0.225))
@@ -313,13 +314,7 @@ class SlowFastConfig:
 
 
 def _bottleneck_block(c_in: int, c_out: int, inner: int, kt: int, stride: int) -> Sequential:
-    branch2 = bottleneck(c_in, c_out, inner, kt, stride)
-    if c_in != c_out or stride != 1:
-        skip = Sequential.of(("branch1", Conv(c_in, c_out, 1, (1, stride, stride))), ("branch1_bn", BatchNorm(c_out)))
-    else:
-        skip = Activation("identity")
-    return Sequential.of(("residual", broadcast_reduce(("skip", skip), ("branch2", branch2), auto_delay=False)),
-                         ("relu", Activation("relu")))
+    return res_block(bottleneck(c_in, c_out, inner, kt, stride), c_in, c_out, stride, continual=False)
 
 
 def build_slowfast(cfg: SlowFastConfig) -> SlowFastNet:
