@@ -45,16 +45,21 @@ def cast_tree(tree, dtype):
     return jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
 
 
+def bench_model(name: str, depthwise: str = "auto", **options):
+    """``create_model(name, **options)``; ``depthwise`` (X3D/CoX3D's ``depthwise_impl``) is passed
+    only when it is not ``auto``, so every registry model can be benchmarked."""
+    import co3d_jax
+    if depthwise != "auto":
+        options["depthwise_impl"] = depthwise
+    return co3d_jax.create_model(name, **options)
+
+
 def bench_stream(name: str, batch: int, dtype: str, chunk: int, repeats: int, unroll: int = 1,
                  depthwise: str = "auto", image_size: int | None = None) -> dict:
     import jax
     import jax.numpy as jnp
 
-    import co3d_jax
-    opts = {"depthwise_impl": depthwise}
-    if image_size:
-        opts["image_size"] = image_size
-    model = co3d_jax.create_model(name, **opts)
+    model = bench_model(name, depthwise, **({"image_size": image_size} if image_size else {}))
     params = model.init(jax.random.key(0))
     model, params = model.fold_batchnorm(params)
     dt = jnp.bfloat16 if dtype == "bf16" else jnp.float32
@@ -83,8 +88,7 @@ def bench_latency(name: str, dtype: str, steps: int, depthwise: str = "auto") ->
     import jax
     import jax.numpy as jnp
 
-    import co3d_jax
-    model = co3d_jax.create_model(name, depthwise_impl=depthwise)
+    model = bench_model(name, depthwise)
     params = model.init(jax.random.key(0))
     model, params = model.fold_batchnorm(params)
     dt = jnp.bfloat16 if dtype == "bf16" else jnp.float32
@@ -111,8 +115,7 @@ def bench_clip(name: str, batch: int, dtype: str, repeats: int, depthwise: str =
     import jax
     import jax.numpy as jnp
 
-    import co3d_jax
-    model = co3d_jax.create_model(name, depthwise_impl=depthwise)
+    model = bench_model(name, depthwise)
     params = model.init(jax.random.key(0))
     model, params = model.fold_batchnorm(params)
     dt = jnp.bfloat16 if dtype == "bf16" else jnp.float32
