@@ -14,13 +14,14 @@ from .errors import PortError, VerificationError, one_line
 EXIT_ERROR = 2
 
 _DESCRIPTION = """\
-Port X3D / CoX3D and Slow / CoSlow / I3D / CoI3D weights to framework-free co3d_jax .npz files.
+Port X3D / CoX3D, Slow / CoSlow / I3D / CoI3D, R(2+1)D-18 and SlowFast-R50 weights to framework-free
+co3d_jax .npz files.
 
 Reads PySlowFast checkpoints ({'model_state': ...} with s1.pathway0_stem.* names; co3d uses
 these), pytorchvideo checkpoints (blocks.* names, torch hub x3d_*, slow_r50, i3d_r50), Caffe2
 .pkl checkpoints (PySlowFast model zoo, e.g. I3D_8x8_R50.pkl; read with a restricted unpickler),
-or a bare state dict, optionally with a module./model. key prefix. The layout is detected from
-the key names."""
+torchvision R(2+1)D state dicts, or a bare state dict, optionally with a module./model. key
+prefix. The layout is detected from the key names."""
 
 
 def _options(args: argparse.Namespace) -> dict:
@@ -90,29 +91,32 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     c = sub.add_parser("convert", help="convert a checkpoint file to a .npz params file",
-                       description="Convert an X3D or Slow/I3D checkpoint (PySlowFast, pytorchvideo, Caffe2 .pkl or "
-                                   "bare state dict) to a co3d_jax .npz, strictly: every tensor consumed, every "
-                                   "parameter filled.")
+                       description="Convert an X3D, Slow/I3D, R(2+1)D or SlowFast checkpoint (PySlowFast, "
+                                   "pytorchvideo, torchvision, Caffe2 .pkl or bare state dict) to a co3d_jax .npz, "
+                                   "strictly: every tensor consumed, every parameter filled.")
     c.add_argument("src", metavar="SRC", help="PyTorch checkpoint (.pyth/.pth/.pt), loaded with weights_only=True, "
-                                              "or a Caffe2 .pkl (Slow/I3D archs; restricted unpickler)")
+                                              "or a Caffe2 .pkl (Slow/I3D and SlowFast archs; restricted unpickler)")
     c.add_argument("--arch", required=True,
                    help="co3d_jax model name: x3d_xs, x3d_s, x3d_m, x3d_l, cox3d_xs, cox3d_s_13, cox3d_m_16, ... "
                         "(CoX3D uses the X3D weights; XS/S/M share one structure, L is deeper); slow_8x8_r50, "
                         "coslow_8, coslow_64, i3d_r50, coi3d_8, coi3d_64, slow_8x8_r50_charades, coslow_64_charades, "
-                        "... (CoSlow/CoI3D use the Slow/I3D weights)")
+                        "... (CoSlow/CoI3D use the Slow/I3D weights); r2plus1d_18_8, r2plus1d_18_16; slowfast_8x8_r50, "
+                        "slowfast_4x16_r50")
     c.add_argument("--out", required=True, metavar="DST.npz", help="output params file")
-    c.add_argument("--layout", default="auto", choices=("auto", "slowfast", "pytorchvideo", "caffe2"),
-                   help="key naming of SRC (default: detect; caffe2 = a Caffe2 .pkl, Slow/I3D archs only)")
+    c.add_argument("--layout", default="auto", choices=("auto", "slowfast", "pytorchvideo", "caffe2", "torchvision"),
+                   help="key naming of SRC (default: detect; caffe2 = a Caffe2 .pkl, Slow/I3D and SlowFast archs; "
+                        "torchvision: R(2+1)D archs)")
     c.add_argument("--num-classes", type=int, default=None, metavar="N", help="model option num_classes (default 400)")
     c.add_argument("--depth-factor", type=float, default=None, metavar="F",
                    help="model option depth_factor of X3D archs (default per arch)")
     c.add_argument("--verify", action="store_true",
-                   help="compare the JAX model with a pytorchvideo reference (create_x3d / create_resnet) on one "
-                        "random clip (needs pytorchvideo); the .npz is written only if it passes")
+                   help="compare the JAX model with a torch reference holding the same weights (pytorchvideo "
+                        "create_x3d / create_resnet / create_slowfast, torchvision r2plus1d_18) on one random "
+                        "clip (needs pytorchvideo or torchvision); the .npz is written only if it passes")
     c.add_argument("--verify-image-size", type=int, default=None, metavar="S",
                    help="crop size of the verification clip (default: the model's)")
     c.add_argument("--verify-frames", type=int, default=None, metavar="T",
-                   help="frames of the verification clip (default: the model's head window)")
+                   help="frames of the verification clip (default: the model's head window or clip length)")
     c.add_argument("--tolerance", type=float, default=1e-4, metavar="REL",
                    help="largest accepted relative error of --verify (default 1e-4)")
     c.add_argument("--seed", type=int, default=0, help="seed of the verification clip")

@@ -20,25 +20,26 @@ imported lazily. :func:`convert_state_dict`, :func:`convert_file`, :func:`read_s
 
 Families: ``x3d`` (``x3d_*``, ``cox3d_*``; this module and :mod:`weight_port.reference`),
 ``resnet3d`` (Slow/CoSlow, I3D/CoI3D; :mod:`weight_port.resnet3d`, which also reads Caffe2
-``.pkl`` files through :mod:`weight_port.caffe2`), ``r2plus1d`` (:mod:`weight_port.r2plus1d`) and
-``slowfast`` (:mod:`weight_port.slowfast`; ``.pkl`` read like resnet3d's). The last two have no
-``--verify`` reference yet (their parity tests live in ``tests/test_r2plus1d.py`` and
-``tests/test_slowfast.py``). To add a family, append a :class:`Family`
-row whose ``match`` recognises its arch names.
+``.pkl`` files through :mod:`weight_port.caffe2`), ``r2plus1d`` (:mod:`weight_port.r2plus1d`;
+torchvision reference) and ``slowfast`` (:mod:`weight_port.slowfast`; ``.pkl`` read like
+resnet3d's; pytorchvideo reference). All four have ``--verify``. The strict fill is
+:func:`weight_port.strict.port_strict`, the verification harness
+:mod:`weight_port.verification`. To add a family, append a :class:`Family` row whose ``match``
+recognises its arch names.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import os
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
 from . import layouts as L
-from .errors import CheckpointMismatchError, PortError, summarise
+from .errors import PortError
+from .strict import cached_target_shapes, create_model, port_strict, resolve_layout
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,10 +69,12 @@ FAMILIES: list[Family] = [
            "Slow/CoSlow/I3D/CoI3D (slow_8x8_r50, coslow_<T>, i3d_r50, coi3d_<T>, *_charades)",
            read="weight_port.resnet3d:read_source", verify="weight_port.resnet3d:verify"),
     Family("r2plus1d", lambda a: a.startswith("r2plus1d_"), "weight_port.r2plus1d:convert_state_dict",
-           "R(2+1)D-18 (r2plus1d_18_8, r2plus1d_18_16; torchvision state dicts)"),
+           "R(2+1)D-18 (r2plus1d_18_8, r2plus1d_18_16; torchvision state dicts)",
+           verify="weight_port.r2plus1d:verify"),
     Family("slowfast", lambda a: a.startswith("slowfast_"), "weight_port.slowfast:convert_state_dict",
            "SlowFast-R50 (slowfast_8x8_r50, slowfast_4x16_r50; pytorchvideo, PySlowFast, Caffe2 .pkl)",
-           read="weight_port.resnet3d:read_source"),  # a .pkl is Caffe2 blobs, else a torch file
+           read="weight_port.resnet3d:read_source",  # a .pkl is Caffe2 blobs, else a torch file
+           verify="weight_port.slowfast:verify"),
 ]
 
 
@@ -143,25 +146,7 @@ def build_model(arch: str, **model_options: Any):
     if not (arch.startswith("x3d_") or arch.startswith("cox3d_")):
         raise PortError(f"--arch {arch!r}: the porter handles X3D/CoX3D models (x3d_*, cox3d_*); "
                         f"known: {', '.join(n for n in co3d_jax.list_models() if 'x3d' in n)}")
-    try:
-        return co3d_jax.create_model(arch, **model_options)
-    except (ValueError, TypeError) as e:
-        raise PortError(f"--arch {arch}: {e}") from None
-
-
-def target_shapes(model) -> dict[str, tuple[int, ...]]:
-    """Flat ``{jax path: shape}`` of the model's parameters (no allocation)."""
-    import jax
-
-    from co3d_jax.params import flatten
-
-    tree = jax.eval_shape(model.init, jax.random.key(0))
-    return {k: tuple(v.shape) for k, v in flatten(tree).items()}
-
-
-@functools.lru_cache(maxsize=16)
-def _cached_target_shapes(arch: str, options: tuple) -> dict[str, tuple[int, ...]]:
-    return target_shapes(build_model(arch, **dict(options)))
+    return create_model(arch, **model_options)
 
 
 def _source_name(sf_key: str, layout: str, swap_stem: bool, num_stages: int) -> str:
@@ -193,18 +178,13 @@ def convert_x3d_state_dict(state: Mapping[str, np.ndarray], arch: str, *, layout
     """
     state, stripped = L.strip_prefixes(state)
     notes = [f"stripped key prefix {p!r}" for p in stripped]
-    detected = L.detect_layout(state)
-    if layout == "auto":
-        if detected is None:
-            raise PortError(f"{source_label}: unrecognised state dict layout: neither PySlowFast X3D names "
-                            f"(s1.pathway0_stem.*, s2.pathway0_res0.*, head.*) nor pytorchvideo names (blocks.*); "
-                            f"first keys: {summarise(sorted(state), 4)}")
-        layout = detected
-    elif layout not in L.LAYOUTS:
-        raise PortError(f"unknown layout {layout!r}; choose from auto, {', '.join(L.LAYOUTS)}")
+    layout = resolve_layout(layout, state, L.detect_layout, L.LAYOUTS, label=source_label,
+                            unrecognised="unrecognised state dict layout: neither PySlowFast X3D names "
+                                         "(s1.pathway0_stem.*, s2.pathway0_res0.*, head.*) nor pytorchvideo names "
+                                         "(blocks.*)")
 
     model = build_model(arch, **model_options)
-    targets = dict(_cached_target_shapes(arch, tuple(sorted(model_options.items()))))
+    targets = cached_target_shapes(arch, tuple(sorted(model_options.items())))
     num_stages = len(model.config.stage_depths)
     swap_stem = True
     if layout == "pytorchvideo":
@@ -213,53 +193,14 @@ def convert_x3d_state_dict(state: Mapping[str, np.ndarray], arch: str, *, layout
                      "blocks.0.conv.conv_xy the 5x1x1 temporal conv (-> conv)" if swap_stem else
                      "pytorchvideo stem names are literal in this file (conv_t temporal, conv_xy spatial)")
 
-    # Identity-BN case: a shortcut BN pytorchvideo omits (branch1 conv with C_in == C_out).
-    identity_bn: set[str] = set()
-    if layout == "pytorchvideo":
-        for path, shape in targets.items():
-            if path.endswith("/skip/branch1/kernel") and shape[3] == shape[4]:
-                module = path[: -len("/branch1/kernel")] + "/branch1_bn"
-                names = [_source_name(L.jax_to_slowfast(f"{module}/{leaf}"), layout, swap_stem, num_stages)
-                         for leaf in L.BN_LEAVES]
-                if not any(n in state for n in names):
-                    identity_bn.add(module)
+    def source_name(path: str) -> str:
+        return _source_name(L.jax_to_slowfast(path), layout, swap_stem, num_stages)
 
-    flat: dict[str, np.ndarray] = {}
-    consumed: set[str] = set()
-    missing: list[str] = []
-    misshaped: list[str] = []
-    for path, shape in targets.items():
-        module, leaf = path.rsplit("/", 1)
-        if module in identity_bn:
-            flat[path] = {"scale": np.ones(shape, np.float32), "bias": np.zeros(shape, np.float32),
-                          "mean": np.zeros(shape, np.float32),
-                          "var": np.full(shape, L.IDENTITY_BN_VAR, np.float32)}[leaf]
-            consumed.add(_source_name(L.jax_to_slowfast(f"{module}/scale"), layout, swap_stem, num_stages)
-                         .rsplit(".", 1)[0] + "." + L.BN_COUNTER)
-            continue
-        sf = L.jax_to_slowfast(path)
-        name = _source_name(sf, layout, swap_stem, num_stages)
-        if leaf == "scale":  # this module is a BN: its counter is consumed and ignored
-            consumed.add(name.rsplit(".", 1)[0] + "." + L.BN_COUNTER)
-        if name not in state:
-            missing.append(name)
-            continue
-        consumed.add(name)
-        src = np.asarray(state[name])
-        want = L.torch_shape(shape, L.source_ndim(sf, shape))
-        if not np.issubdtype(src.dtype, np.floating):
-            misshaped.append(f"{name} dtype {src.dtype} (expected floating)")
-            continue
-        arr = L.torch_to_jax(src, shape)
-        if arr is None or tuple(arr.shape) != shape:
-            misshaped.append(f"{name} {tuple(src.shape)} != expected {want}")
-            continue
-        flat[path] = np.ascontiguousarray(arr, dtype=np.float32)
-    unexpected = sorted(k for k in state if k not in consumed)
-
-    if missing or unexpected or misshaped:
-        raise _mismatch(source_label, arch, layout, model, state, sorted(missing), unexpected,
-                        sorted(misshaped))
+    identity_bn = _identity_bns(state, targets, layout, source_name)
+    flat = port_strict(state, targets, source_name, label=source_label, arch=arch, layout=layout,
+                       hints=lambda m, u, s: _hints(arch, layout, model, state),
+                       torch_shape=L.slowfast_torch_shape, to_jax=lambda src, want, shape: L.torch_to_jax(src, shape),
+                       filled=_identity_bn_params(targets, identity_bn))
     if identity_bn:
         notes.append("filled " + ", ".join(sorted(identity_bn)) + " with an identity BN (pytorchvideo has no "
                      "shortcut BN when C_in == C_out: scale 1, bias 0, mean 0, var 1-eps)")
@@ -269,11 +210,30 @@ def convert_x3d_state_dict(state: Mapping[str, np.ndarray], arch: str, *, layout
                       source=state, notes=notes, container=container)
 
 
-def _mismatch(label: str, arch: str, layout: str, model, state, missing, unexpected, misshaped):
-    parts = []
-    for what, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)):
-        if keys:
-            parts.append(f"{len(keys)} {what}: {summarise(keys)}")
+def _identity_bns(state: Mapping[str, np.ndarray], targets: Mapping[str, tuple[int, ...]], layout: str,
+                  source_name: Callable[[str], str]) -> set[str]:
+    """JAX modules of the shortcut BNs pytorchvideo omits (a ``branch1`` conv with C_in == C_out)
+    whose tensors are all absent from a pytorchvideo ``state``: they get an identity BN."""
+    if layout != "pytorchvideo":
+        return set()
+    modules = set()
+    for path, shape in targets.items():
+        if path.endswith("/skip/branch1/kernel") and shape[3] == shape[4]:
+            module = path[: -len("/branch1/kernel")] + "/branch1_bn"
+            if not any(source_name(f"{module}/{leaf}") in state for leaf in L.BN_LEAVES):
+                modules.add(module)
+    return modules
+
+
+def _identity_bn_params(targets: Mapping[str, tuple[int, ...]], modules: set[str]) -> dict[str, np.ndarray]:
+    """Exact identity BN leaves (scale 1, bias 0, mean 0, var 1-eps) for the JAX ``modules``."""
+    values = {"scale": 1.0, "bias": 0.0, "mean": 0.0, "var": L.IDENTITY_BN_VAR}
+    return {path: np.full(shape, values[path.rsplit("/", 1)[1]], np.float32)
+            for path, shape in targets.items() if path.rsplit("/", 1)[0] in modules}
+
+
+def _hints(arch: str, layout: str, model, state: Mapping[str, np.ndarray]) -> list[str]:
+    """Why an X3D checkpoint may not fit: other stage depths (another X3D size), other classes."""
     hints = []
     have = L.stage_depths(state, layout)
     want = list(model.config.stage_depths)
@@ -285,9 +245,7 @@ def _mismatch(label: str, arch: str, layout: str, model, state, missing, unexpec
     if proj in state and np.ndim(state[proj]) == 2 and state[proj].shape[0] != model.num_classes:
         hints.append(f"the checkpoint has {state[proj].shape[0]} classes, the model {model.num_classes} "
                      f"(pass --num-classes {state[proj].shape[0]})")
-    msg = (f"{label}: checkpoint ({layout} layout) does not match --arch {arch}: " + "; ".join(parts)
-           + ("; hint: " + "; ".join(hints) if hints else ""))
-    return CheckpointMismatchError(msg, missing, unexpected, misshaped)
+    return hints
 
 
 def convert_file(src: str, arch: str, *, layout: str = "auto", **model_options: Any) -> Conversion:

@@ -227,6 +227,12 @@ def source_ndim(slowfast_key: str, jax_leaf_shape: tuple[int, ...]) -> int:
     return len(jax_leaf_shape)
 
 
+def slowfast_torch_shape(jax_path: str, jax_leaf_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The torch shape behind a JAX leaf whose PySlowFast name follows :func:`jax_to_slowfast`
+    (X3D, Slow/I3D): :func:`torch_shape` with the rank :func:`source_ndim` gives."""
+    return torch_shape(jax_leaf_shape, source_ndim(jax_to_slowfast(jax_path), jax_leaf_shape))
+
+
 def jax_params_to_state_dict(flat: Mapping[str, np.ndarray], layout: str = "slowfast", *,
                              num_stages: int = 4, counters: bool = True) -> dict[str, np.ndarray]:
     """Torch-layout arrays named for ``layout`` from flat JAX params (the inverse port; used to

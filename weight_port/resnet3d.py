@@ -40,16 +40,21 @@ Family API used by :mod:`weight_port.convert`'s dispatch: :func:`convert_state_d
 
 from __future__ import annotations
 
-import functools
 import re
 import warnings
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
 from . import layouts as L
 from .caffe2 import is_non_parameter_blob, load_caffe2_blobs
-from .errors import CheckpointMismatchError, PortError, summarise
+from .errors import PortError
+from .strict import cached_target_shapes, create_model, port_strict, resolve_layout
+from .verification import VerifyResult, compare, head_activation_outputs, jax_forward_fn, load_reference_weights
+
+__all__ = ["ARCH_HELP", "LAYOUTS", "build_model", "build_torch_reference", "caffe2_to_slowfast", "convert_state_dict",
+           "detect_layout", "is_resnet3d_arch", "jax_forward_fn", "params_to_state_dict", "pytorchvideo_state",
+           "read_source", "slowfast_to_caffe2", "slowfast_to_pytorchvideo", "source_name", "verify"]
 
 LAYOUTS = ("slowfast", "pytorchvideo", "caffe2")
 ARCH_HELP = ("slow_8x8_r50, i3d_r50, coslow_8, coslow_64, coi3d_8, coi3d_64 (any window: coslow_<T>, coi3d_<T>), "
@@ -66,20 +71,13 @@ def is_resnet3d_arch(arch: str) -> bool:
 # --------------------------------------------------------------------------- models
 def build_model(arch: str, **model_options: Any):
     """``co3d_jax.create_model`` for a Slow/I3D arch, errors as :class:`PortError`."""
-    import co3d_jax
-
     if not is_resnet3d_arch(arch):
         raise PortError(f"--arch {arch!r} is not a Slow/CoSlow/I3D/CoI3D model; choose from {ARCH_HELP}")
-    try:
-        return co3d_jax.create_model(arch, **model_options)
-    except (ValueError, TypeError) as e:
-        raise PortError(f"--arch {arch}: {e}") from None
+    return create_model(arch, **model_options)
 
 
-@functools.lru_cache(maxsize=16)
-def _target_shapes(arch: str, options: tuple) -> dict[str, tuple[int, ...]]:
-    from .convert import target_shapes
-    return target_shapes(build_model(arch, **dict(options)))
+def _target_shapes(arch: str, options: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+    return cached_target_shapes(arch, tuple(sorted(options.items())))
 
 
 # --------------------------------------------------------------------------- names
@@ -193,62 +191,46 @@ def convert_state_dict(state: Mapping[str, np.ndarray], arch: str, *, layout: st
 
     state, stripped = L.strip_prefixes(state)
     notes = [f"stripped key prefix {p!r}" for p in stripped]
-    if layout == "auto":
-        layout = detect_layout(state) or ""
-        if not layout:
-            raise PortError(f"{source_label}: unrecognised state dict layout: neither PySlowFast ResNet names "
-                            "(s1.pathway0_stem.*, s2.pathway0_res0.*, head.projection.*), pytorchvideo names "
-                            "(blocks.*) nor Caffe2 blobs (conv1_w, res2_0_branch2a_w, pred_w); first keys: "
-                            f"{summarise(sorted(state), 4)}")
-    elif layout not in LAYOUTS:
-        raise PortError(f"unknown layout {layout!r} for {arch}; choose from auto, {', '.join(LAYOUTS)}")
+    layout = resolve_layout(layout, state, detect_layout, LAYOUTS, label=source_label, scope=f" for {arch}",
+                            unrecognised="unrecognised state dict layout: neither PySlowFast ResNet names "
+                                         "(s1.pathway0_stem.*, s2.pathway0_res0.*, head.projection.*), pytorchvideo "
+                                         "names (blocks.*) nor Caffe2 blobs (conv1_w, res2_0_branch2a_w, pred_w)")
     model = build_model(arch, **model_options)
-    targets = _target_shapes(arch, tuple(sorted(model_options.items())))
+    targets = _target_shapes(arch, model_options)
     pool_block = layout == "pytorchvideo" and _pool_block(state)
     if pool_block:
         notes.append("pytorchvideo block numbering with a stage-1 pool block (blocks.2): res3..res5 are "
                      "blocks.3..5, the head blocks.6")
 
-    flat: dict[str, np.ndarray] = {}
-    consumed: set[str] = set()
-    missing, misshaped = [], []
-    reshaped = 0
-    for path, shape in targets.items():
-        sf = L.jax_to_slowfast(path)
-        name = source_name(sf, layout, pool_block)
-        if path.endswith("/scale") and layout != "caffe2":
-            consumed.add(name.rsplit(".", 1)[0] + "." + L.BN_COUNTER)
-        if name not in state:
-            missing.append(name)
-            continue
-        consumed.add(name)
-        src = np.asarray(state[name])
-        want = L.torch_shape(shape, L.source_ndim(sf, shape))
-        if not np.issubdtype(src.dtype, np.floating):
-            misshaped.append(f"{name} dtype {src.dtype} (expected floating)")
-            continue
-        fitted = _fit_trailing(src, want) if layout == "caffe2" else (src if src.shape == want else None)
-        if fitted is None:
-            misshaped.append(f"{name} {tuple(src.shape)} != expected {want}")
-            continue
-        reshaped += fitted.shape != src.shape
-        arr = L.torch_to_jax(fitted, shape)
-        if arr is None or tuple(arr.shape) != shape:  # pragma: no cover - guarded by the shape check
-            misshaped.append(f"{name} {tuple(src.shape)} != expected {want}")
-            continue
-        flat[path] = np.ascontiguousarray(arr, dtype=np.float32)
-    ignored = sorted(k for k in state if k not in consumed and layout == "caffe2" and is_non_parameter_blob(k))
-    consumed.update(ignored)
-    unexpected = sorted(k for k in state if k not in consumed)
-    if missing or unexpected or misshaped:
-        raise _mismatch(source_label, arch, layout, model, state, sorted(missing), unexpected, sorted(misshaped),
-                        pool_block)
-    if ignored:
-        notes.append(f"ignored {len(ignored)} non-parameter Caffe2 blobs (*_momentum, lr, model_iter)")
-    if reshaped:
-        notes.append(f"reshaped {reshaped} Caffe2 blobs that lacked trailing singleton dims")
+    def name(path: str) -> str:
+        return source_name(L.jax_to_slowfast(path), layout, pool_block)
+
+    caffe2 = layout == "caffe2"
+    flat = port_strict(state, targets, name, label=source_label, arch=arch, layout=layout,
+                       counter=None if caffe2 else L.BN_COUNTER,
+                       ignorable=is_non_parameter_blob if caffe2 else lambda k: False,
+                       hints=lambda m, u, s: _hints(arch, layout, model, state, pool_block),
+                       torch_shape=L.slowfast_torch_shape, to_jax=_caffe2_to_jax if caffe2 else _torch_to_jax)
+    if caffe2:
+        ignored = sum(is_non_parameter_blob(k) for k in state)
+        reshaped = sum(np.shape(state[name(p)]) != L.slowfast_torch_shape(p, shape) for p, shape in targets.items())
+        if ignored:
+            notes.append(f"ignored {ignored} non-parameter Caffe2 blobs (*_momentum, lr, model_iter)")
+        if reshaped:
+            notes.append(f"reshaped {reshaped} Caffe2 blobs that lacked trailing singleton dims")
     return Conversion(params=unflatten(flat), arch=arch, model_options=dict(model_options), layout=layout,
                       source=dict(state), notes=notes, container=container)
+
+
+def _torch_to_jax(src: np.ndarray, want: tuple[int, ...], shape: tuple[int, ...]) -> np.ndarray | None:
+    """A torch-layout tensor of exactly the torch shape ``want``, re-laid for JAX."""
+    return L.torch_to_jax(src, shape) if tuple(src.shape) == tuple(want) else None
+
+
+def _caffe2_to_jax(src: np.ndarray, want: tuple[int, ...], shape: tuple[int, ...]) -> np.ndarray | None:
+    """A Caffe2 blob of the torch shape ``want`` up to trailing singleton dims, re-laid for JAX."""
+    fitted = _fit_trailing(src, want)
+    return None if fitted is None else L.torch_to_jax(fitted, shape)
 
 
 def _stem_kernel(state, layout: str, pool_block: bool) -> int | None:
@@ -256,11 +238,9 @@ def _stem_kernel(state, layout: str, pool_block: bool) -> int | None:
     return int(w.shape[2]) if w is not None and np.ndim(w) == 5 else None
 
 
-def _mismatch(label, arch, layout, model, state, missing, unexpected, misshaped, pool_block):
-    parts = []
-    for what, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)):
-        if keys:
-            parts.append(f"{len(keys)} {what}: {summarise(keys)}")
+def _hints(arch: str, layout: str, model, state: Mapping[str, Any], pool_block: bool) -> list[str]:
+    """Why a ResNet-3D checkpoint may not fit: the other arch's stem kernel, other classes, or
+    not a ResNet-3D checkpoint at all."""
     hints = []
     k = _stem_kernel(state, layout, pool_block)
     want_k = {"slow": 1, "i3d": 5}[model.config.arch]
@@ -275,9 +255,7 @@ def _mismatch(label, arch, layout, model, state, missing, unexpected, misshaped,
                                                                else "") + ")")
     if not any(re.match(r"(blocks\.|s\d+\.pathway0_|head\.|conv1_|res\d|res_conv1|pred_)", str(s)) for s in state):
         hints.append("this does not look like a ResNet-3D checkpoint")
-    msg = (f"{label}: checkpoint ({layout} layout) does not match --arch {arch}: " + "; ".join(parts)
-           + ("; hint: " + "; ".join(hints) if hints else ""))
-    return CheckpointMismatchError(msg, missing, unexpected, misshaped)
+    return hints
 
 
 # --------------------------------------------------------------------------- test / verify helpers
@@ -299,7 +277,7 @@ def pytorchvideo_state(conv, pool_block: bool = False) -> dict[str, np.ndarray]:
     """The conversion's *source* tensors under pytorchvideo ``create_resnet`` names (``pool_block``:
     numbered with I3D's ``stage1_pool`` block), reshaped to torch shapes where Caffe2 blobs lack
     trailing singleton dims. Independent of the JAX parameter mapping (only names are mapped)."""
-    targets = _target_shapes(conv.arch, tuple(sorted(conv.model_options.items())))
+    targets = _target_shapes(conv.arch, conv.model_options)
     src_pool_block = conv.layout == "pytorchvideo" and _pool_block(conv.source)
     out = {}
     for path, shape in targets.items():
@@ -315,7 +293,6 @@ def build_torch_reference(conv, *, frames: int, image_size: int):
     (stem kernel, ``stage_conv_a_kernel_size``, I3D's ``stage1_pool``), with the head pool
     kernel ``(frames // pool_t, S // 32, S // 32)`` and a softmax head, in eval mode, with the
     conversion's source weights loaded (every parameter and BN statistic must load)."""
-    import torch
     from torch import nn
 
     with warnings.catch_warnings():
@@ -335,63 +312,20 @@ def build_torch_reference(conv, *, frames: int, image_size: int):
                       stage_conv_a_kernel_size=((3, 1, 1), [(3, 1, 1), (1, 1, 1)], [(3, 1, 1), (1, 1, 1)],
                                                 [(1, 1, 1), (3, 1, 1)]))
     model = create_resnet(**kwargs)
-    state = {k: torch.from_numpy(v) for k, v in pytorchvideo_state(conv, pool_block=cfg.arch == "i3d").items()}
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.endswith("num_batches_tracked")]
-    if missing or unexpected:
-        raise PortError(f"verify: the source weights do not load into the pytorchvideo reference: missing "
-                        f"{summarise(missing)}; unexpected {summarise(unexpected)}")
+    load_reference_weights(model, pytorchvideo_state(conv, pool_block=cfg.arch == "i3d"), "pytorchvideo")
     return model.eval()
 
 
-@functools.lru_cache(maxsize=8)
-def jax_forward_fn(arch: str, options: tuple = ()) -> Callable:
-    """``fn(params, clip) -> (softmax scores, logits)`` of ``create_model(arch, **options)``'s
-    clip forward (one jitted function, cached per configuration)."""
-    import jax
-
-    opts = dict(options)
-    soft = build_model(arch, **{**opts, "head_activation": "softmax"})
-    ident = build_model(arch, **{**opts, "head_activation": "identity"})
-    return jax.jit(lambda params, clip: (soft.forward(params, clip), ident.forward(params, clip)))
-
-
-def verify(conv, *, image_size: int | None = None, frames: int | None = None, batch: int = 1, seed: int = 0):
+def verify(conv, *, image_size: int | None = None, frames: int | None = None, batch: int = 1,
+           seed: int = 0) -> VerifyResult:
     """Compare the converted JAX clip model with the pytorchvideo reference on one random clip
-    (float32, TF32 off, JAX ``highest`` precision): softmax scores and logits. Defaults: the
-    model's image size and head window (``config.window``) as the clip length."""
-    import jax
-    import jax.numpy as jnp
-    import torch
-
-    from .reference import VerifyResult, _rel
-
+    (:func:`weight_port.verification.compare`): softmax scores and logits. Defaults: the model's
+    image size and head window (``config.window``) as the clip length."""
     cfg = build_model(conv.arch, **conv.model_options).config
     image_size = int(image_size or cfg.image_size)
     frames = int(frames or cfg.window)
     if image_size < 32 or frames < cfg.pool_t:
         raise PortError(f"verify: a {frames}-frame {image_size}px clip is too small for {conv.arch}")
     reference = build_torch_reference(conv, frames=frames, image_size=image_size)
-    old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    try:
-        g = torch.Generator().manual_seed(seed)
-        x = torch.randn(batch, 3, frames, image_size, image_size, generator=g, dtype=torch.float32)
-        with torch.no_grad():
-            probs_ref = reference(x).numpy()
-            head = reference.blocks[-1]
-            act, head.activation = head.activation, None
-            logits_ref = reference(x).numpy()
-            head.activation = act
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
-    opts = {**conv.model_options, "image_size": image_size, "window": frames}
-    params = jax.tree.map(jnp.asarray, conv.params)
-    clip = jnp.asarray(x.permute(0, 2, 3, 4, 1).numpy())
-    with jax.default_matmul_precision("highest"):
-        probs, logits = jax.device_get(jax_forward_fn(conv.arch, tuple(sorted(opts.items())))(params, clip))
-    if probs.shape != probs_ref.shape:
-        raise PortError(f"verify: output shapes differ: JAX {probs.shape}, torch {probs_ref.shape}")
-    pa, pr = _rel(probs, probs_ref)
-    la, lr = _rel(logits, logits_ref)
-    return VerifyResult(tuple(clip.shape), pa, pr, la, lr, float(np.max(np.abs(logits_ref))))
+    return compare(conv, head_activation_outputs(reference), {"image_size": image_size, "window": frames},
+                   frames=frames, image_size=image_size, batch=batch, seed=seed)

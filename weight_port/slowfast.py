@@ -32,18 +32,25 @@ tensor consumed (BN ``num_batches_tracked`` consumed and ignored), or one
 keys in the checkpoint's naming (for Caffe2, missing blobs are named by
 :func:`slowfast_to_caffe2`). 8x8 and 4x16 differ only in the fusion kernels (7 vs 5), which the
 hint of a mis-shaped ``conv_f2s`` points out.
+
+:func:`verify` (``--verify``) compares the converted model with pytorchvideo's ``create_slowfast``
+holding the source tensors under pytorchvideo names (:func:`pytorchvideo_state`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
+import warnings
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 import numpy as np
 
 from . import layouts as L
 from .errors import PortError, summarise
-from .r2plus1d import _class_hint, build_model, port_strict, target_shapes, torch_leaf
+from .r2plus1d import _class_hint, torch_leaf
+from .strict import build_model, cached_target_shapes, port_strict, resolve_layout
+from .verification import VerifyResult, compare, head_activation_outputs, load_reference_weights
 
 if TYPE_CHECKING:
     from .convert import Conversion
@@ -209,17 +216,13 @@ def convert_state_dict(state: Mapping[str, np.ndarray], arch: str, *, layout: st
     if layout != "caffe2":
         state, stripped = L.strip_prefixes(state)
         notes += [f"stripped key prefix {p!r}" for p in stripped]
-    if layout == "auto":
-        layout = detect_layout(state) or ""
-        if not layout:
-            raise PortError(f"{source_label}: unrecognised SlowFast checkpoint layout: neither PySlowFast names "
-                            f"(s1.pathway0_stem.*), pytorchvideo names (blocks.*.multipathway_*) nor Caffe2 blobs "
-                            f"(conv1_w, t_conv1_w, res2_0_branch2a_w, ...); first keys: {summarise(sorted(state), 4)}")
-    elif layout not in LAYOUTS:
-        raise PortError(f"unknown layout {layout!r} for SlowFast; choose from auto, {', '.join(LAYOUTS)}")
+    layout = resolve_layout(layout, state, detect_layout, LAYOUTS, label=source_label, scope=" for SlowFast",
+                            unrecognised="unrecognised SlowFast checkpoint layout: neither PySlowFast names "
+                                         "(s1.pathway0_stem.*), pytorchvideo names (blocks.*.multipathway_*) nor "
+                                         "Caffe2 blobs (conv1_w, t_conv1_w, res2_0_branch2a_w, ...)")
 
     model = build_model(arch, "SlowFast", _PREFIXES, **model_options)
-    targets = target_shapes(arch, tuple(sorted(model_options.items())), "SlowFast", _PREFIXES)
+    targets = cached_target_shapes(arch, tuple(sorted(model_options.items())))
     depths = tuple(model.config.stage_depths)
     state = dict(state)
     ignorable = lambda k: False  # noqa: E731
@@ -280,3 +283,72 @@ def convert_file(src: str, arch: str, *, layout: str = "auto", **model_options: 
 
     state, container = read_checkpoint(src)
     return convert_state_dict(state, arch, layout=layout, source_label=src, container=container, **model_options)
+
+
+# ------------------------------------------------------------------------------------ --verify
+def pytorchvideo_state(conv: Conversion) -> dict[str, np.ndarray]:
+    """The conversion's source tensors under pytorchvideo ``create_slowfast`` names: as they are
+    for a pytorchvideo file, else renamed (Caffe2 blobs by :func:`caffe2_to_slowfast`, then
+    :func:`slowfast_to_pytorchvideo`). Only names are mapped, never layouts."""
+    if conv.layout == "pytorchvideo":
+        return dict(conv.source)
+    out: dict[str, np.ndarray] = {}
+    for key, value in conv.source.items():
+        name = slowfast_to_pytorchvideo(caffe2_to_slowfast(key) if conv.layout == "caffe2" else key)
+        if name is None or name in out:
+            raise PortError(f"verify: no distinct pytorchvideo name for {conv.layout} key {key!r}")
+        out[name] = value
+    return out
+
+
+def build_torch_reference(conv: Conversion, *, frames: int, image_size: int):
+    """pytorchvideo ``create_slowfast`` configured like torch hub ``slowfast_r50`` (8x8: fusion
+    kernel 7, stride alpha = 4) or its 4x16 counterpart (kernel 5, alpha 8), from the model's
+    config, with PySlowFast's head pool kernels for the clip (``(frames // alpha, S // 32, S // 32)``,
+    ``(frames, S // 32, S // 32)``) and a softmax head, in eval mode, holding the conversion's source
+    tensors (every parameter and BN statistic must load)."""
+    from torch import nn
+
+    with warnings.catch_warnings():  # pytorchvideo's import calls the deprecated torch.jit.script
+        warnings.simplefilter("ignore", FutureWarning)
+        from pytorchvideo.models.slowfast import create_slowfast
+
+    cfg = build_model(conv.arch, "SlowFast", _PREFIXES, **conv.model_options).config
+    if cfg.depth not in (50, 101, 152):
+        raise PortError(f"verify: pytorchvideo has no SlowFast of depth {cfg.depth}")
+    clip_cfg = dataclasses.replace(cfg, image_size=image_size, clip_length=frames)
+    width = cfg.width_per_group
+    model = create_slowfast(model_depth=cfg.depth, model_num_class=cfg.num_classes,
+                            slowfast_channel_reduction_ratio=(cfg.beta_inv,),
+                            slowfast_conv_channel_fusion_ratio=cfg.fusion_conv_channel_ratio,
+                            slowfast_fusion_conv_kernel_size=(cfg.fusion_kernel_size, 1, 1),
+                            slowfast_fusion_conv_stride=(cfg.alpha, 1, 1), stem_dim_outs=(width, width // cfg.beta_inv),
+                            head_pool_kernel_sizes=clip_cfg.head_pool_kernels, head_activation=nn.Softmax,
+                            dropout_rate=0.0)
+    load_reference_weights(model, pytorchvideo_state(conv), "pytorchvideo")
+    return model.eval()
+
+
+def pack_pathways(x, alpha: int) -> list:
+    """pytorchvideo hub ``PackPathway`` on a torch clip ``(B, C, T, H, W)``: ``[slow, fast]``, the
+    slow pathway the ``T // alpha`` frames at ``linspace(0, T - 1)``."""
+    import torch
+
+    t = x.shape[2]
+    return [torch.index_select(x, 2, torch.linspace(0, t - 1, t // alpha).long()), x]
+
+
+def verify(conv: Conversion, *, image_size: int | None = None, frames: int | None = None, batch: int = 1,
+           seed: int = 0) -> VerifyResult:
+    """``--verify``: the converted model against pytorchvideo's SlowFast on one random clip
+    (:func:`weight_port.verification.compare`). Defaults: the model's image size and clip length
+    (fast frames)."""
+    cfg = build_model(conv.arch, "SlowFast", _PREFIXES, **conv.model_options).config
+    image_size = int(image_size or cfg.image_size)
+    frames = int(frames or cfg.clip_length)
+    if image_size < 32 or frames < cfg.alpha:
+        raise PortError(f"verify: a {frames}-frame {image_size}px clip is too small for {conv.arch}")
+    reference = build_torch_reference(conv, frames=frames, image_size=image_size)
+    outputs = head_activation_outputs(reference, prepare=lambda x: pack_pathways(x, cfg.alpha))
+    return compare(conv, outputs, {"image_size": image_size, "clip_length": frames},
+                   frames=frames, image_size=image_size, batch=batch, seed=seed)
