@@ -133,11 +133,59 @@ def plot(rows: list[dict], path: str) -> None:
     ax.set_title("Accuracy (reported) vs FLOPs (counted) — throughput measured on " + rows[0].get("device", ""))
     ax.scatter([], [], marker="s", color="tab:blue", label="clip model")
     ax.scatter([], [], marker="o", color="tab:red", label="continual model (per frame)")
-    ax.legend(loc="lower right")
+    ax.legend(loc="lower left")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def write_tables(rows: list[dict], env: dict, dtypes: list[str], out: str) -> None:
+    """``profile.csv`` and ``accuracy_vs_flops.png`` in ``out`` from ``rows``; prints the table."""
+    cols = ["model", "kind", "input", "params", "gmacs_paper", "gmacs_paper_avg", "gflops_xla", "per", "delay", "receptive_field",
+            "memory_mb", "batch"] + [f"throughput_{d}" for d in dtypes] + ["throughput_unit", "reported_top1",
+                                                                           "reported_gflops"]
+    with open(os.path.join(out, "profile.csv.tmp"), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    os.replace(os.path.join(out, "profile.csv.tmp"), os.path.join(out, "profile.csv"))
+    plot(rows, os.path.join(out, "accuracy_vs_flops.png"))
+
+    print(f"\n{env['device']} · jax {env['jax']} · {env['date']}")
+    print(f"{'model':<21} {'params':>11} {'GMACs':>8} {'avg':>6} {'XLA GFLOPs':>10} {'per':>5} {'delay':>5} {'RF':>4} "
+          f"{'mem MB':>7} {'batch':>5} " + " ".join(f"{d + ' /s':>11}" for d in dtypes) + f" {'reported':>8}")
+    for r in rows:
+        tp = " ".join(f"{r[f'throughput_{d}']:>11,.1f}" if f"throughput_{d}" in r else f"{'-':>11}" for d in dtypes)
+        mem = f"{r['memory_mb']:7.1f}" if "memory_mb" in r else f"{'-':>7}"
+        rep = "" if r["reported_top1"] is None else f"{r['reported_top1']:.2f}%"
+        print(f"{r['model']:<21} {r['params']:>11,} {r['gmacs_paper']:>8.3f} {r['gmacs_paper_avg']:>6.2f} {r['gflops_xla']:>10.3f} {r['per']:>5} "
+              f"{'' if r['delay'] is None else r['delay']:>5} {r['receptive_field']:>4} {mem} {r.get('batch', ''):>5} "
+              f"{tp} {rep:>8}")
+    print(f"\nwrote {out}/profile.json, profile.csv, accuracy_vs_flops.png (GMACs: per clip, or per "
+          "emitting step for continual models; avg: per frame over a temporal-stride period; throughput: "
+          "clips/s for clip models, frames/s for continual models)")
+
+
+def merge(paths: list[str], out: str) -> int:
+    """Combine the ``profile.json`` of several runs (e.g. model subsets measured in separate
+    calls on one device) into one table in ``out``; a model measured twice keeps its last row."""
+    rows, envs = {}, []
+    for path in paths:
+        with open(path, encoding="utf-8") as f:
+            part = json.load(f)
+        envs.extend(part["env"] if isinstance(part["env"], list) else [part["env"]])
+        rows.update({r["model"]: r for r in part["rows"]})
+    devices = {e.get("device") for e in envs}
+    if len(devices) != 1:
+        print(f"error: the runs come from different devices {sorted(map(str, devices))}", file=sys.stderr)
+        return 2
+    merged = sorted(rows.values(), key=lambda r: r["model"])
+    dtypes = [d for d in ("fp32", "bf16") if any(f"throughput_{d}" in r for r in merged)]
+    os.makedirs(out, exist_ok=True)
+    atomic_write(os.path.join(out, "profile.json"), json.dumps({"env": envs, "rows": merged}, indent=1))
+    write_tables(merged, envs[0], dtypes, out)
+    return 0
 
 
 def main(argv=None) -> int:
@@ -151,7 +199,11 @@ def main(argv=None) -> int:
     ap.add_argument("--dtype", default="fp32,bf16", help="comma-separated: fp32, bf16")
     ap.add_argument("--chunk", type=int, default=0, help="frames per timed scan (default: 32, CPU 4)")
     ap.add_argument("--repeats", type=int, default=0, help="timed repeats (default: 5, CPU 2)")
+    ap.add_argument("--merge", nargs="+", metavar="PROFILE_JSON",
+                    help="only combine the profile.json of earlier runs (one device) into one table in --out")
     args = ap.parse_args(argv)
+    if args.merge:
+        return merge(args.merge, args.out)
 
     import jax
     from tqdm import tqdm
@@ -196,29 +248,7 @@ def main(argv=None) -> int:
             row.update(measure(name, batch, dtypes, chunk, repeats))
         rows.append(row)
         atomic_write(os.path.join(args.out, "profile.json"), json.dumps({"env": env, "rows": rows}, indent=1))
-    cols = ["model", "kind", "input", "params", "gmacs_paper", "gmacs_paper_avg", "gflops_xla", "per", "delay", "receptive_field",
-            "memory_mb", "batch"] + [f"throughput_{d}" for d in dtypes] + ["throughput_unit", "reported_top1",
-                                                                           "reported_gflops"]
-    with open(os.path.join(args.out, "profile.csv.tmp"), "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
-    os.replace(os.path.join(args.out, "profile.csv.tmp"), os.path.join(args.out, "profile.csv"))
-    plot(rows, os.path.join(args.out, "accuracy_vs_flops.png"))
-
-    print(f"\n{env['device']} · jax {env['jax']} · {env['date']}")
-    print(f"{'model':<21} {'params':>11} {'GMACs':>8} {'avg':>6} {'XLA GFLOPs':>10} {'per':>5} {'delay':>5} {'RF':>4} "
-          f"{'mem MB':>7} {'batch':>5} " + " ".join(f"{d + ' /s':>11}" for d in dtypes) + f" {'reported':>8}")
-    for r in rows:
-        tp = " ".join(f"{r[f'throughput_{d}']:>11,.1f}" if f"throughput_{d}" in r else f"{'-':>11}" for d in dtypes)
-        mem = f"{r['memory_mb']:7.1f}" if "memory_mb" in r else f"{'-':>7}"
-        rep = "" if r["reported_top1"] is None else f"{r['reported_top1']:.2f}%"
-        print(f"{r['model']:<21} {r['params']:>11,} {r['gmacs_paper']:>8.3f} {r['gmacs_paper_avg']:>6.2f} {r['gflops_xla']:>10.3f} {r['per']:>5} "
-              f"{'' if r['delay'] is None else r['delay']:>5} {r['receptive_field']:>4} {mem} {r.get('batch', ''):>5} "
-              f"{tp} {rep:>8}")
-    print(f"\nwrote {args.out}/profile.json, profile.csv, accuracy_vs_flops.png (GMACs: per clip, or per "
-          "emitting step for continual models; avg: per frame over a temporal-stride period; throughput: "
-          "clips/s for clip models, frames/s for continual models)")
+    write_tables(rows, env, dtypes, args.out)
     return 0
 
 

@@ -31,3 +31,17 @@ def test_profile_static_table(tmp_path):
     assert rows["slowfast_4x16_r50"]["gmacs_paper"] == pytest.approx(36.58, abs=5e-3)
     assert (tmp_path / "profile.csv").read_text().count("\n") == 4
     assert (tmp_path / "accuracy_vs_flops.png").stat().st_size > 10_000
+
+
+def test_profile_merges_partial_runs(tmp_path):
+    for part, names in (("a", "x3d_xs,cox3d_s_13"), ("b", "cox3d_s_13,coi3d_8")):
+        assert profile.main(["--out", str(tmp_path / part), "--models", names, "--measure", "none"]) == 0
+    parts = [str(tmp_path / p / "profile.json") for p in "ab"]
+    assert profile.main(["--merge", *parts, "--out", str(tmp_path / "all")]) == 0
+    merged = json.loads((tmp_path / "all" / "profile.json").read_text())
+    assert [r["model"] for r in merged["rows"]] == ["coi3d_8", "cox3d_s_13", "x3d_xs"] and len(merged["env"]) == 2
+    assert (tmp_path / "all" / "profile.csv").read_text().count("\n") == 4
+    other = json.loads(open(parts[1]).read())
+    other["env"]["device"] = "another device"
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    assert profile.main(["--merge", parts[0], str(tmp_path / "other.json"), "--out", str(tmp_path / "x")]) == 2
