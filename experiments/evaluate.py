@@ -470,6 +470,7 @@ def main(argv=None) -> int:
     prefetch = max(2 * local_batch, 2 * max(workers, 1))
     sample_iter = iterate_samples(spec, mine, workers=workers, loader=args.loader, prefetch=prefetch)
     interrupted = False
+    first = None
     with open(pred_path, "a", encoding="utf-8") as fh:
         pending = None
         try:
@@ -483,6 +484,8 @@ def main(argv=None) -> int:
                 result = predict(params, garr)          # async: the device works while we collect
                 if pending is not None:
                     lines = finish(*pending, fh)
+                    if first is None:  # batch 0 done (includes compilation): steady rates start here
+                        first = (time.time(), len(lines))
                     n_ok += sum("rank" in r for r in lines)
                     n_top1 += sum(r.get("rank") == 0 for r in lines)
                     if bar is not None:
@@ -502,7 +505,8 @@ def main(argv=None) -> int:
             close = getattr(sample_iter, "close", None)
             if close is not None:
                 close()
-    elapsed = time.time() - t0
+    t_end = time.time()
+    elapsed = t_end - t0
     if interrupted:
         _log(f"interrupted after {elapsed:.1f}s; re-run the same command to resume")
         return 130
@@ -515,7 +519,9 @@ def main(argv=None) -> int:
     atomic_write(os.path.join(out, "summary.json"), json.dumps(summary, indent=2) + "\n")
     atomic_write(os.path.join(out, "summary.csv"), summary_csv(summary))
     atomic_write(os.path.join(out, "timing.json"), json.dumps(dict(
-        elapsed_s=elapsed, videos_this_run=len(todo), devices=ndev, device_kind=str(devices.flat[0].device_kind),
+        elapsed_s=elapsed, videos_this_run=len(todo), devices=ndev,
+        steady_videos_per_s=None if first is None or t_end <= first[0] else
+        (len(mine) - first[1]) * nproc / (t_end - first[0]), device_kind=str(devices.flat[0].device_kind),
         batch=global_batch, workers=workers, loader=loader), indent=2) + "\n")
     metr = ", ".join(f"{k}={v:.4f}" for k, v in summary["metrics"].items() if isinstance(v, float))
     _log(f"done in {elapsed:.1f}s: {summary['num_evaluated']} evaluated, {summary['num_failed']} failed, "

@@ -431,6 +431,9 @@ def main(argv=None) -> int:
             params, opt_state, m = train_step(params, opt_state, xb, yb, np.int32(step))
             step += 1
             n_done += 1
+            if n_done == 1:  # the first update includes compilation: steady rates start after it
+                jax.block_until_ready(m)
+                t_first = time.time()
             pending.append((step, m))
             save = step % args.save_every == 0 or step == args.steps
             if save or step % args.log_every == 0 or step == stop_at:
@@ -453,7 +456,8 @@ def main(argv=None) -> int:
             bar.close()
         for s, h in old_handlers.items():
             signal.signal(s, h)
-    elapsed = time.time() - t0
+    t_end = time.time()
+    elapsed = t_end - t0
     if interrupted:
         return 130
     if step < args.steps:  # --stop-after: as if killed (no final checkpoint, no export)
@@ -484,6 +488,7 @@ def main(argv=None) -> int:
                    final_accuracy=float(np.mean([r["accuracy"] for r in tail])) if tail else None,
                    seconds=elapsed, steps_per_s=n_done / elapsed if elapsed > 0 else None,
                    clips_per_s=n_done * args.batch_size / elapsed if elapsed > 0 else None,
+                   steady_steps_per_s=(n_done - 1) / (t_end - t_first) if n_done > 1 else None,
                    failed_videos=loader.failed, export=os.path.join(out, EXPORT))
     atomic_write(os.path.join(out, "summary.json"), json.dumps(summary, indent=2, sort_keys=True) + "\n")
     _log(f"done: {args.steps} steps, final loss {summary['final_loss']}, params -> {summary['export']}")

@@ -301,3 +301,22 @@ def decode_all(path: Media, backend: str = "auto") -> tuple[np.ndarray, float]:
     if not frames:
         raise VideoError(f"{label}: no decodable frame")
     return np.stack(frames), fps
+
+
+def encode_video(path: str, frames: np.ndarray, fps: float = 30, codec: str = "mpeg4",
+                 faststart: bool = False) -> None:
+    """Write uint8 RGB ``frames`` ``(T, H, W, 3)`` (even H and W) to ``path`` with PyAV
+    (``mpeg4``: what PyPI's PyAV wheels encode); ``faststart`` puts the MP4 index first."""
+    import av
+
+    frames = np.asarray(frames)
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"frames must be uint8 (T, H, W, 3), got {frames.dtype} {frames.shape}")
+    with av.open(path, "w", options={"movflags": "faststart"} if faststart else {}) as c:
+        s = c.add_stream(codec, rate=fps)
+        s.width, s.height, s.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        for img in frames:
+            for p in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
