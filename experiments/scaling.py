@@ -93,15 +93,22 @@ def read_predictions(out: str) -> dict:
 
 
 def compare_predictions(a: dict, b: dict, rtol: float) -> dict:
-    """Same videos, same top-5, scores equal to ``rtol`` (relative to the largest score)."""
+    """Same videos, the same ones failed, same top-5, scores equal to ``rtol`` (relative to the
+    largest score). A run in which no video was evaluated is never equal."""
     if a.keys() != b.keys():
         return dict(equal=False, reason=f"different videos ({len(a)} vs {len(b)})")
+    failed = sorted(k for k in a if "error" in a[k])
+    if failed != sorted(k for k in b if "error" in b[k]):
+        return dict(equal=False, reason="different videos failed")
+    if len(failed) == len(a):
+        return dict(equal=False, reason=f"every video failed, e.g. {a[failed[0]]['error']}" if failed else "no video")
     worst, top5 = 0.0, 0
-    for k in a:
+    for k in (k for k in a if "error" not in a[k]):
         sa, sb = np.asarray(a[k]["scores"]), np.asarray(b[k]["scores"])
         worst = max(worst, float(np.abs(sa - sb).max() / max(np.abs(sa).max(), 1e-30)))
         top5 += a[k]["pred"] == b[k]["pred"]
-    return dict(equal=bool(worst <= rtol), videos=len(a), max_rel_score_diff=worst, same_top5=top5)
+    return dict(equal=bool(worst <= rtol), videos=len(a) - len(failed), failed=len(failed),
+                max_rel_score_diff=worst, same_top5=top5)
 
 
 def evaluate(model: str, data: str, out: str, n: int | None, args) -> dict:
@@ -154,11 +161,16 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--rtol", type=float, default=1e-4, help="predictions: max score difference / max score")
     ap.add_argument("--loss-rtol", type=float, default=1e-3, help="fine-tuning: loss curves' relative difference")
     ap.add_argument("--cpu-devices", type=int, default=0, help="try on CPU with this many forced host devices")
+    ap.add_argument("--precision", default="default", choices=["default", "high", "highest"],
+                    help="jax_default_matmul_precision of every run (GPU default: TF32 convolutions, whose "
+                         "rounding differs between batch shapes by ~1e-3; 'highest' for equality checks)")
     return ap
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if args.precision != "default":
+        os.environ["JAX_DEFAULT_MATMUL_PRECISION"] = args.precision   # inherited by every child run
     out = os.path.abspath(args.out)
     os.makedirs(os.path.join(out, "runs"), exist_ok=True)
     env_all = probe(device_env(None, args.cpu_devices))
@@ -168,7 +180,7 @@ def main(argv=None) -> int:
     data = args.data or os.path.join(out, "data")
     if not args.data and not os.path.isdir(os.path.join(data, "data")):
         make_dataset(data, args.videos)
-    results = dict(env=dict(env_all, date=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    results = dict(env=dict(env_all, precision=args.precision, date=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                             command=" ".join([os.path.basename(sys.executable), "-m", "experiments.scaling", *(argv or sys.argv[1:])])),
                    data=data if args.data else f"generated: {args.videos} videos, 90 frames, 240x320, mpeg4",
                    eval=[], train=[])
@@ -203,7 +215,8 @@ def main(argv=None) -> int:
 
 def markdown(results: dict) -> str:
     e = results["env"]
-    lines = [f"# Scaling on {e['devices']} x {e['device']} ({e['platform']}), jax {e['jax']}, {e['date']}", "",
+    lines = [f"# Scaling on {e['devices']} x {e['device']} ({e['platform']}), jax {e['jax']}, {e['date']}, "
+             f"matmul precision {e.get('precision', 'default')}", "",
              f"`{e['command']}`; data: {results['data']}", "",
              "| run | model | batch | 1 device | all devices | speedup | equal |", "|---|---|---|---|---|---|---|"]
     for r in results["eval"]:

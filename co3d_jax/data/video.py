@@ -135,7 +135,7 @@ def _decode_pyav(path, sampling_rate, num_frames, target_fps):
         if stream.average_rate is None or float(stream.average_rate) <= 0:
             raise VideoError("unknown frame rate")
         fps = float(stream.average_rate)
-        frames_length = int(stream.frames or 0)
+        frames_meta = frames_length = int(stream.frames or 0)   # read while open (PyAV >= 19 asserts)
         duration = stream.duration
         size = clip_size(sampling_rate, num_frames, fps, target_fps)
         if duration is not None and frames_length <= 0 and stream.time_base is not None:
@@ -180,7 +180,7 @@ def _decode_pyav(path, sampling_rate, num_frames, target_fps):
     finally:
         container.close()
     out = np.stack([rgb[int(i)] for i in idx])
-    info = dict(fps=fps, frames_meta=int(stream.frames or 0), decoded=len(ordered), indices=idx.tolist(),
+    info = dict(fps=fps, frames_meta=frames_meta, decoded=len(ordered), indices=idx.tolist(),
                 repeated=num_repeated(idx), decode_all=decode_all)
     return out, info
 
