@@ -30,6 +30,7 @@ import time
 import numpy as np
 
 from experiments._cli import atomic_write
+from experiments.evaluate import read_predictions
 
 CLASSES = ("archery", "bowling", "capoeira", "dancing ballet")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -81,15 +82,6 @@ def run(module: str, argv: list, env: dict, log: str) -> float:
     return time.time() - t0
 
 
-def read_predictions(out: str) -> dict:
-    recs = {}
-    for name in sorted(os.listdir(out)):
-        if name.startswith("predictions") and name.endswith(".jsonl"):
-            with open(os.path.join(out, name)) as f:
-                for line in f:
-                    r = json.loads(line)
-                    recs[r["id"]] = r
-    return recs
 
 
 def compare_predictions(a: dict, b: dict, rtol: float) -> dict:
