@@ -25,6 +25,7 @@ torch.set_num_threads(1)  # small clips on a shared machine: extra intra-op thre
 
 import co3d_jax  # noqa: E402
 from co3d_jax.params import flatten, unflatten  # noqa: E402
+import weight_port  # noqa: E402
 from weight_port import PortError, cli  # noqa: E402
 from weight_port import convert as convert_module  # noqa: E402
 from weight_port.convert import convert_state_dict, verify_fn  # noqa: E402
@@ -120,7 +121,8 @@ def test_slowfast_verify_caffe2_blobs_and_a_porting_bug(slowfast):
             for p in flatten(pv.params)}
     conv = convert_state_dict({blob[k]: v for k, v in sd.items() if k in blob}, SF["arch"])
     assert conv.layout == "caffe2"
-    verify = verify_fn(SF["arch"])
+    verify = weight_port.verify   # the package-level entry dispatches on conv.arch's family
+    assert verify_fn(SF["arch"]).__module__ == "weight_port.slowfast"
     res = verify(conv, image_size=SF["size"], frames=SF["frames"])
     assert res.worst_rel <= TOLERANCE and res.clip_shape == (1, SF["frames"], SF["size"], SF["size"], 3)
     flat = {k: np.array(v) for k, v in flatten(conv.params).items()}

@@ -111,6 +111,12 @@ def verify_fn(arch: str):
     return _resolve(fam.verify)
 
 
+def verify(conv: "Conversion", **kwargs):
+    """Run ``conv`` beside its family's PyTorch reference on a random clip (``--verify``);
+    ``kwargs``: ``image_size``, ``frames``, ``batch``, ... of the family's verify function."""
+    return verify_fn(conv.arch)(conv, **kwargs)
+
+
 @dataclasses.dataclass
 class Conversion:
     """Result of a conversion.
