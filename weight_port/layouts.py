@@ -43,7 +43,7 @@ import numpy as np
 LAYOUTS = ("slowfast", "pytorchvideo")
 
 # JAX leaf -> torch parameter name.
-_LEAF_TO_TORCH = {"kernel": "weight", "bias": "bias", "scale": "weight", "mean": "running_mean",
+LEAF_TO_TORCH = {"kernel": "weight", "bias": "bias", "scale": "weight", "mean": "running_mean",
                   "var": "running_var"}
 BN_LEAVES = ("scale", "bias", "mean", "var")
 BN_COUNTER = "num_batches_tracked"  # BN buffer present in torch state dicts; consumed, ignored
@@ -64,9 +64,9 @@ KNOWN_DEPTHS = {(3, 5, 11, 7): "x3d_xs/x3d_s/x3d_m (cox3d_xs, cox3d_s_*, cox3d_m
 def jax_to_slowfast(path: str) -> str:
     """``s2/res0/residual/branch2/se/gate/fc1/kernel`` -> ``s2.pathway0_res0.branch2.se.fc1.weight``."""
     *mods, leaf = path.split("/")
-    if leaf not in _LEAF_TO_TORCH or not mods:
+    if leaf not in LEAF_TO_TORCH or not mods:
         raise ValueError(f"no slowfast name for JAX parameter {path!r}")
-    name = _LEAF_TO_TORCH[leaf]
+    name = LEAF_TO_TORCH[leaf]
     if mods[0] == "s1":
         module = ["s1", "pathway0_stem", *mods[1:]]
     elif mods[0] == "head":

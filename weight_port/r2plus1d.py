@@ -38,19 +38,17 @@ if TYPE_CHECKING:
 
 LAYOUTS = ("torchvision",)
 _PREFIXES = ("r2plus1d_",)
-_LEAF = {"kernel": "weight", "bias": "bias", "scale": "weight", "mean": "running_mean", "var": "running_var"}
-
-
 # ------------------------------------------------------------------------------------ shared names
 def torch_leaf(path: str) -> str:
     """The torch parameter name of a JAX leaf (``kernel`` -> ``weight`` ...)."""
     leaf = path.rsplit("/", 1)[-1]
-    if leaf not in _LEAF:
+    if leaf not in L.LEAF_TO_TORCH:
         raise PortError(f"internal: no torch name for JAX parameter {path!r}")
-    return _LEAF[leaf]
+    return L.LEAF_TO_TORCH[leaf]
 
 
-def _class_hint(state: Mapping[str, np.ndarray], key: str, num_classes: int) -> list[str]:
+def class_hint(state: Mapping[str, np.ndarray], key: str, num_classes: int) -> list[str]:
+    """A mismatch hint when the checkpoint's classifier ``key`` has another class count than the model."""
     w = state.get(key)
     if w is not None and np.ndim(w) >= 2 and w.shape[0] != num_classes:
         return [f"the checkpoint has {w.shape[0]} classes, the model {num_classes} (pass num_classes={w.shape[0]})"]
@@ -92,7 +90,7 @@ def convert_state_dict(state: Mapping[str, np.ndarray], arch: str, *, layout: st
     model = build_model(arch, "R(2+1)D", _PREFIXES, **model_options)
     targets = cached_target_shapes(arch, tuple(sorted(model_options.items())))
     flat = port_strict(state, targets, jax_to_torchvision, label=source_label, arch=arch, layout=layout,
-                       hints=lambda m, u, s: _class_hint(state, "fc.weight", model.num_classes))
+                       hints=lambda m, u, s: class_hint(state, "fc.weight", model.num_classes))
     from co3d_jax.params import unflatten
 
     from .convert import Conversion  # lazy: convert.py may dispatch to this module

@@ -48,7 +48,7 @@ import numpy as np
 
 from . import layouts as L
 from .errors import PortError, summarise
-from .r2plus1d import _class_hint, torch_leaf
+from .r2plus1d import class_hint, torch_leaf
 from .strict import build_model, cached_target_shapes, port_strict, resolve_layout
 from .verification import VerifyResult, compare, head_activation_outputs, load_reference_weights
 
@@ -197,7 +197,7 @@ def _hints(state, model, layout: str, source_name) -> Any:
             like = {7: "slowfast_8x8_r50", 5: "slowfast_4x16_r50"}.get(int(w.shape[2]))
             out.append(f"the checkpoint's fusion kernel is {w.shape[2]}" + (f" like {like}" if like else "")
                        + f", --arch {model.name} has {cfg.fusion_kernel_size}")
-        out += _class_hint(state, source_name("head/projection/kernel"), model.num_classes)
+        out += class_hint(state, source_name("head/projection/kernel"), model.num_classes)
         return out
     return hints
 
