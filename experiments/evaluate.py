@@ -414,7 +414,7 @@ def main(argv=None) -> int:
     mine = todo[pid::nproc]
     steps = -(-max(len(todo[p::nproc]) for p in range(nproc)) // local_batch) if todo else 0
     workers = default_workers() if args.workers is None else args.workers
-    loader = resolve_loader(args.loader) if workers > 0 else "inline"
+    loader = resolve_loader(args.loader)   # once: iterate_samples gets the concrete name
     frame_shape = (protocol.model_frames, model.image_size, model.image_size, 3)
     save_scores = config["save_scores"]
     _log(f"{name}: {protocol.mode}, {protocol.num_frames} frames at rate {protocol.sampling_rate}"
@@ -468,7 +468,7 @@ def main(argv=None) -> int:
         bar = tqdm(total=len(todo), desc=f"eval {name}", unit="video", dynamic_ncols=True)
     n_ok = n_top1 = 0
     prefetch = max(2 * local_batch, 2 * max(workers, 1))
-    sample_iter = iterate_samples(spec, mine, workers=workers, loader=args.loader, prefetch=prefetch)
+    sample_iter = iterate_samples(spec, mine, workers=workers, loader=loader, prefetch=prefetch)
     interrupted = False
     first = None
     with open(pred_path, "a", encoding="utf-8") as fh:
@@ -522,7 +522,7 @@ def main(argv=None) -> int:
         elapsed_s=elapsed, videos_this_run=len(todo), devices=ndev,
         steady_videos_per_s=None if first is None or t_end <= first[0] else
         (len(mine) - first[1]) * nproc / (t_end - first[0]), device_kind=str(devices.flat[0].device_kind),
-        batch=global_batch, workers=workers, loader=loader), indent=2) + "\n")
+        batch=global_batch, workers=workers, loader=loader if workers > 0 else "inline"), indent=2) + "\n")
     metr = ", ".join(f"{k}={v:.4f}" for k, v in summary["metrics"].items() if isinstance(v, float))
     _log(f"done in {elapsed:.1f}s: {summary['num_evaluated']} evaluated, {summary['num_failed']} failed, "
          f"{summary['num_missing']} missing; {metr}; summary in {out}/summary.json")

@@ -240,10 +240,15 @@ def charades_frame_root(root: str) -> str:
     return frame_root if os.path.isdir(frame_root) else os.path.join(root, "Charades_v1_rgb")
 
 
+def charades_split(split: str) -> str:
+    """Charades' split name: the validation aliases and ``test`` (the reference tests on val) -> ``val``."""
+    return "val" if split in ("validate", "validation", "test", "val") else split
+
+
 def charades(root: str, split: str = "val") -> DatasetIndex:
     """Charades v1 RGB frames with the PySlowFast frame lists (video-level multi-hot labels)."""
     root = os.path.abspath(root)
-    split = "val" if split in ("validate", "test", "val") else split
+    split = charades_split(split)
     ann_dir = os.path.join(root, "splits")
     if not os.path.isdir(ann_dir) and os.path.isdir(os.path.join(root, "frame_lists")):
         ann_dir = os.path.join(root, "frame_lists")

@@ -23,7 +23,8 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
     raise ImportError("the TFDS builders need tensorflow-datasets and array-record: "
                       "pip install 'co3d-jax[tfds]'") from e
 
-from ..datasets import (SPLIT_ALIASES, DatasetIndex, _label_indexer, charades, charades_frame_root, kinetics_csv,
+from ..datasets import (SPLIT_ALIASES, DatasetIndex, _canonical_split, _label_indexer, charades, charades_frame_root,
+                        charades_split, kinetics_csv,
                         kinetics_folder, shipped_kinetics400_classes)
 
 KINETICS_SPLITS = ("train", "validate", "test")
@@ -82,7 +83,7 @@ def kinetics_indexes(root: str, splits=None) -> dict[str, DatasetIndex]:
     root = os.path.abspath(root)
     out = {}
     for split in splits or KINETICS_SPLITS:
-        split = SPLIT_ALIASES.get(split, split)
+        split = _canonical_split(split)
         if split not in KINETICS_SPLITS:
             raise ValueError(f"unknown Kinetics split {split!r} ({', '.join(KINETICS_SPLITS)})")
         with warnings.catch_warnings():   # "found N classes": the class list is rebuilt at read time
@@ -142,29 +143,30 @@ class Co3dKinetics400(_ManualBuilder):
     def _split_generators(self, dl_manager):
         indexes = kinetics_indexes(os.fspath(dl_manager.manual_dir), self._wanted_splits)
         shipped = _label_indexer(shipped_kinetics400_classes())
+        label_ids = {None: -1}   # label as written -> ClassLabel id (-1: unlabelled)
         meta = {}
         for split, index in indexes.items():
             names = [None if r.label is None else index.classes[r.label] for r in index.records]
-            for name in sorted(set(n for n in names if n is not None)):
+            for name in sorted(set(names) - set(label_ids)):
                 try:
-                    shipped(name)
+                    label_ids[name] = shipped(name)
                 except KeyError:
                     raise ValueError(f"label {name!r} in split {split!r} is not one of the 400 Kinetics-400 "
                                      "classes (co3d_jax/data/kinetics400_classes.txt)") from None
             meta[split] = dict(layout=index.layout, ids=[r.id for r in index.records], labels=names,
                                missing=index.missing)
         self.info.metadata["splits"] = meta
-        return {split: self._generate_examples(index, meta[split]["labels"], shipped)
+        return {split: self._generate_examples(index, meta[split]["labels"], label_ids)
                 for split, index in indexes.items()}
 
-    def _generate_examples(self, index: DatasetIndex, names, shipped):
+    def _generate_examples(self, index: DatasetIndex, names, label_ids: dict):
         for record, name in zip(index.records, names):
             ytid, start, end = _stem_fields(record.id)
             yield record.id, {
                 "id": record.id,
                 "video": _read_bytes(record.path),
                 "file_name": os.path.basename(record.path),
-                "label": -1 if name is None else shipped(name),
+                "label": label_ids[name],
                 "label_name": name or "",
                 "youtube_id": ytid,
                 "time_start": start,
@@ -193,7 +195,7 @@ class Co3dCharades(_ManualBuilder):
 
     def _split_generators(self, dl_manager):
         root = os.fspath(dl_manager.manual_dir)
-        wanted = ["val" if s in ("validate", "validation", "test") else s for s in (self._wanted_splits or ())]
+        wanted = [charades_split(s) for s in (self._wanted_splits or ())]
         indexes = {}
         for split in wanted or CHARADES_SPLITS:
             if split not in CHARADES_SPLITS:

@@ -13,7 +13,8 @@ import functools
 import json
 import os
 
-from ..datasets import (SPLIT_ALIASES, DatasetIndex, TfdsRef, VideoRecord, _class_list, _label_indexer)
+from ..datasets import (DatasetIndex, TfdsRef, VideoRecord, _canonical_split, _class_list, _label_indexer,
+                        charades_split)
 from . import DATASETS
 
 
@@ -78,9 +79,7 @@ def _metadata(builder_dir: str) -> dict:
 
 
 def _split_name(dataset: str, split: str) -> str:
-    if dataset == "charades":
-        return "val" if split in ("validate", "validation", "test", "val") else split
-    return SPLIT_ALIASES.get(split, split)
+    return charades_split(split) if dataset == "charades" else _canonical_split(split)
 
 
 def tfds_index(dataset: str, data_dir: str, split: str = "validate", classes="dataset") -> DatasetIndex:
@@ -94,18 +93,14 @@ def tfds_index(dataset: str, data_dir: str, split: str = "validate", classes="da
     if name not in meta["splits"]:
         raise TfdsDatasetError(f"{builder_dir} has no split {name!r} (it has {', '.join(sorted(meta['splits']))})")
     m = meta["splits"][name]
-    ids, labels = m["ids"], m["labels"]
-    refs = [TfdsRef(builder_dir, name, i) for i in range(len(ids))]
     if dataset == "charades":
-        records = [VideoRecord(vid, f"{builder_dir}#{name}/{i}", tuple(lbl), tfds=ref)
-                   for i, (vid, lbl, ref) in enumerate(zip(ids, labels, refs))]
-        return DatasetIndex("charades", name, builder_dir, "tfds", list(meta["classes"]), records, [],
-                            multilabel=True)
-    cls = _class_list(labels, classes, "kinetics400")
-    index = _label_indexer(cls)
-    records = [VideoRecord(vid, f"{builder_dir}#{name}/{i}", index(lbl), tfds=ref)
-               for i, (vid, lbl, ref) in enumerate(zip(ids, labels, refs))]
-    return DatasetIndex("kinetics400", name, builder_dir, "tfds", cls, records, list(m.get("missing", [])))
+        cls, label_of, missing = list(meta["classes"]), tuple, []
+    else:
+        cls = _class_list(m["labels"], classes, "kinetics400")
+        label_of, missing = _label_indexer(cls), list(m.get("missing", []))
+    records = [VideoRecord(vid, f"{builder_dir}#{name}/{i}", label_of(lbl), tfds=TfdsRef(builder_dir, name, i))
+               for i, (vid, lbl) in enumerate(zip(m["ids"], m["labels"]))]
+    return DatasetIndex(dataset, name, builder_dir, "tfds", cls, records, missing, multilabel=dataset == "charades")
 
 
 @functools.lru_cache(maxsize=16)
