@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from .layers import Layer, fold_batchnorm
+from .normalisation import KINETICS
 from .stream import reset_state, scan_stream
 
 
@@ -37,7 +38,7 @@ class Model:
     clip_length: int
     frame_rate: int
     num_classes: int
-    normalisation: tuple = ((0.45, 0.45, 0.45), (0.225, 0.225, 0.225))
+    normalisation: tuple = KINETICS
     config: Any = None
     continual: bool = True
 

@@ -23,7 +23,8 @@ torch.set_num_threads(1)
 
 import co3d_jax  # noqa: E402
 from co3d_jax.flops import count_params, paper_macs  # noqa: E402
-from co3d_jax.models.r2plus1d import IMAGENET_NORMALISATION, midplanes  # noqa: E402
+from co3d_jax.models.r2plus1d import midplanes
+from co3d_jax.normalisation import IMAGENET as IMAGENET_NORMALISATION  # noqa: E402
 from weight_port import CheckpointMismatchError, PortError  # noqa: E402
 from weight_port.r2plus1d import convert_file, convert_state_dict, jax_to_torchvision  # noqa: E402
 

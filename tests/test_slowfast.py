@@ -27,7 +27,8 @@ torch.set_num_threads(1)
 
 import co3d_jax  # noqa: E402
 from co3d_jax.flops import count_params, paper_macs  # noqa: E402
-from co3d_jax.models.slowfast import FEICHTENHOFER_NORMALISATION, slow_indices  # noqa: E402
+from co3d_jax.models.slowfast import slow_indices
+from co3d_jax.normalisation import KINETICS as FEICHTENHOFER_NORMALISATION  # noqa: E402
 from co3d_jax.params import flatten  # noqa: E402
 from co3d_jax.train import logits_net  # noqa: E402
 from weight_port import CheckpointMismatchError, PortError  # noqa: E402

@@ -53,8 +53,8 @@ import dataclasses
 
 from ..layers import Activation, BatchNorm, Conv, Dense, GlobalAvgPool, Sequential, broadcast_reduce
 from ..model import Model
-
-IMAGENET_NORMALISATION = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+from ..normalisation import IMAGENET
+from .spec import FamilySpec, Reported
 
 
 class ClipOnlySequential(Sequential):
@@ -152,15 +152,16 @@ def r2plus1d_18(frames: int = 8, *, name: str | None = None, **options) -> Model
     cfg = R2Plus1DConfig(**{"clip_length": int(frames), **options})
     return Model(name=name or f"r2plus1d_18_{cfg.clip_length}", net=build_r2plus1d(cfg), image_size=cfg.image_size,
                  clip_length=cfg.clip_length, frame_rate=cfg.frame_rate, num_classes=cfg.num_classes,
-                 normalisation=IMAGENET_NORMALISATION, config=cfg, continual=False)
+                 normalisation=IMAGENET, config=cfg, continual=False)
 
 
-def _register() -> None:
-    from functools import partial
-
-    from .registry import register
-    for t in (8, 16):
-        register(f"r2plus1d_18_{t}", partial(r2plus1d_18, t, name=f"r2plus1d_18_{t}"))
-
-
-_register()
+FAMILY = FamilySpec(
+    name="r2plus1d",
+    description="R(2+1)D-18",
+    build=r2plus1d_18,
+    variants={f"r2plus1d_18_{t}": dict(frames=t) for t in (8, 16)},
+    head="fc",
+    final_bn=None,
+    reported={"r2plus1d_18_8": Reported(53.52, 20.35), "r2plus1d_18_16": Reported(59.29, 40.71)},
+    paper_batch=lambda name: 32,  # co3d's profiling scripts (reference §5.5)
+)

@@ -53,8 +53,6 @@ CoSlow 6.921 per frame; CoI3D 5.695 on an emitting step, 1.528 on the others, 3.
 from __future__ import annotations
 
 import dataclasses
-import re
-from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -63,11 +61,9 @@ from jax import lax
 from ..layers import Activation, BatchNorm, Conv, Dense, Pool, Sequential
 from ..layers.base import check_input, static
 from ..model import Model
+from ..normalisation import IMAGENET, KINETICS
 from .blocks import res_block
-from . import registry as _registry
-
-IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-KINETICS = ((0.45, 0.45, 0.45), (0.225, 0.225, 0.225))
+from .spec import FamilySpec, Pattern, Reported
 
 # _TEMPORAL_KERNEL_BASIS (PySlowFast / co3d CoResNet): stem, res2..res5
 TEMPORAL_KERNELS = {
@@ -256,25 +252,37 @@ def resnet3d(arch: str, *, continual: bool, window: int | None = None, name: str
 
 CHARADES = dict(num_classes=157, head_activation="sigmoid")
 
-_registry.register("slow_8x8_r50", partial(resnet3d, "slow", continual=False, name="slow_8x8_r50"))
-_registry.register("i3d_r50", partial(resnet3d, "i3d", continual=False, name="i3d_r50"))
-_registry.register("slow_8x8_r50_charades",
-                   partial(resnet3d, "slow", continual=False, name="slow_8x8_r50_charades", **CHARADES))
+# ------------------------------------------------------------------------------------ the family
+_VARIANTS = {
+    "slow_8x8_r50": dict(arch="slow", continual=False),
+    "i3d_r50": dict(arch="i3d", continual=False),
+    "slow_8x8_r50_charades": dict(arch="slow", continual=False, **CHARADES),
+}
 for _w in (8, 64):
-    _registry.register(f"coslow_{_w}", partial(resnet3d, "slow", continual=True, window=_w, name=f"coslow_{_w}"))
-    _registry.register(f"coi3d_{_w}", partial(resnet3d, "i3d", continual=True, window=_w, name=f"coi3d_{_w}"))
-    _registry.register(f"coslow_{_w}_charades", partial(resnet3d, "slow", continual=True, window=_w,
-                                                        name=f"coslow_{_w}_charades", **CHARADES))
+    _VARIANTS[f"coslow_{_w}"] = dict(arch="slow", continual=True, window=_w)
+    _VARIANTS[f"coi3d_{_w}"] = dict(arch="i3d", continual=True, window=_w)
+    _VARIANTS[f"coslow_{_w}_charades"] = dict(arch="slow", continual=True, window=_w, **CHARADES)
 
 
-def _pattern(m):
-    arch = {"coslow": "slow", "coi3d": "i3d"}[m[1]]
-    extra = CHARADES if m[3] else {}
-    return partial(resnet3d, arch, continual=True, window=int(m[2]), name=m[0], **extra)
+def _pattern_options(m) -> dict:
+    return dict(arch={"coslow": "slow", "coi3d": "i3d"}[m[1]], continual=True, window=int(m[2]),
+                **(CHARADES if m[3] else {}))
 
 
-_registry._PATTERNS.append((re.compile(r"^(coslow|coi3d)_(\d+)(_charades)?$"), _pattern))
-
+FAMILY = FamilySpec(
+    name="resnet3d",
+    description="Slow/CoSlow/I3D/CoI3D",
+    build=resnet3d,
+    variants=_VARIANTS,
+    patterns=(Pattern(r"(coslow|coi3d)_(\d+)(_charades)?", _pattern_options,
+                      "coslow_<window>, coi3d_<window> (+ _charades)"),),
+    reported={
+        "slow_8x8_r50": Reported(67.42, 54.87), "coslow_8": Reported(65.90, 6.90),
+        "coslow_64": Reported(73.05, 6.90), "i3d_r50": Reported(63.98, 28.61),
+        "coi3d_8": Reported(59.58, 5.68), "coi3d_64": Reported(56.86, 5.68),
+    },
+    paper_batch=lambda name: 8,  # co3d's profiling scripts (reference §5.5)
+)
 
 
 __all__ = ["ResNet3DConfig", "build_resnet3d", "resnet3d", "IdentityPool", "StridedSequential", "TEMPORAL_KERNELS",

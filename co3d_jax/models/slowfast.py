@@ -61,11 +61,12 @@ from ..layers import (Activation, BatchNorm, Conv, Dense, Layer, Parallel, Pool,
 from ..layers.base import check_input, static
 from ..layers.containers import _clip_len
 from ..model import Model
+from ..normalisation import KINETICS
+from .spec import FamilySpec, Reported
 from .r2plus1d import ClipOnlySequential
 from .blocks import res_block
 from .resnet3d import bottleneck, stem
 
-FEICHTENHOFER_NORMALISATION = ((0.45, 0.45, 0.45), (0.225, 0.225, 0.225))
 # R50 only: for R101 PySlowFast applies the temporal kernel to the first 6 of res4's 23 blocks
 # (NUM_BLOCK_TEMP_KERNEL), which this builder does not model
 _STAGE_DEPTHS = {50: (3, 4, 6, 3)}
@@ -377,15 +378,15 @@ def slowfast_r50(variant: str, *, name: str | None = None, **options) -> Model:
                          f"(need >= alpha = {cfg.alpha} frames and >= 32 px)")
     return Model(name=name or f"slowfast_{variant}_r50", net=build_slowfast(cfg), image_size=cfg.image_size,
                  clip_length=cfg.clip_length, frame_rate=cfg.frame_rate, num_classes=cfg.num_classes,
-                 normalisation=FEICHTENHOFER_NORMALISATION, config=cfg, continual=False)
+                 normalisation=KINETICS, config=cfg, continual=False)
 
 
-def _register() -> None:
-    from functools import partial
-
-    from .registry import register
-    for v in SLOWFAST_VARIANTS:
-        register(f"slowfast_{v}_r50", partial(slowfast_r50, v, name=f"slowfast_{v}_r50"))
-
-
-_register()
+FAMILY = FamilySpec(
+    name="slowfast",
+    description="SlowFast-R50",
+    build=slowfast_r50,
+    variants={f"slowfast_{v}_r50": dict(variant=v) for v in SLOWFAST_VARIANTS},
+    final_bn="c_bn",
+    reported={"slowfast_8x8_r50": Reported(68.45, 66.25), "slowfast_4x16_r50": Reported(67.06, 36.46)},
+    paper_batch=lambda name: 16,  # co3d's profiling scripts (reference §5.5)
+)

@@ -18,7 +18,9 @@ import math
 
 from ..layers import Activation, BatchNorm, Conv, Dense, Pool, Sequential, squeeze_excitation
 from ..model import Model
+from ..normalisation import KINETICS
 from .blocks import res_block
+from .spec import FamilySpec, Pattern, Reported
 
 
 def round_width(width: float, multiplier: float, min_depth: int = 8, divisor: int = 8) -> int:
@@ -150,4 +152,29 @@ def x3d(size: str, *, continual: bool, window: int | None = None, name: str | No
         clip_length = cfg.window
     return Model(name=name or f"{'co' if continual else ''}x3d_{size}", net=build_x3d(cfg),
                  image_size=cfg.image_size, clip_length=clip_length, frame_rate=cfg.frame_rate,
-                 num_classes=cfg.num_classes, config=cfg, continual=continual)
+                 num_classes=cfg.num_classes, normalisation=KINETICS, config=cfg, continual=continual)
+
+
+# ------------------------------------------------------------------------------------ the family
+_VARIANTS = {f"x3d_{s}": dict(size=s, continual=False) for s in X3D_SIZES}
+_VARIANTS["cox3d_xs"] = dict(size="xs", continual=True)
+for _size, _windows in (("s", (13, 64)), ("m", (16, 64)), ("l", (16, 64))):
+    for _w in _windows:
+        _VARIANTS[f"cox3d_{_size}_{_w}"] = dict(size=_size, continual=True, window=_w)
+
+FAMILY = FamilySpec(
+    name="x3d",
+    description="X3D/CoX3D",
+    build=x3d,
+    variants=_VARIANTS,
+    patterns=(Pattern(r"cox3d_(xs|s|m|l)_(\d+)", lambda m: dict(size=m[1], continual=True, window=int(m[2])),
+                      "cox3d_<size>_<window>"),),
+    reported={
+        "x3d_xs": Reported(59.37, 0.64), "x3d_s": Reported(64.71, 2.06), "x3d_m": Reported(67.24, 4.97),
+        "x3d_l": Reported(69.29, 19.17), "cox3d_s_13": Reported(60.18, 0.17), "cox3d_s_64": Reported(67.33, 0.17),
+        "cox3d_m_16": Reported(62.80, 0.33), "cox3d_m_64": Reported(71.03, 0.33),
+        "cox3d_l_16": Reported(63.03, 1.25), "cox3d_l_64": Reported(71.61, 1.25),
+    },
+    # co3d's profiling scripts (reference §5.5): batch 64, 32 for the L size
+    paper_batch=lambda name: 32 if name.startswith(("x3d_l", "cox3d_l")) else 64,
+)
