@@ -147,22 +147,26 @@ def analytic_macs(layer, in_shape, t: int | None = None, *, count_padded: bool =
 
 
 def _projection_quirk(model) -> int:
-    """Step-mode correction for continual's ``co.Linear(channel_dim=1)`` projection (note c)."""
-    from .layers import Dense  # local: layers import this module lazily too
-    net = model.net
-    try:
-        head = net["head"]
-        proj = head["projection"]
-    except (KeyError, TypeError):
+    """Step-mode correction for continual's ``co.Linear(channel_dim=1)`` projection (note c): the
+    classifier at the family spec's ``head`` path, when it is a :class:`Dense` reached through
+    :class:`Sequential` children (a model assembled by hand, without a spec, gets none)."""
+    from .layers import Dense, Sequential  # local: layers import this module lazily too
+    if model.family is None:
         return 0
-    if not isinstance(proj, Dense):
+    layer, shape = model.net, model.frame_shape
+    for name in model.family.head.split("/"):
+        if not isinstance(layer, Sequential):
+            return 0
+        names = [n for n, _ in layer.children]
+        if name not in names:
+            return 0
+        shape = layer.shapes(shape)[names.index(name)]
+        layer = layer[name]
+    if not isinstance(layer, Dense):
         return 0
-    head_in = net.shapes(model.frame_shape)[[n for n, _ in net.children].index("head")]
-    shape = head.shapes(head_in)[[n for n, _ in head.children].index("projection")]
     positions = math.prod(shape[:-1])
-    true = proj.macs(shape)
-    counted = (1 + (1 if proj.bias else 0)) * proj.in_channels * positions
-    return counted - true
+    counted = (1 + (1 if layer.bias else 0)) * layer.in_channels * positions
+    return counted - layer.macs(shape)
 
 
 def paper_macs(model, mode: str = "clip", *, count_padded: bool = True, t: int | None = None,

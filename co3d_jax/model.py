@@ -29,7 +29,9 @@ class Model:
     Attributes: ``name``; ``net`` (root :class:`~co3d_jax.layers.Layer`, channels-last);
     ``image_size`` (crop side); ``clip_length`` (frames of one clip-mode evaluation);
     ``frame_rate`` (sampling stride in 30-fps frames); ``normalisation`` (``mean``, ``std``);
-    ``num_classes``; ``config`` (the options it was built with).
+    ``num_classes``; ``config`` (the options it was built with); ``family`` (the
+    :class:`~co3d_jax.models.spec.FamilySpec` it was built from, set by
+    :func:`co3d_jax.create_model`; ``None`` for a model assembled by hand).
     """
 
     name: str
@@ -41,6 +43,7 @@ class Model:
     normalisation: tuple = KINETICS
     config: Any = None
     continual: bool = True
+    family: Any = dataclasses.field(default=None, compare=False, repr=False)
 
     # ------------------------------------------------------------------ metadata
     @property

@@ -8,7 +8,9 @@ training-time data sampling. The CLI is ``experiments/finetune.py``; see ``docs/
   positions (one position at the configured clip length). Taking ``log`` of the model's softmax
   output instead would underflow to ``-inf`` for confident wrong predictions and loses precision
   (the gradient of ``log(softmax)`` through the softmax's rounding); ``log_softmax`` is exact.
-  Optional dropout (X3D recipe: 0.5) is applied before the ``projection`` dense layer.
+  Optional dropout (X3D recipe: 0.5) is applied to the input of the classifier layer, whose
+  params path the model's family spec names (``head``: ``head/projection`` for the PySlowFast-named
+  families).
 * **Optimiser** (:func:`make_optimizer`): SGD with (Nesterov) momentum or AdamW, a linear warmup
   into a cosine decay (the X3D recipe's schedule), weight decay on conv/dense kernels only (not on
   BN scale/bias or biases), optional global-norm clipping. BN running statistics are not trained:
@@ -21,8 +23,8 @@ training-time data sampling. The CLI is ``experiments/finetune.py``; see ``docs/
 * **Mixed precision** (``compute_dtype='bfloat16'``): the clip is cast to bf16 and every layer
   casts its f32 params to the input dtype, so convolutions and matmuls run in bf16; BN statistics,
   the loss, gradients, params and optimizer state stay f32.
-* **Heads** (:func:`load_pretrained`): a checkpoint whose ``head/projection`` has another class
-  count gets a fresh projection (normal(0.01) kernel, zero bias, PySlowFast's ``fc_init_std``);
+* **Heads** (:func:`load_pretrained`): a checkpoint whose classifier (the family spec's ``head``)
+  has another class count gets a fresh projection (normal(0.01) kernel, zero bias, PySlowFast's ``fc_init_std``);
   every other parameter must match exactly.
 * **Precise BN** (:func:`precise_bn`): running statistics recomputed as the average batch
   statistics over extra batches with the weights fixed (PySlowFast ``BN.USE_PRECISE_STATS``).
@@ -46,6 +48,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from .layers import Activation, Layer, Parallel, Sequential
+from .models.spec import DEFAULT_HEAD, spec_of
 from .params import ParamsError, check_against, flatten, read_npz, unflatten
 
 BN_KEYS = frozenset({"scale", "bias", "mean", "var"})
@@ -105,17 +108,6 @@ def merge_stats(updated, trained_stats, labels):
     return jax.tree.map(lambda u, s, lbl: s if lbl == "stats" else u, updated, trained_stats, labels)
 
 
-def _find_children(layer: Layer, name: str):
-    """Yield every layer named ``name`` in a layer tree."""
-    if isinstance(layer, Sequential):
-        for n, c in layer.children:
-            if n == name:
-                yield c
-            yield from _find_children(c, name)
-    for _, b in getattr(layer, "branches", ()):
-        yield from _find_children(b, name)
-
-
 def logits_net(net: Layer) -> Layer:
     """``net`` with a final softmax (the last child, recursively, or a head's ``activation``
     setting, e.g. SlowFast's) replaced by the identity; the params tree is unchanged. Nets ending
@@ -160,22 +152,26 @@ def _init_kernel(rng: np.random.Generator, shape, projection: bool):
 
 def init_for_training(model, seed: int = 0, zero_init_final_bn: bool = True):
     """From-scratch params with PySlowFast's X3D initialisation: MSRA (fan-out) conv/dense
-    kernels, zero biases, the projection ~ N(0, 0.01), BN scale 1 / bias 0 / mean 0 / var 1, and
-    the last BN of every residual branch (``c_bn``, ``transform_final_bn``) zero-initialised."""
+    kernels, zero biases, the classifier (the family spec's ``head``) ~ N(0, 0.01), BN scale 1 /
+    bias 0 / mean 0 / var 1, and the last BN of every residual branch (the spec's ``final_bn``,
+    ``c_bn``; PySlowFast's ``transform_final_bn``) zero-initialised."""
+    spec = spec_of(model)
+    final_bn = spec.final_bn if zero_init_final_bn else None
     rng = np.random.default_rng(seed)
     shapes = jax.eval_shape(model.init, jax.random.key(0))
 
-    def visit(p, name):
+    def visit(p, path):
+        name = path.rsplit("/", 1)[-1]
         if set(p) == BN_KEYS:
             c = p["scale"].shape
-            scale = np.zeros(c) if (zero_init_final_bn and name == "c_bn") else np.ones(c)
+            scale = np.zeros(c) if name == final_bn else np.ones(c)
             return {"scale": scale, "bias": np.zeros(c), "mean": np.zeros(c), "var": np.ones(c)}
         out = {}
         for k, v in sorted(p.items()):
             if isinstance(v, dict):
-                out[k] = visit(v, k)
+                out[k] = visit(v, f"{path}/{k}" if path else k)
             elif k == "kernel":
-                out[k] = _init_kernel(rng, v.shape, name == "projection")
+                out[k] = _init_kernel(rng, v.shape, path == spec.head)
             else:
                 out[k] = np.zeros(v.shape)
         return out
@@ -183,39 +179,44 @@ def init_for_training(model, seed: int = 0, zero_init_final_bn: bool = True):
     return jax.tree.map(lambda a, s: jnp.asarray(a, s.dtype), visit(shapes, ""), shapes)
 
 
+def _subtree(tree, path: str):
+    for k in path.split("/"):
+        tree = tree[k]
+    return tree
+
+
 def fresh_head(model, seed: int = 0) -> dict:
-    """A new ``head/projection`` (``kernel ~ N(0, 0.01)``, zero bias) for ``model.num_classes``."""
-    shapes = jax.eval_shape(model.init, jax.random.key(0))["head"]["projection"]
+    """A new classifier (the family spec's ``head``; ``kernel ~ N(0, 0.01)``, zero bias) for
+    ``model.num_classes``."""
+    shapes = _subtree(jax.eval_shape(model.init, jax.random.key(0)), spec_of(model).head)
     rng = np.random.default_rng([seed, 7])
     return {k: jnp.asarray(_init_kernel(rng, v.shape, True) if k == "kernel" else np.zeros(v.shape), v.dtype)
             for k, v in shapes.items()}
 
 
-HEAD_PREFIX = "head/projection/"
-
-
 def load_pretrained(path: str, model, seed: int = 0) -> tuple[dict, dict]:
-    """Load ``path`` (``.npz``) for fine-tuning ``model``: every parameter must match, except
-    ``head/projection``, which is re-initialised (:func:`fresh_head`) when its class count
-    differs. Returns ``(params, info)``; ``info`` has ``replaced_head``, ``checkpoint_classes``,
-    ``metadata``."""
+    """Load ``path`` (``.npz``) for fine-tuning ``model``: every parameter must match, except the
+    classifier (the family spec's ``head``, e.g. ``head/projection``), which is re-initialised
+    (:func:`fresh_head`) when its class count differs. Returns ``(params, info)``; ``info`` has
+    ``replaced_head``, ``checkpoint_classes``, ``metadata``."""
+    head = spec_of(model).head
+    prefix = head + "/"
     flat, meta = read_npz(path)
     reference = jax.eval_shape(model.init, jax.random.key(0))
     ref_flat = flatten(reference)
-    head_keys = [k for k in ref_flat if k.startswith(HEAD_PREFIX)]
+    head_keys = [k for k in ref_flat if k.startswith(prefix)]
     if not head_keys:
-        raise ParamsError(f"{model.name}: no {HEAD_PREFIX.rstrip('/')} in the model; cannot adapt the head")
-    ckpt_kernel = flat.get(HEAD_PREFIX + "kernel")
+        raise ParamsError(f"{model.name}: no {head} in the model; cannot adapt the head")
+    ckpt_kernel = flat.get(prefix + "kernel")
     ckpt_classes = None if ckpt_kernel is None else int(ckpt_kernel.shape[-1])
     replace = any(k not in flat or tuple(flat[k].shape) != tuple(ref_flat[k].shape) for k in head_keys)
-    body = {k: v for k, v in flat.items() if not k.startswith(HEAD_PREFIX)}
-    ref_body = unflatten({k: v for k, v in ref_flat.items() if not k.startswith(HEAD_PREFIX)})
+    body = {k: v for k, v in flat.items() if not k.startswith(prefix)}
+    ref_body = unflatten({k: v for k, v in ref_flat.items() if not k.startswith(prefix)})
     check_against(body, ref_body, f"{path} (arch {meta.get('arch', 'unknown')}) for model {model.name}")
     params = unflatten({k: jnp.asarray(v, ref_flat[k].dtype) for k, v in body.items()})
-    if replace:
-        params["head"]["projection"] = fresh_head(model, seed)
-    else:
-        params["head"]["projection"] = {k[len(HEAD_PREFIX):]: jnp.asarray(flat[k]) for k in head_keys}
+    *parents, leaf = head.split("/")
+    _subtree(params, "/".join(parents))[leaf] = (
+        fresh_head(model, seed) if replace else {k[len(prefix):]: jnp.asarray(flat[k]) for k in head_keys})
     return params, dict(replaced_head=replace, checkpoint_classes=ckpt_classes, metadata=meta)
 
 
@@ -250,33 +251,41 @@ def make_optimizer(cfg: TrainConfig, labels) -> optax.GradientTransformation:
 
 
 # ============================================================================ forward / loss
-def train_forward(net: Layer, params, clip: jax.Array, *, dropout: float = 0.0, rng: jax.Array | None = None):
+def train_forward(net: Layer, params, clip: jax.Array, *, dropout: float = 0.0, rng: jax.Array | None = None,
+                  head: str = DEFAULT_HEAD):
     """Training-mode forward of ``net`` -> ``(logits (B, K) float32, new_params)``.
 
     ``net`` should end in logits (:func:`logits_net`). Output positions are averaged (one at the
-    configured clip length). With ``dropout > 0`` inverted dropout is applied to the input of every
-    layer named ``projection`` (``rng`` required)."""
+    configured clip length). With ``dropout > 0`` inverted dropout is applied to the input of the
+    layer at params path ``head`` (the family spec's classifier; ``rng`` required)."""
     if dropout > 0:
         if rng is None:
             raise ValueError("dropout needs an rng key")
-        if not any(True for _ in _find_children(net, "projection")):
-            raise ValueError("dropout: the network has no layer named 'projection'")
-        y, new = _forward_train_dropout(net, params, clip, dropout, rng)
+        if not _has_layer(net, head.split("/")):
+            raise ValueError(f"dropout: the network has no layer at {head!r} (its classifier) to apply it before")
+        y, new = _forward_train_dropout(net, params, clip, dropout, rng, tuple(head.split("/")))
     else:
         y, new = net.forward_train(params, clip)
     return jnp.mean(y.astype(jnp.float32), axis=tuple(range(1, y.ndim - 1))), new
 
 
-def _forward_train_dropout(layer, params, x, rate, rng):
-    if not isinstance(layer, Sequential) or not any(True for _ in _find_children(layer, "projection")):
-        return layer.forward_train(params, x)
+def _has_layer(layer: Layer, path) -> bool:
+    """Whether ``path`` (child names) leads through :class:`Sequential` children to a layer."""
+    if not path:
+        return True
+    return isinstance(layer, Sequential) and any(n == path[0] and _has_layer(c, path[1:]) for n, c in layer.children)
+
+
+def _forward_train_dropout(layer, params, x, rate, rng, path):
+    """``layer.forward_train`` with dropout on the input of the child at ``path``."""
+    if not path:
+        keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
+        return layer.forward_train(params, jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype))
     params = params or {}
     new = dict(params)
     for n, c in layer.children:
-        if n == "projection":
-            keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
-            x = jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
-        x, p = _forward_train_dropout(c, params.get(n), x, rate, rng)
+        x, p = (_forward_train_dropout(c, params.get(n), x, rate, rng, path[1:]) if n == path[0]
+                else c.forward_train(params.get(n), x))
         if n in params:
             new[n] = p
     return x, new
@@ -304,12 +313,13 @@ def shardings(mesh: Mesh) -> tuple[NamedSharding, NamedSharding]:
 
 
 @functools.lru_cache(maxsize=16)
-def make_train_step(net: Layer, cfg: TrainConfig, mesh: Mesh, donate: bool = True):
+def make_train_step(net: Layer, cfg: TrainConfig, mesh: Mesh, donate: bool = True, head: str = DEFAULT_HEAD):
     """``train_step(params, opt_state, clips, labels, step) -> (params, opt_state, metrics)``,
     jitted, with ``clips (B, T, H, W, 3)``/``labels (B,)`` sharded over ``mesh`` and everything
     else replicated. ``step`` (int32) is the number of updates done before this one (it seeds
-    dropout). ``metrics``: ``loss``, ``accuracy``, ``grad_norm``, ``lr``. Cached per
-    ``(net, cfg, mesh)``, so repeated runs in one process compile once."""
+    dropout, applied before the classifier at params path ``head``: pass the family spec's
+    ``model.family.head``). ``metrics``: ``loss``, ``accuracy``, ``grad_norm``, ``lr``. Cached
+    per ``(net, cfg, mesh, donate, head)``, so repeated runs in one process compile once."""
     net = training_net(net)
     sched = lr_schedule(cfg)
     dtype = jnp.dtype(cfg.compute_dtype)
@@ -321,7 +331,7 @@ def make_train_step(net: Layer, cfg: TrainConfig, mesh: Mesh, donate: bool = Tru
         rng = jax.random.fold_in(base_key, step)
 
         def loss_fn(p):
-            logits, new = train_forward(net, p, clips.astype(dtype), dropout=cfg.dropout, rng=rng)
+            logits, new = train_forward(net, p, clips.astype(dtype), dropout=cfg.dropout, rng=rng, head=head)
             loss = cross_entropy(logits, labels, cfg.label_smoothing)
             return loss, (logits, new)
 

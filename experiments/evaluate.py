@@ -43,10 +43,12 @@ PREDICTIONS = "predictions.jsonl"
 
 # ----------------------------------------------------------------------------- CLI
 def build_parser() -> argparse.ArgumentParser:
+    from co3d_jax.models import names_help
+
     p = argparse.ArgumentParser(prog="python -m experiments.evaluate", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     m = p.add_argument_group("model")
-    m.add_argument("--model", required=True, help="registry name, e.g. x3d_s, cox3d_s_64")
+    m.add_argument("--model", required=True, help=f"registry name ({names_help()})")
     m.add_argument("--weights", help="parameter file (.npz from weight_port / co3d_jax.save_params)")
     m.add_argument("--random-weights", action="store_true",
                    help="evaluate random parameters (smoke runs; never the default)")
@@ -95,11 +97,18 @@ def model_options(args) -> dict:
 
 
 def model_name(args) -> str:
+    """``--model``, with the head window ``--window`` where given (the family spec renames it)."""
     name = args.model
     if args.window is not None:
-        if not name.startswith("co"):
-            raise SystemExit("--window applies to continual models (cox3d_<size>[_<window>])")
-        name = re.sub(r"_\d+$", "", name) + f"_{args.window}"
+        from co3d_jax.models import family_of
+        try:
+            family = family_of(name)
+        except ValueError as e:
+            raise SystemExit(str(e)) from None
+        windowed = family.renamed(name, window=args.window)
+        if windowed is None or not family.create(name).continual:
+            raise SystemExit(f"--window applies to continual models with a head window ({name!r} is not one)")
+        name = windowed
     return name
 
 

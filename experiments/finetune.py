@@ -54,10 +54,12 @@ NON_SEMANTIC = {"out", "workers", "prefetch", "no_progress", "stop_after", "over
 
 # ----------------------------------------------------------------------------- CLI
 def build_parser() -> argparse.ArgumentParser:
+    from co3d_jax.models import names_help
+
     p = argparse.ArgumentParser(prog="python -m experiments.finetune", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     m = p.add_argument_group("model")
-    m.add_argument("--model", required=True, help="registry name of the clip model, e.g. x3d_s, x3d_m")
+    m.add_argument("--model", required=True, help=f"registry name of the clip model to train ({names_help()})")
     src = m.add_mutually_exclusive_group(required=True)
     src.add_argument("--weights", help="initial params (.npz); a projection of another class count is replaced")
     src.add_argument("--from-scratch", action="store_true", help="PySlowFast X3D initialisation")
@@ -381,7 +383,7 @@ def main(argv=None) -> int:
     atomic_write(metrics_path, "".join(lines))
 
     # ---------------- train
-    train_step = T.make_train_step(model.net, cfg, mesh)
+    train_step = T.make_train_step(model.net, cfg, mesh, head=model.family.head)
     workers = default_workers() if args.workers is None else args.workers
     loader = BatchLoader(records, spec, args.seed, args.batch_size, start, workers, args.prefetch)
     stop_at = args.steps if args.stop_after is None else min(args.steps, args.stop_after)

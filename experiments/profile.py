@@ -25,27 +25,10 @@ import time
 
 from experiments._cli import atomic_write
 
-# Reported in the paper's table (co3d README; reference co3d.md §6): Kinetics-400 top-1 %, GFLOPs.
-REPORTED = {
-    "x3d_xs": (59.37, 0.64), "x3d_s": (64.71, 2.06), "x3d_m": (67.24, 4.97), "x3d_l": (69.29, 19.17),
-    "cox3d_s_13": (60.18, 0.17), "cox3d_s_64": (67.33, 0.17), "cox3d_m_16": (62.80, 0.33),
-    "cox3d_m_64": (71.03, 0.33), "cox3d_l_16": (63.03, 1.25), "cox3d_l_64": (71.61, 1.25),
-    "slow_8x8_r50": (67.42, 54.87), "coslow_8": (65.90, 6.90), "coslow_64": (73.05, 6.90),
-    "i3d_r50": (63.98, 28.61), "coi3d_8": (59.58, 5.68), "coi3d_64": (56.86, 5.68),
-    "r2plus1d_18_8": (53.52, 20.35), "r2plus1d_18_16": (59.29, 40.71),
-    "slowfast_8x8_r50": (68.45, 66.25), "slowfast_4x16_r50": (67.06, 36.46),
-}
-
-
 def paper_batch(name: str) -> int:
-    """Batch sizes of the paper's profiling scripts (reference §5.5)."""
-    if name.startswith(("x3d_l", "cox3d_l")):
-        return 32
-    if name.startswith(("x3d", "cox3d", "r2plus1d")):
-        return 64 if "x3d" in name else 32
-    if name.startswith("slowfast"):
-        return 16
-    return 8
+    """Batch size of the paper's profiling scripts for ``name`` (its family spec's; reference §5.5)."""
+    from co3d_jax.models import family_of
+    return family_of(name).paper_batch(name)
 
 
 def static_row(name: str) -> dict:
@@ -58,7 +41,8 @@ def static_row(name: str) -> dict:
     mode = "step" if model.continual else "clip"
     t0 = time.perf_counter()
     xla = model_xla_flops(model, params, mode, compiled=False)
-    acc, flops = REPORTED.get(name, (None, None))
+    reported = model.family.reported.get(name)  # the paper's table (co3d README; reference co3d.md §6)
+    acc, flops = (reported.top1, reported.gflops) if reported else (None, None)
     avg = paper_step_macs(model)["average"] if model.continual else paper_macs(model, mode)
     s = model.image_size
     return {

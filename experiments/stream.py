@@ -56,9 +56,11 @@ def class_names(num_classes: int) -> list[str]:
 
 
 def main(argv=None) -> int:
+    from co3d_jax.models import names_help
+
     ap = argparse.ArgumentParser(prog="python -m experiments.stream", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="cox3d_s_13", help="registry name of a continual model")
+    ap.add_argument("--model", default="cox3d_s_13", help=f"registry name of a continual model ({names_help()})")
     ap.add_argument("--weights", help="ported .npz weights (random weights if omitted)")
     ap.add_argument("--video", action="append", default=[], help="a video file (repeat for more streams)")
     ap.add_argument("--frames", type=int, default=0, help="frames per stream (default: whole video; generated: delay+8)")

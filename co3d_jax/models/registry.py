@@ -20,9 +20,9 @@ def list_models() -> list[str]:
     return sorted(n for f in FAMILIES for n in f.variants)
 
 
-def names_help() -> str:
-    """All model names and name patterns, one family per line (CLI help and errors)."""
-    return "\n".join(f"{f.description}: {f.names_help}" for f in FAMILIES)
+def names_help(sep: str = "; ") -> str:
+    """All model names and name patterns, by family, joined with ``sep`` (CLI help and errors)."""
+    return sep.join(f"{f.description}: {f.names_help}" for f in FAMILIES)
 
 
 def family_of(name: str) -> FamilySpec:

@@ -264,9 +264,17 @@ for _w in (8, 64):
     _VARIANTS[f"coslow_{_w}_charades"] = dict(arch="slow", continual=True, window=_w, **CHARADES)
 
 
+_CONTINUAL_PREFIX = {"slow": "coslow", "i3d": "coi3d"}
+
+
 def _pattern_options(m) -> dict:
-    return dict(arch={"coslow": "slow", "coi3d": "i3d"}[m[1]], continual=True, window=int(m[2]),
-                **(CHARADES if m[3] else {}))
+    arch = next(a for a, p in _CONTINUAL_PREFIX.items() if p == m[1])
+    return dict(arch=arch, continual=True, window=int(m[2]), **(CHARADES if m[3] else {}))
+
+
+def _pattern_name(o: dict) -> str:
+    charades = all(o.get(k) == v for k, v in CHARADES.items())
+    return f"{_CONTINUAL_PREFIX[o['arch']]}_{o['window']}" + ("_charades" if charades else "")
 
 
 FAMILY = FamilySpec(
@@ -275,7 +283,7 @@ FAMILY = FamilySpec(
     build=resnet3d,
     variants=_VARIANTS,
     patterns=(Pattern(r"(coslow|coi3d)_(\d+)(_charades)?", _pattern_options,
-                      "coslow_<window>, coi3d_<window> (+ _charades)"),),
+                      "coslow_<window>, coi3d_<window> (+ _charades)", _pattern_name),),
     reported={
         "slow_8x8_r50": Reported(67.42, 54.87), "coslow_8": Reported(65.90, 6.90),
         "coslow_64": Reported(73.05, 6.90), "i3d_r50": Reported(63.98, 28.61),

@@ -14,6 +14,9 @@ from typing import Any, Callable, Mapping
 
 from ..model import Model
 
+DEFAULT_HEAD = "head/projection"
+"""Params path of the classifier layer in PySlowFast-named networks (X3D, ResNet-3D, SlowFast)."""
+
 
 @dataclasses.dataclass(frozen=True)
 class Reported:
@@ -27,11 +30,14 @@ class Reported:
 @dataclasses.dataclass(frozen=True)
 class Pattern:
     """Names beyond the fixed variants, e.g. ``cox3d_<size>_<window>``: ``regex`` (full match) and
-    ``options(match) -> builder keyword arguments``; ``help`` is the pattern as users read it."""
+    ``options(match) -> builder keyword arguments``; ``help`` is the pattern as users read it;
+    ``format(options) -> name`` is the inverse of ``options`` (used to rename a variant, e.g. to
+    another head window)."""
 
     regex: str
     options: Callable[[re.Match], dict]
     help: str
+    format: Callable[[dict], str] | None = None
 
     def match(self, name: str) -> re.Match | None:
         return re.fullmatch(self.regex, name)
@@ -60,7 +66,7 @@ class FamilySpec:
     build: Callable[..., Model]
     variants: Mapping[str, Mapping[str, Any]]
     patterns: tuple[Pattern, ...] = ()
-    head: str = "head/projection"
+    head: str = DEFAULT_HEAD
     final_bn: str | None = "c_bn"
     reported: Mapping[str, Reported] = dataclasses.field(default_factory=dict)
     paper_batch: Callable[[str], int] = lambda name: 1
@@ -83,7 +89,22 @@ class FamilySpec:
         opts = self.options(name)
         if opts is None:
             raise ValueError(f"{self.description} has no model {name!r}")
-        return self.build(**{**opts, **overrides})
+        return dataclasses.replace(self.build(**{**opts, **overrides}), family=self)
+
+    def renamed(self, name: str, **changes) -> str | None:
+        """The name of variant ``name`` with builder options ``changes`` (e.g. ``window=64``:
+        ``cox3d_s_13`` -> ``cox3d_s_64``), or ``None`` if no name of this family builds that."""
+        opts = self.options(name)
+        if opts is None:
+            return None
+        want = {k: v for k, v in {**opts, **changes}.items() if k != "name"}
+        for p in self.patterns:
+            if p.format is not None:
+                candidate = p.format(want)
+                got = self.options(candidate)
+                if got is not None and {k: v for k, v in got.items() if k != "name"} == want:
+                    return candidate
+        return None
 
     @property
     def names_help(self) -> str:
@@ -91,4 +112,13 @@ class FamilySpec:
         return ", ".join([*self.variants, *(p.help for p in self.patterns)])
 
 
-__all__ = ["FamilySpec", "Pattern", "Reported"]
+def spec_of(model: Model) -> FamilySpec:
+    """The spec ``model`` was built from (:func:`co3d_jax.create_model` records it); a model
+    assembled by hand has none, which is a ``ValueError`` naming the model."""
+    if model.family is None:
+        raise ValueError(f"model {model.name!r} was not built by co3d_jax.create_model, so no family spec "
+                         f"says where its head is")
+    return model.family
+
+
+__all__ = ["DEFAULT_HEAD", "FamilySpec", "Pattern", "Reported", "spec_of"]

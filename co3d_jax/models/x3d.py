@@ -168,7 +168,7 @@ FAMILY = FamilySpec(
     build=x3d,
     variants=_VARIANTS,
     patterns=(Pattern(r"cox3d_(xs|s|m|l)_(\d+)", lambda m: dict(size=m[1], continual=True, window=int(m[2])),
-                      "cox3d_<size>_<window>"),),
+                      "cox3d_<size>_<window>", lambda o: f"cox3d_{o['size']}_{o['window']}"),),
     reported={
         "x3d_xs": Reported(59.37, 0.64), "x3d_s": Reported(64.71, 2.06), "x3d_m": Reported(67.24, 4.97),
         "x3d_l": Reported(69.29, 19.17), "cox3d_s_13": Reported(60.18, 0.17), "cox3d_s_64": Reported(67.33, 0.17),
