@@ -127,7 +127,7 @@ def _log(msg: str) -> None:
 def load_train_sample(spec, seed: int, record, sample: int):
     """Decode ``record``'s video (a file or stored TFDS bytes) and draw global sample ``sample``'s
     augmented clip (None on a bad video)."""
-    from co3d_jax.data.datasets import video_media
+    from co3d_jax.data.sources import video_media
     from co3d_jax.data.video import VideoError, decode_all
     from co3d_jax.train import sample_rng, train_sample
     try:
