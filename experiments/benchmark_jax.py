@@ -30,63 +30,11 @@ CONTINUAL = [("cox3d_s_64", 64), ("cox3d_m_64", 64), ("cox3d_l_64", 32)]
 CLIP = [("x3d_s", 64), ("x3d_m", 64), ("x3d_l", 32)]
 
 
-def _median_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
-
-
-def cast_tree(tree, dtype):
-    import jax
-    import jax.numpy as jnp
-    return jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
-
-
-def bench_model(name: str, depthwise: str = "auto", **options):
-    """``create_model(name, **options)``; ``depthwise`` (X3D/CoX3D's ``depthwise_impl``) is passed
-    only when it is not ``auto``, so every registry model can be benchmarked."""
-    import co3d_jax
-    if depthwise != "auto":
-        options["depthwise_impl"] = depthwise
-    return co3d_jax.create_model(name, **options)
-
-
-def bench_stream(name: str, batch: int, dtype: str, chunk: int, repeats: int, unroll: int = 1,
-                 depthwise: str = "auto", image_size: int | None = None) -> dict:
-    import jax
-    import jax.numpy as jnp
-
-    model = bench_model(name, depthwise, **({"image_size": image_size} if image_size else {}))
-    params = model.init(jax.random.key(0))
-    model, params = model.fold_batchnorm(params)
-    dt = jnp.bfloat16 if dtype == "bf16" else jnp.float32
-    params = cast_tree(params, dt)
-    fn = jax.jit(lambda p, s, x: model.stream(p, s, x, unroll=unroll), donate_argnums=(1,))
-    frames = jax.random.normal(jax.random.key(1), (batch, chunk, *model.frame_shape), dt)
-    state = model.init_state(batch, dt)
-    t0 = time.perf_counter()
-    state, out = fn(params, state, frames)
-    jax.block_until_ready(out)
-    compile_s = time.perf_counter() - t0
-    holder = {"state": state}
-
-    def run():
-        holder["state"], o = fn(params, holder["state"], frames)
-        jax.block_until_ready(o)
-
-    run()  # second warm-up (steady state)
-    sec = _median_time(run, repeats)
-    return {"kind": "stream", "model": name, "batch": batch, "dtype": dtype, "chunk": chunk, "unroll": unroll,
-            "depthwise": depthwise, "seconds_per_chunk": sec, "frames_per_s": batch * chunk / sec,
-            "compile_s": compile_s}
-
-
 def bench_latency(name: str, dtype: str, steps: int, depthwise: str = "auto") -> dict:
     import jax
     import jax.numpy as jnp
+
+    from co3d_jax.benchmark import bench_model, bench_stream, cast_tree
 
     model = bench_model(name, depthwise)
     params = model.init(jax.random.key(0))
@@ -111,31 +59,13 @@ def bench_latency(name: str, dtype: str, steps: int, depthwise: str = "auto") ->
             "in_scan_ms_per_frame": scan["seconds_per_chunk"] / 32 * 1e3}
 
 
-def bench_clip(name: str, batch: int, dtype: str, repeats: int, depthwise: str = "auto") -> dict:
-    import jax
-    import jax.numpy as jnp
-
-    model = bench_model(name, depthwise)
-    params = model.init(jax.random.key(0))
-    model, params = model.fold_batchnorm(params)
-    dt = jnp.bfloat16 if dtype == "bf16" else jnp.float32
-    params = cast_tree(params, dt)
-    fn = jax.jit(model.forward)
-    clip = jax.random.normal(jax.random.key(1), (batch, model.clip_length, *model.frame_shape), dt)
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn(params, clip))
-    compile_s = time.perf_counter() - t0
-    sec = _median_time(lambda: jax.block_until_ready(fn(params, clip)), repeats)
-    return {"kind": "clip", "model": name, "batch": batch, "dtype": dtype, "depthwise": depthwise,
-            "seconds_per_batch": sec, "clips_per_s": batch / sec, "compile_s": compile_s}
-
-
 def bf16_error(name: str, frames: int = 96, batch: int = 4) -> dict:
     """Max/mean abs difference of bf16 vs fp32 softmax scores over a stream (valid frames)."""
     import jax
     import jax.numpy as jnp
 
     import co3d_jax
+    from co3d_jax.benchmark import cast_tree
     model = co3d_jax.create_model(name)
     params = model.init(jax.random.key(0))
     model, params = model.fold_batchnorm(params)
@@ -172,6 +102,8 @@ def main(argv=None) -> int:
     keep = set(args.models.split(",")) if args.models else None
     co_models = [(n, b) for n, b in CONTINUAL if keep is None or n in keep]
     clip_models = [(n, b) for n, b in CLIP if keep is None or n in keep]
+
+    from co3d_jax.benchmark import bench_clip, bench_stream
 
     record = ResultsFile(args.out, environment()).record
 

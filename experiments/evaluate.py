@@ -38,8 +38,6 @@ import numpy as np
 
 from experiments._cli import atomic_write, file_sha256, model_args
 
-PREDICTIONS = "predictions.jsonl"
-
 
 # ----------------------------------------------------------------------------- CLI
 def build_parser() -> argparse.ArgumentParser:
@@ -201,38 +199,6 @@ def make_predict_fn(model, protocol: Protocol):
     return f
 
 
-# ----------------------------------------------------------------------------- files
-def prediction_files(out: str) -> list[str]:
-    return sorted(os.path.join(out, n) for n in os.listdir(out)
-                  if n == PREDICTIONS or re.fullmatch(r"predictions\.\d+\.jsonl", n)) if os.path.isdir(out) else []
-
-
-def repair_tail(path: str) -> None:
-    """Drop a partial last line (a run killed mid-write)."""
-    if not os.path.exists(path):
-        return
-    with open(path, "rb+") as f:
-        data = f.read()
-        if data and not data.endswith(b"\n"):
-            f.truncate(data.rfind(b"\n") + 1)
-
-
-def read_predictions(out: str) -> dict:
-    """``id -> record`` from all prediction files (the last line for an id wins)."""
-    done = {}
-    for path in prediction_files(out):
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                if not line.endswith("\n"):
-                    break
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                done[rec["id"]] = rec
-    return done
-
-
 # ----------------------------------------------------------------------------- summary
 def summarise(config: dict, items, done: dict, index, batch_size: int) -> dict:
     recs = [done[r.id] for _, r in items if r.id in done]
@@ -323,6 +289,7 @@ def main(argv=None) -> int:
     from co3d_jax.data import ClipSpec, iterate_samples, label_rank, open_dataset
     from co3d_jax.data.loader import default_workers, resolve_loader
     from co3d_jax.data.video import resolve_backend
+    from co3d_jax.predictions import PREDICTIONS, prediction_files, read_predictions, repair_tail
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
     # ---------------- model

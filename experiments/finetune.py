@@ -29,8 +29,6 @@ num_classes=N ...``. See docs/finetuning.md.
 from __future__ import annotations
 
 import argparse
-import collections
-import concurrent.futures as cf
 import dataclasses
 import json
 import os
@@ -125,127 +123,6 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-# ----------------------------------------------------------------------------- data
-def load_train_sample(spec, seed: int, record, sample: int):
-    """Decode ``record``'s video (a file or stored TFDS bytes) and draw global sample ``sample``'s
-    augmented clip (None on a bad video)."""
-    from co3d_jax.data.datasets import video_media
-    from co3d_jax.data.video import VideoError, decode_all
-    from co3d_jax.train import sample_rng, train_sample
-    try:
-        frames, fps = decode_all(video_media(record))
-        if len(frames) == 0:
-            return None, "no frames"
-        return train_sample(frames, fps, spec, sample_rng(seed, sample)), None
-    except VideoError as e:
-        return None, str(e)
-    except Exception as e:  # anything a broken file can trigger
-        return None, f"{type(e).__name__}: {e}"
-
-
-class BatchLoader:
-    """Batches for updates ``start, start+1, ...`` in order, decoded ``prefetch`` batches ahead
-    by ``workers`` spawned processes (or inline). Sample ``s`` of the run is video
-    ``sample_indices(seed, N, step, B)``; a video that fails to decode is replaced by the next
-    video in index order (deterministic), and reported."""
-
-    def __init__(self, records, spec, seed: int, batch_size: int, start: int, workers: int, prefetch: int):
-        self.records, self.spec, self.seed, self.batch = records, spec, seed, batch_size
-        self.step = start
-        self.failed: dict[str, str] = {}
-        self.pool = None
-        if workers > 0:
-            import multiprocessing as mp
-            self.pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"))
-        self.prefetch = max(prefetch, 0) if self.pool else 0
-        self.pending: collections.deque = collections.deque()
-        self.next_submit = start
-
-    def _tasks(self, step):
-        from co3d_jax.train import sample_indices
-        return sample_indices(self.seed, len(self.records), step, self.batch)
-
-    def _submit(self, step):
-        futs = []
-        for s, idx in self._tasks(step):
-            rec = self.records[idx]
-            if self.pool:
-                futs.append((s, idx, self.pool.submit(load_train_sample, self.spec, self.seed, rec, s)))
-            else:
-                futs.append((s, idx, None))
-        self.pending.append((step, futs))
-
-    def next(self):
-        while self.next_submit <= self.step + self.prefetch:
-            self._submit(self.next_submit)
-            self.next_submit += 1
-        step, futs = self.pending.popleft()
-        assert step == self.step
-        clips, labels = [], []
-        for s, idx, fut in futs:
-            clip, err = fut.result() if fut else load_train_sample(self.spec, self.seed, self.records[idx], s)
-            tries = 0
-            while clip is None:
-                self.failed[self.records[idx].id] = err
-                tries += 1
-                if tries >= min(len(self.records), 20):
-                    raise RuntimeError(f"{tries} videos in a row failed to decode (last: {err})")
-                idx = (idx + 1) % len(self.records)
-                clip, err = load_train_sample(self.spec, self.seed, self.records[idx], s)
-            clips.append(clip)
-            labels.append(self.records[idx].label)
-        self.step += 1
-        return np.stack(clips), np.asarray(labels, np.int32)
-
-    def close(self):
-        if self.pool:
-            for _, futs in self.pending:
-                for _, _, f in futs:
-                    f.cancel()
-            self.pool.shutdown(wait=False, cancel_futures=True)
-
-
-# ----------------------------------------------------------------------------- checkpoints
-def _opt_leaves(opt_state) -> dict:
-    import jax
-    return {f"{i:05d}": leaf for i, leaf in enumerate(jax.tree.leaves(opt_state))}
-
-
-def _abstract(tree, sharding):
-    import jax
-    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), tree)
-
-
-def make_manager(directory: str, keep: int):
-    import orbax.checkpoint as ocp
-    opts = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
-    return ocp.CheckpointManager(os.path.abspath(directory), options=opts)
-
-
-def save_checkpoint(mngr, step: int, params, opt_state, meta: dict) -> None:
-    import orbax.checkpoint as ocp
-    state = {"params": params, "opt_state": _opt_leaves(opt_state)}
-    mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
-              force=True)
-
-
-def restore_checkpoint(mngr, step: int, params_like, opt_like, mesh):
-    """Restore onto ``mesh`` (any device count): the target is abstract (shape, dtype, replicated
-    sharding on this mesh), so the stored shardings are never used; then unflatten the optimizer
-    state into the structure of ``opt_like``."""
-    import jax
-    import orbax.checkpoint as ocp
-    from co3d_jax.train import shardings
-    repl, _ = shardings(mesh)
-    target = {"params": _abstract(params_like, repl), "opt_state": _abstract(_opt_leaves(opt_like), repl)}
-    out = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
-                                                       meta=ocp.args.JsonRestore()))
-    state, meta = out["state"], out["meta"]
-    leaves = [state["opt_state"][k] for k in sorted(state["opt_state"])]
-    opt_state = jax.tree.unflatten(jax.tree.structure(opt_like), leaves)
-    return state["params"], opt_state, meta
-
-
 # ----------------------------------------------------------------------------- metrics
 def read_metrics(path: str, upto: int) -> list[str]:
     """Lines of ``metrics.jsonl`` for steps <= ``upto`` (a torn last line is dropped)."""
@@ -274,8 +151,10 @@ def main(argv=None) -> int:
 
     import co3d_jax
     from co3d_jax import train as T
+    from co3d_jax.checkpoint import make_manager, restore_checkpoint, save_checkpoint
     from co3d_jax.data import open_dataset
     from co3d_jax.data.loader import default_workers
+    from co3d_jax.data.train_loader import BatchLoader
     from co3d_jax.params import ParamsError, save_params
 
     # ---------------- data

@@ -60,9 +60,8 @@ def measure(name: str, batch: int, dtypes: list[str], chunk: int, repeats: int) 
     """Throughput per dtype at ``batch`` and peak memory at batch 1 (bytes)."""
     import jax
 
-    from experiments.benchmark_jax import bench_clip, bench_stream, cast_tree
-
     import co3d_jax
+    from co3d_jax.benchmark import bench_clip, bench_stream, cast_tree
     model = co3d_jax.create_model(name)
     out = {"batch": batch}
     for dt in dtypes:

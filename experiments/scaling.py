@@ -30,7 +30,6 @@ import time
 import numpy as np
 
 from experiments._cli import atomic_write
-from experiments.evaluate import read_predictions
 
 CLASSES = ("archery", "bowling", "capoeira", "dancing ballet")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -39,7 +38,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def make_dataset(root: str, videos: int, frames: int = 90, size: tuple = (240, 320), seed: int = 0) -> None:
     """``videos`` generated clips in the Kinetics folder layout below ``root`` (PyAV, mpeg4)."""
     from co3d_jax.data.video import encode_video
-    from experiments.stream import moving_pattern
+    from co3d_jax.data.synthetic import moving_pattern
 
     h, w = size
     for i in range(videos):
@@ -104,6 +103,7 @@ def compare_predictions(a: dict, b: dict, rtol: float) -> dict:
 
 
 def evaluate(model: str, data: str, out: str, n: int | None, args) -> dict:
+    from co3d_jax.predictions import read_predictions
     tag = f"{model}_{'all' if n is None else n}dev"
     d = os.path.join(out, "runs", f"eval_{tag}")
     argv = ["--model", model, "--random-weights", "--seed", "0", "--model-arg", f"num_classes={len(CLASSES)}",

@@ -21,18 +21,6 @@ import time
 import numpy as np
 
 
-def moving_pattern(frames: int, size: int, seed: int = 0) -> np.ndarray:
-    """A generated video ``(T, size, size, 3)`` uint8: coloured bars sliding diagonally."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:size, 0:size]
-    colours = rng.integers(40, 255, size=(3, 3))
-    out = np.empty((frames, size, size, 3), np.uint8)
-    for t in range(frames):
-        phase = (xx + yy + 3 * t) // max(size // 8, 1) % 3
-        out[t] = colours[phase]
-    return out
-
-
 def prepare(frames: np.ndarray, image_size: int, mean, std) -> np.ndarray:
     """uint8 ``(T, H, W, 3)`` -> float32 ``(T, S, S, 3)``: short-side resize, center crop, normalise."""
     from co3d_jax.data.transforms import normalize, resize_crop
@@ -76,6 +64,7 @@ def main(argv=None) -> int:
     import jax.numpy as jnp
 
     import co3d_jax
+    from co3d_jax.data.synthetic import moving_pattern
     from co3d_jax.data.video import VideoError
     from experiments._cli import parse_options
     from co3d_jax.params import ParamsError

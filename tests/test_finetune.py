@@ -33,6 +33,7 @@ import jax.numpy as jnp  # noqa: E402
 import co3d_jax  # noqa: E402
 from co3d_jax import layers as L  # noqa: E402
 from co3d_jax import train as T  # noqa: E402
+from co3d_jax.checkpoint import make_manager  # noqa: E402
 from co3d_jax.params import ParamsError, flatten, read_npz, save_params  # noqa: E402
 from experiments import finetune as F  # noqa: E402
 
@@ -195,7 +196,7 @@ def test_restore_with_a_different_device_count(runs):
     # step 5 replayed on 1 device from the 2-device checkpoint = the 2-device step 5
     for k in ("loss", "accuracy", "grad_norm", "lr"):
         np.testing.assert_allclose(m1[4][k], m2[4][k], rtol=2e-5, err_msg=k)
-    mngr = F.make_manager(os.path.join(two, F.CHECKPOINTS), keep=3)
+    mngr = make_manager(os.path.join(two, F.CHECKPOINTS), keep=3)
     assert mngr.all_steps() == [4]
     assert mngr.restore(4, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]["num_devices"] == 2
     mngr.close()

@@ -8,7 +8,7 @@ import pytest
 
 import co3d_jax
 from experiments import profile
-from experiments.benchmark_jax import bench_model
+from co3d_jax.benchmark import bench_model
 
 
 def test_every_registry_model_can_be_benchmarked():

@@ -59,22 +59,6 @@ class VideoRecord:
     tfds: TfdsRef | None = None
 
 
-def video_media(record: VideoRecord):
-    """What the decoders read for ``record``: the file path, or the stored bytes (TFDS)."""
-    if record.tfds is None:
-        return record.path
-    from .tfds.reader import read_example
-    return read_example(record.tfds, record.id)["video"]
-
-
-def frame_media(record: VideoRecord) -> tuple:
-    """The frames of a frame-folder record (Charades): paths, or the stored JPEG bytes (TFDS)."""
-    if record.tfds is None:
-        return record.frames or ()
-    from .tfds.reader import read_example
-    return tuple(read_example(record.tfds, record.id)["frames"])
-
-
 @dataclasses.dataclass
 class DatasetIndex:
     name: str
@@ -102,7 +86,9 @@ def normalise_label(name: str) -> str:
     return " ".join(name.strip().strip('"').replace("_", " ").split()).lower()
 
 
-def _class_list(labels, classes: str | list, dataset: str) -> list[str]:
+def class_list(labels, classes: str | list, dataset: str) -> list[str]:
+    """The class list: ``classes`` itself (a list), the sorted labels present (``"dataset"``, the
+    reference's rule) or the shipped Kinetics-400 names (``"shipped"``)."""
     present = sorted(set(lbl for lbl in labels if lbl is not None))
     if isinstance(classes, (list, tuple)):
         return list(classes)
@@ -116,7 +102,8 @@ def _class_list(labels, classes: str | list, dataset: str) -> list[str]:
     raise ValueError(f"classes must be 'dataset', 'shipped' or a list, got {classes!r}")
 
 
-def _label_indexer(classes: list[str]):
+def label_indexer(classes: list[str]):
+    """``label name -> index in classes`` (exact, else after :func:`normalise_label`; None stays None)."""
     exact = {c: i for i, c in enumerate(classes)}
     norm = {normalise_label(c): i for i, c in enumerate(classes)}
 
@@ -132,7 +119,8 @@ def _label_indexer(classes: list[str]):
     return index
 
 
-def _canonical_split(split: str) -> str:
+def canonical_split(split: str) -> str:
+    """Kinetics' split name (``val``/``valid``/``validation`` -> ``validate``)."""
     return SPLIT_ALIASES.get(split, split)
 
 
@@ -149,7 +137,7 @@ def _rel(path: str, root: str) -> str:
 
 def kinetics_folder(root: str, split: str = "validate", classes: str | list = "dataset") -> DatasetIndex:
     """Kinetics in the co3d/PySlowFast folder layout (with or without ``splits/{split}.json``)."""
-    split = _canonical_split(split)
+    split = canonical_split(split)
     root = os.path.abspath(root)
     data = os.path.join(root, "data")
     split_file = os.path.join(root, "splits", f"{split}.json")
@@ -190,8 +178,8 @@ def kinetics_folder(root: str, split: str = "validate", classes: str | list = "d
                         found.append((_rel(path, data), path, label))
             elif label.lower().endswith(VIDEO_EXTENSIONS):   # unlabelled (test) videos
                 found.append((_rel(d, data), d, None))
-    cls = _class_list([lbl for _, _, lbl in found], classes, "kinetics400")
-    index = _label_indexer(cls)
+    cls = class_list([lbl for _, _, lbl in found], classes, "kinetics400")
+    index = label_indexer(cls)
     records = [VideoRecord(vid, path, index(lbl)) for vid, path, lbl in found]
     return DatasetIndex("kinetics400", split, root, layout, cls, records, missing)
 
@@ -200,7 +188,7 @@ def kinetics_csv(csv_path: str, clips_root: str, split: str | None = "validate",
                  classes: str | list = "dataset") -> DatasetIndex:
     """Kinetics from the official annotation CSV and a folder of clips (searched recursively)."""
     clips_root = os.path.abspath(clips_root)
-    want = None if split is None else _canonical_split(split)
+    want = None if split is None else canonical_split(split)
     by_stem: dict[str, str] = {}
     for dirpath, dirnames, filenames in os.walk(clips_root):
         dirnames.sort()
@@ -216,7 +204,7 @@ def kinetics_csv(csv_path: str, clips_root: str, split: str | None = "validate",
             raise ValueError(f"{csv_path}: expected columns label,youtube_id,time_start,time_end,split; "
                              f"got {reader.fieldnames}")
         for row in reader:
-            if want is not None and row.get("split") and _canonical_split(row["split"].strip()) != want:
+            if want is not None and row.get("split") and canonical_split(row["split"].strip()) != want:
                 continue
             rows.append(row)
     found, missing = [], []
@@ -228,8 +216,8 @@ def kinetics_csv(csv_path: str, clips_root: str, split: str | None = "validate",
             missing.append(dict(id=stem, label=label))
         else:
             found.append((stem, path, label))
-    cls = _class_list([lbl for _, _, lbl in found], classes, "kinetics400")
-    index = _label_indexer(cls)
+    cls = class_list([lbl for _, _, lbl in found], classes, "kinetics400")
+    index = label_indexer(cls)
     records = [VideoRecord(vid, path, index(lbl)) for vid, path, lbl in found]
     return DatasetIndex("kinetics400", split or "all", clips_root, "kinetics-csv", cls, records, missing)
 
@@ -284,23 +272,3 @@ def charades(root: str, split: str = "val") -> DatasetIndex:
         records.append(VideoRecord(v["name"], os.path.dirname(paths[0]) if paths else frame_root,
                                    tuple(sorted(v["labels"])), frames=paths))
     return DatasetIndex("charades", split, root, "charades-frames", classes, records, [], multilabel=True)
-
-
-def open_dataset(name: str, root: str, split: str = "validate", annotations: str | None = None,
-                 classes: str | list = "dataset", source: str = "files") -> DatasetIndex:
-    """Build the index for ``name`` (``kinetics400`` or ``charades``). For Kinetics, ``annotations``
-    (an official CSV) selects the CSV layout with ``root`` as the clips folder; otherwise the
-    folder layout is used. ``source="tfds"``: ``root`` is a TFDS ``data_dir`` holding the dataset
-    prepared by :mod:`co3d_jax.data.tfds` (needs ``tensorflow-datasets``, not TensorFlow)."""
-    if source == "tfds":
-        from .tfds.reader import tfds_index
-        return tfds_index(name, root, split, classes)
-    if source != "files":
-        raise ValueError(f"unknown source {source!r} (files, tfds)")
-    if name == "kinetics400":
-        if annotations:
-            return kinetics_csv(annotations, root, split, classes)
-        return kinetics_folder(root, split, classes)
-    if name == "charades":
-        return charades(root, split)
-    raise ValueError(f"unknown dataset {name!r} (kinetics400, charades)")

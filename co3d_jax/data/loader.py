@@ -24,8 +24,9 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from .datasets import VideoRecord, frame_media, video_media
+from .datasets import VideoRecord
 from .sampling import charades_indices, num_repeated
+from .sources import frame_media, video_media
 from .transforms import eval_transform
 from .video import VideoError, decode_clip, read_image
 

@@ -14,7 +14,7 @@ import numpy as np
 TARGET_FPS = 30.0
 
 
-def _fma_f32(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
+def fma_f32(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
     """``a*b + c`` for float32 arrays, rounded once to float32 (a fused multiply-add).
 
     ``a*b`` is exact in float64; the float64 sum is exact up to the error that TwoSum recovers,
@@ -45,8 +45,8 @@ def torch_linspace_f32(start: float, end: float, steps: int) -> np.ndarray:
         return np.array([s], np.float32)
     step = np.float32(np.float32(e - s) / np.float32(steps - 1))
     i = np.arange(steps)
-    fwd = _fma_f32(step, i.astype(np.float32), s)
-    bwd = _fma_f32(-step, (steps - 1 - i).astype(np.float32), e)
+    fwd = fma_f32(step, i.astype(np.float32), s)
+    bwd = fma_f32(-step, (steps - 1 - i).astype(np.float32), e)
     return np.where(i < steps // 2, fwd, bwd).astype(np.float32)
 
 

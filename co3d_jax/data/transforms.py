@@ -20,7 +20,7 @@ import math
 
 import numpy as np
 
-from .sampling import _fma_f32
+from .sampling import fma_f32
 
 
 def short_side_size(h: int, w: int, size: int) -> tuple[int, int]:
@@ -43,7 +43,7 @@ def _bilinear_taps(in_size: int, out_size: int, lo: int, hi: int):
     """Neighbour indices and weights for output positions ``lo..hi-1`` (torch semantics)."""
     scale = np.float32(in_size) / np.float32(out_size)
     dst = np.arange(lo, hi, dtype=np.float32)
-    src = _fma_f32(np.full_like(dst, scale), dst + np.float32(0.5), np.full_like(dst, -0.5))
+    src = fma_f32(np.full_like(dst, scale), dst + np.float32(0.5), np.full_like(dst, -0.5))
     src = np.maximum(src, np.float32(0))
     i0 = src.astype(np.int64)
     i1 = np.minimum(i0 + 1, in_size - 1)

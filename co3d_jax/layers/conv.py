@@ -8,7 +8,7 @@ Step mode keeps the partial sums of the next ``kT-1`` outputs (``acc``, shape
 completes the current output, the others are added to the future outputs (the accumulator form
 of reference §4, the paper's formulation). This equals the library's ``(kT-1)²``-map ring buffer
 up to float summation order, and on an H100 it beat keeping the last ``kT-1`` inputs and
-re-convolving the window (see ``experiments/perf_depthwise.py``). ``replicate`` fill starts the
+re-convolving the window (see ``benchmarks/perf_depthwise.py``). ``replicate`` fill starts the
 sums as if the ``kT-1`` frames before the stream equalled the layer's first valid input. The bias
 is added to emitted outputs only, never to the sums.
 """

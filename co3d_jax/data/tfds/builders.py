@@ -23,9 +23,8 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
     raise ImportError("the TFDS builders need tensorflow-datasets and array-record: "
                       "pip install 'co3d-jax[tfds]'") from e
 
-from ..datasets import (SPLIT_ALIASES, DatasetIndex, _canonical_split, _label_indexer, charades, charades_frame_root,
-                        charades_split, kinetics_csv,
-                        kinetics_folder, shipped_kinetics400_classes)
+from ..datasets import (SPLIT_ALIASES, DatasetIndex, canonical_split, charades, charades_frame_root, charades_split,
+                        kinetics_csv, kinetics_folder, label_indexer, shipped_kinetics400_classes)
 
 KINETICS_SPLITS = ("train", "validate", "test")
 CHARADES_SPLITS = ("train", "val")
@@ -83,7 +82,7 @@ def kinetics_indexes(root: str, splits=None) -> dict[str, DatasetIndex]:
     root = os.path.abspath(root)
     out = {}
     for split in splits or KINETICS_SPLITS:
-        split = _canonical_split(split)
+        split = canonical_split(split)
         if split not in KINETICS_SPLITS:
             raise ValueError(f"unknown Kinetics split {split!r} ({', '.join(KINETICS_SPLITS)})")
         with warnings.catch_warnings():   # "found N classes": the class list is rebuilt at read time
@@ -142,7 +141,7 @@ class Co3dKinetics400(_ManualBuilder):
 
     def _split_generators(self, dl_manager):
         indexes = kinetics_indexes(os.fspath(dl_manager.manual_dir), self._wanted_splits)
-        shipped = _label_indexer(shipped_kinetics400_classes())
+        shipped = label_indexer(shipped_kinetics400_classes())
         label_ids = {None: -1}   # label as written -> ClassLabel id (-1: unlabelled)
         meta = {}
         for split, index in indexes.items():

@@ -13,8 +13,8 @@ import functools
 import json
 import os
 
-from ..datasets import (DatasetIndex, TfdsRef, VideoRecord, _canonical_split, _class_list, _label_indexer,
-                        charades_split)
+from ..datasets import (DatasetIndex, TfdsRef, VideoRecord, canonical_split, charades_split, class_list,
+                        label_indexer)
 from . import DATASETS
 
 
@@ -79,7 +79,7 @@ def _metadata(builder_dir: str) -> dict:
 
 
 def _split_name(dataset: str, split: str) -> str:
-    return charades_split(split) if dataset == "charades" else _canonical_split(split)
+    return charades_split(split) if dataset == "charades" else canonical_split(split)
 
 
 def tfds_index(dataset: str, data_dir: str, split: str = "validate", classes="dataset") -> DatasetIndex:
@@ -96,8 +96,8 @@ def tfds_index(dataset: str, data_dir: str, split: str = "validate", classes="da
     if dataset == "charades":
         cls, label_of, missing = list(meta["classes"]), tuple, []
     else:
-        cls = _class_list(m["labels"], classes, "kinetics400")
-        label_of, missing = _label_indexer(cls), list(m.get("missing", []))
+        cls = class_list(m["labels"], classes, "kinetics400")
+        label_of, missing = label_indexer(cls), list(m.get("missing", []))
     records = [VideoRecord(vid, f"{builder_dir}#{name}/{i}", label_of(lbl), tfds=TfdsRef(builder_dir, name, i))
                for i, (vid, lbl) in enumerate(zip(m["ids"], m["labels"]))]
     return DatasetIndex(dataset, name, builder_dir, "tfds", cls, records, missing, multilabel=dataset == "charades")

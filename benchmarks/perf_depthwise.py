@@ -1,6 +1,6 @@
 """Depthwise 3x3x3 step variants on one stage-2-sized frame batch (GPU work notes).
 
-    python -m experiments.perf_depthwise --batch 64 --hw 40 --channels 54
+    python -m benchmarks.perf_depthwise --batch 64 --hw 40 --channels 54
 
 Each variant computes y = sum over the 3-frame window (2 buffered frames + the new one) of a
 depthwise 3x3 spatial conv, inside a ``lax.scan`` of ``--steps`` steps that also shifts the
@@ -19,7 +19,8 @@ import numpy as np
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.perf_depthwise", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--hw", type=int, default=40)
     ap.add_argument("--channels", type=int, default=54)

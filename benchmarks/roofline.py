@@ -1,6 +1,6 @@
 """Roofline estimate of a continual step: FLOPs and bytes per frame, and the achieved fraction.
 
-    python -m experiments.roofline --results results/benchmark_h100_jax.json
+    python -m benchmarks.roofline --results results/benchmark_h100_jax.json
 
 Per frame (batch-independent, fp32): FLOPs from XLA's count of one step (valid taps, 2 per MAC,
 elementwise included) and the paper's MACs; bytes as two bounds:
@@ -58,7 +58,7 @@ def estimate(name: str, dtype: str = "fp32") -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m experiments.roofline", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.roofline", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--results", default="results/benchmark_h100_jax.json")
     ap.add_argument("--out", default="results/roofline_h100.json")

@@ -1,6 +1,6 @@
 """Where does a CoX3D step spend its time? Per-stage and per-variant timings (GPU work notes).
 
-    python -m experiments.perf_probe --model cox3d_s_64 --batch 64 --out results/perf_probe.json
+    python -m benchmarks.perf_probe --model cox3d_s_64 --batch 64 --out results/perf_probe.json
 
 Times (median of repeats, one jitted ``lax.scan`` over ``--chunk`` frames, BN folded):
 prefixes of the network (stem, +s2, +s3, ...) so that differences give each stage's cost; the
@@ -32,7 +32,8 @@ def _time(fn, repeats):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.perf_probe", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="cox3d_s_64")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--chunk", type=int, default=16)
@@ -50,7 +51,7 @@ def main(argv=None):
     import co3d_jax.layers.base as base
     from co3d_jax.layers import Sequential
     from co3d_jax.stream import scan_stream
-    from experiments.benchmark_jax import cast_tree
+    from co3d_jax.benchmark import cast_tree
 
     dt = jnp.bfloat16 if args.dtype == "bf16" else jnp.float32
     res = {"device": jax.devices()[0].device_kind, "model": args.model, "batch": args.batch, "dtype": args.dtype}

@@ -1,0 +1,83 @@
+"""Throughput of a registry model on the current device, as ``experiments/profile.py`` and
+``experiments/benchmark_jax.py`` measure it: random weights with BN folded, inputs already on the
+device, one warm-up call (compilation, reported as ``compile_s``) and then the median of
+``repeats`` timed calls, each synchronised with ``block_until_ready``."""
+
+from __future__ import annotations
+
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .models import create_model
+
+
+def median_time(fn, repeats: int) -> float:
+    """Median wall time of ``repeats`` calls of ``fn`` (which synchronises itself)."""
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def cast_tree(tree, dtype):
+    """``tree`` with its floating leaves cast to ``dtype``."""
+    return jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
+
+
+def bench_model(name: str, depthwise: str = "auto", **options):
+    """``create_model(name, **options)``; ``depthwise`` (X3D/CoX3D's ``depthwise_impl``) is passed
+    only when it is not ``auto``, so every registry model can be benchmarked."""
+    if depthwise != "auto":
+        options["depthwise_impl"] = depthwise
+    return create_model(name, **options)
+
+
+def bench_stream(name: str, batch: int, dtype: str, chunk: int, repeats: int, unroll: int = 1,
+                 depthwise: str = "auto", image_size: int | None = None) -> dict:
+    """Frames/s of ``stream`` over ``chunk``-frame calls for ``batch`` streams (BN folded, params,
+    state and frames in ``dtype``, state donated between calls)."""
+    model = bench_model(name, depthwise, **({"image_size": image_size} if image_size else {}))
+    params = model.init(jax.random.key(0))
+    model, params = model.fold_batchnorm(params)
+    dt = jnp.bfloat16 if dtype == "bf16" else jnp.float32
+    params = cast_tree(params, dt)
+    fn = jax.jit(lambda p, s, x: model.stream(p, s, x, unroll=unroll), donate_argnums=(1,))
+    frames = jax.random.normal(jax.random.key(1), (batch, chunk, *model.frame_shape), dt)
+    state = model.init_state(batch, dt)
+    t0 = time.perf_counter()
+    state, out = fn(params, state, frames)
+    jax.block_until_ready(out)
+    compile_s = time.perf_counter() - t0
+    holder = {"state": state}
+
+    def run():
+        holder["state"], o = fn(params, holder["state"], frames)
+        jax.block_until_ready(o)
+
+    run()  # second warm-up (steady state)
+    sec = median_time(run, repeats)
+    return {"kind": "stream", "model": name, "batch": batch, "dtype": dtype, "chunk": chunk, "unroll": unroll,
+            "depthwise": depthwise, "seconds_per_chunk": sec, "frames_per_s": batch * chunk / sec,
+            "compile_s": compile_s}
+
+
+def bench_clip(name: str, batch: int, dtype: str, repeats: int, depthwise: str = "auto") -> dict:
+    """Clips/s of ``forward`` on ``batch`` clips (BN folded, params and clips in ``dtype``)."""
+    model = bench_model(name, depthwise)
+    params = model.init(jax.random.key(0))
+    model, params = model.fold_batchnorm(params)
+    dt = jnp.bfloat16 if dtype == "bf16" else jnp.float32
+    params = cast_tree(params, dt)
+    fn = jax.jit(model.forward)
+    clip = jax.random.normal(jax.random.key(1), (batch, model.clip_length, *model.frame_shape), dt)
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn(params, clip))
+    compile_s = time.perf_counter() - t0
+    sec = median_time(lambda: jax.block_until_ready(fn(params, clip)), repeats)
+    return {"kind": "clip", "model": name, "batch": batch, "dtype": dtype, "depthwise": depthwise,
+            "seconds_per_batch": sec, "clips_per_s": batch / sec, "compile_s": compile_s}

@@ -1,0 +1,93 @@
+"""Training batches: a random augmented clip per sample, decoded ahead by worker processes.
+
+:class:`BatchLoader` yields the batches of updates ``start, start+1, ...`` in order. Which video a
+sample is and how it is augmented are functions of ``(seed, sample number)``
+(:func:`co3d_jax.train.sample_indices`, :func:`co3d_jax.train.sample_rng`), so a resumed run
+sees exactly the batches an uninterrupted run sees. The CLI is ``experiments/finetune.py``.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures as cf
+import multiprocessing as mp
+
+import numpy as np
+
+from ..train import sample_indices, sample_rng, train_sample
+from .sources import video_media
+from .video import VideoError, decode_all
+
+
+def load_train_sample(spec, seed: int, record, sample: int):
+    """Decode ``record``'s video (a file or stored TFDS bytes) and draw global sample ``sample``'s
+    augmented clip (None on a bad video)."""
+    try:
+        frames, fps = decode_all(video_media(record))
+        if len(frames) == 0:
+            return None, "no frames"
+        return train_sample(frames, fps, spec, sample_rng(seed, sample)), None
+    except VideoError as e:
+        return None, str(e)
+    except Exception as e:  # anything a broken file can trigger
+        return None, f"{type(e).__name__}: {e}"
+
+
+class BatchLoader:
+    """Batches for updates ``start, start+1, ...`` in order, decoded ``prefetch`` batches ahead
+    by ``workers`` spawned processes (or inline). Sample ``s`` of the run is video
+    ``sample_indices(seed, N, step, B)``; a video that fails to decode is replaced by the next
+    video in index order (deterministic), and reported."""
+
+    def __init__(self, records, spec, seed: int, batch_size: int, start: int, workers: int, prefetch: int):
+        self.records, self.spec, self.seed, self.batch = records, spec, seed, batch_size
+        self.step = start
+        self.failed: dict[str, str] = {}
+        self.pool = None
+        if workers > 0:
+            self.pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"))
+        self.prefetch = max(prefetch, 0) if self.pool else 0
+        self.pending: collections.deque = collections.deque()
+        self.next_submit = start
+
+    def _tasks(self, step):
+        return sample_indices(self.seed, len(self.records), step, self.batch)
+
+    def _submit(self, step):
+        futs = []
+        for s, idx in self._tasks(step):
+            rec = self.records[idx]
+            if self.pool:
+                futs.append((s, idx, self.pool.submit(load_train_sample, self.spec, self.seed, rec, s)))
+            else:
+                futs.append((s, idx, None))
+        self.pending.append((step, futs))
+
+    def next(self):
+        while self.next_submit <= self.step + self.prefetch:
+            self._submit(self.next_submit)
+            self.next_submit += 1
+        step, futs = self.pending.popleft()
+        assert step == self.step
+        clips, labels = [], []
+        for s, idx, fut in futs:
+            clip, err = fut.result() if fut else load_train_sample(self.spec, self.seed, self.records[idx], s)
+            tries = 0
+            while clip is None:
+                self.failed[self.records[idx].id] = err
+                tries += 1
+                if tries >= min(len(self.records), 20):
+                    raise RuntimeError(f"{tries} videos in a row failed to decode (last: {err})")
+                idx = (idx + 1) % len(self.records)
+                clip, err = load_train_sample(self.spec, self.seed, self.records[idx], s)
+            clips.append(clip)
+            labels.append(self.records[idx].label)
+        self.step += 1
+        return np.stack(clips), np.asarray(labels, np.int32)
+
+    def close(self):
+        if self.pool:
+            for _, futs in self.pending:
+                for _, _, f in futs:
+                    f.cancel()
+            self.pool.shutdown(wait=False, cancel_futures=True)
