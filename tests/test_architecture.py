@@ -41,13 +41,10 @@ MODULES = _modules()
 # Violations that other branches are fixing (remove an entry when its fix is merged; the xfail
 # marks below go away with the last one). A cycle is pending if all its modules are in one group.
 PENDING_CYCLES = {
-    "co3d_jax.flops <-> co3d_jax.layers.conv (layers branch)": {"co3d_jax.flops", "co3d_jax.layers",
-                                                                  "co3d_jax.layers.conv"},
     "weight_port.convert <-> resnet3d <-> verification (weight-port branch)": {
         "weight_port.convert", "weight_port.resnet3d", "weight_port.verification"},
 }
 PENDING_PRIVATE = {
-    "co3d_jax.models.slowfast imports co3d_jax.layers.containers._clip_len": "layers/models area",
 }
 
 
