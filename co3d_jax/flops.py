@@ -104,7 +104,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .layers import Dense, Pool, Sequential
+from .layers import BroadcastReduce, Dense, Parallel, Sequential
 from .layers.macs import count_padded_taps, padded_taps, valid_taps
 
 __all__ = ["paper_macs", "paper_step_macs", "analytic_macs", "padded_taps", "count_padded_taps", "valid_taps",
@@ -158,41 +158,53 @@ def paper_macs(model, mode: str = "clip", *, count_padded: bool = True, t: int |
 
 
 def paper_step_macs(model, *, count_padded: bool = True, linear_quirk: bool = True) -> dict[str, float]:
-    """Per-step MACs of a continual model with a temporal stride (CoI3D), paper convention.
+    """Per-step MACs of a continual model with temporal strides (CoI3D, CoR(2+1)D), paper convention.
 
     Returns ``{"emit": ..., "skip": ..., "average": ...}``: ``emit`` is a step whose output is
-    valid (= ``paper_macs(model, 'step')``, what co3d profiles); ``skip`` a step the stride
-    suppresses: only the top-level children before the strided one run, and the strided
-    :class:`~co3d_jax.layers.Pool` costs what continual's ptflops hook counts for a frame it only
-    stores (its input frame; the patched temporal ``adaptive_max_pool1d`` is not called);
-    ``average`` is the mean per input frame over one stride period. For stride-1 models all three
-    are equal. Only a top-level strided ``Pool`` is supported (CoI3D's ``pathway0_pool``).
+    valid (= ``paper_macs(model, 'step')``, what co3d profiles; every layer runs); ``skip`` a
+    step on which no temporally strided layer emits: the layers before the first stride run,
+    each strided layer costs its :meth:`~co3d_jax.layers.Layer.store_macs` (a pool: what
+    continual's ptflops hook counts for a frame it only stores), and nothing after it runs;
+    ``average`` is the mean per input frame over one period of the model's stride, where a layer
+    behind strides ``s_1 ... s_k`` runs on every ``s_1 * ... * s_k``-th frame. Strides may sit at
+    any depth (inside residual blocks and their branches). For stride-1 models all three are
+    equal.
     """
     emit = paper_macs(model, "step", count_padded=count_padded, linear_quirk=linear_quirk)
-    net = model.net
-    children = getattr(net, "children", ())
-    if net.stride == 1 or not children:
+    if model.net.stride == 1:
         return {"emit": emit, "skip": emit, "average": float(emit)}
-    shapes = net.shapes(model.frame_shape)
-    skip, average, s_in = 0, 0.0, 1
-    for (name, child), shape in zip(children, shapes):
-        cost = analytic_macs(child, shape, None, count_padded=count_padded)
-        if child.stride > 1:
-            if not isinstance(child, Pool) or s_in != 1:
-                raise NotImplementedError(f"paper_step_macs: only one top-level strided Pool is supported, got "
-                                          f"{name!r} ({type(child).__name__}, stride {child.stride})")
-            stored = math.prod(shape)  # hook on the input frame only
-            skip += stored
-            average += (cost + (child.stride - 1) * stored) / child.stride
-        elif s_in == 1:
-            skip += cost
-            average += cost
-        else:
-            average += cost / s_in
-        s_in *= child.stride
+    with padded_taps(count_padded):
+        average = _rated_macs(model.net, model.frame_shape, 1.0)
+        skip = _rated_macs(model.net, model.frame_shape, 1.0, skip=True)
     if linear_quirk:
-        average += _projection_quirk(model) / s_in
-    return {"emit": emit, "skip": skip, "average": average}
+        average += _projection_quirk(model) / model.net.stride
+    return {"emit": emit, "skip": int(skip), "average": average}
+
+
+def _rated_macs(layer, in_shape, rate: float, skip: bool = False) -> float:
+    """Mean step MACs of ``layer`` when its input is valid on a fraction ``rate`` of the frames
+    (``skip``: the cost on a step where no strided layer emits; ``rate`` is then 1 or 0)."""
+    if rate == 0:
+        return 0.0
+    if isinstance(layer, Sequential):
+        total = 0.0
+        for (_, child), shape in zip(layer.children, layer.shapes(in_shape)):
+            total += _rated_macs(child, shape, rate, skip)
+            rate = 0.0 if skip and child.stride > 1 else rate / child.stride
+        return total
+    if isinstance(layer, Parallel):
+        shapes = (in_shape,) * len(layer.branches) if isinstance(layer, BroadcastReduce) else in_shape
+        total = sum(_rated_macs(b, s, rate, skip) for (_, b), s in zip(layer.branches, shapes))
+        # what the container adds beside its branches (a BroadcastReduce's reduction) runs on its outputs
+        own = layer.macs(in_shape) - sum(b.macs(s) for (_, b), s in zip(layer.branches, shapes))
+        out_rate = 0.0 if skip and layer.stride > 1 else rate / layer.stride
+        return total + own * out_rate
+    s = layer.stride
+    if s == 1:
+        return rate * layer.macs(in_shape)
+    if skip:
+        return rate * layer.store_macs(in_shape)
+    return rate * (layer.macs(in_shape) + (s - 1) * layer.store_macs(in_shape)) / s
 
 
 # ---------------------------------------------------------------------------------------- XLA

@@ -76,6 +76,35 @@ def test_broadcast_reduce(reduce):
     record(f"broadcast_reduce_{reduce}", compare_with_co(layer, params_from_torch(layer, co_mod), co_mod, (5, 5, 4)))
 
 
+def test_auto_delay_of_strided_branches():
+    """Branches with a temporal stride: a (3,1,1) stride-2 conv (delay 1) beside a 1x1x1 stride-2
+    projection (delay 0), R(2+1)D's downsampling shortcut. ``auto_delay`` must put the Delay(1)
+    *before* the projection: after it, it would count stride-2 steps (2 frames) and emit on the
+    other phase of the stride, so the sum would never be valid. Checked against the clip forward
+    (continual-inference appends the Delay there too, so it is no reference for this case)."""
+    conv = L.Conv(4, 6, (3, 1, 1), (2, 1, 1), (1, 0, 0), bias=True)
+    proj = L.Conv(4, 6, 1, (2, 1, 1), bias=True)
+    main = L.Sequential.of(conv, L.Activation("relu"), L.Conv(6, 6, (3, 3, 3), 1, 1))  # delay 1 + 1 stride-2 step
+    for branch, d in ((conv, 1), (main, 3)):
+        layer = L.broadcast_reduce(("skip", proj), ("main", branch), reduce="sum")
+        skip = layer.branches[0][1]
+        assert isinstance(skip, L.Sequential) and isinstance(skip.children[0][1], L.Delay)
+        assert skip.delay == layer.delay == d and layer.stride == 2
+        params = _zero_params(layer, IN_SHAPE)
+        params = jax.tree.map(lambda a: np.random.default_rng(a.size).uniform(-0.5, 0.5, a.shape).astype(np.float32),
+                              params)
+        x = np.random.default_rng(d).standard_normal((2, 17, *IN_SHAPE), dtype=np.float32)
+        _, y, v = _run(layer, params, layer.init_state(2, IN_SHAPE), x)
+        ts = np.nonzero(v[0])[0]
+        assert list(ts) == list(range(d, 17, 2)) and (v == v[:1]).all()
+        clip = np.asarray(layer.forward(params, x))
+        err = float(np.abs(y[:, ts] - clip[:, (ts - d) // 2]).max() / np.abs(clip).max())
+        record("broadcast_reduce_strided", {"step": err})
+    # stride-1 branches keep continual's order (Delay appended: its state-dict paths)
+    layer = L.broadcast_reduce(L.Conv(4, 4, 1), L.Conv(4, 4, 3, 1, 1))
+    assert isinstance(layer.branches[0][1].children[1][1], L.Delay)
+
+
 @pytest.mark.parametrize("fill", ["replicate"])
 def test_residual(fill):
     co_mod = co.Residual(co.Conv3d(4, 4, (5, 3, 3), padding=(2, 1, 1), temporal_fill=fill)).eval()

@@ -3,7 +3,7 @@
 
 from .base import Layer, Out, counter_advance, gate
 from .containers import (Broadcast, BroadcastReduce, ClipOnlySequential, Parallel, Pathways, Reduce, Sequential,
-                         StridedSequential, broadcast_reduce, clip_length, residual)
+                         StridedSequential, broadcast_reduce, clip_length, delayed, residual)
 from .conv import Conv
 from .fold import fold_batchnorm
 from .pool import GlobalAvgPool, IdentityPool, Pool
@@ -13,6 +13,6 @@ from .simple import Activation, BatchNorm, Delay, Dense
 __all__ = [
     "Layer", "Out", "Conv", "Pool", "IdentityPool", "GlobalAvgPool", "Delay", "BatchNorm", "Activation", "Dense",
     "Sequential", "StridedSequential", "ClipOnlySequential", "Broadcast", "Parallel", "Pathways", "Reduce",
-    "BroadcastReduce", "broadcast_reduce", "residual", "clip_length", "squeeze_excitation", "fold_batchnorm",
+    "BroadcastReduce", "broadcast_reduce", "delayed", "residual", "clip_length", "squeeze_excitation", "fold_batchnorm",
     "counter_advance", "gate",
 ]

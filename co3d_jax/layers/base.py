@@ -17,7 +17,8 @@ A layer is a frozen dataclass (static configuration, hashable, safe to close ove
 * ``out_shape(in_shape) -> shape``: per-frame output shape ``(H', W', C')``.
 * metadata: ``receptive_field``, ``stride``, ``padding``, ``delay`` (temporal, in frames), and
   ``macs(in_shape, t)`` for one step (``t=None``) or a ``t``-frame clip, in the ptflops
-  convention the paper uses (see :mod:`co3d_jax.flops`).
+  convention the paper uses (see :mod:`co3d_jax.flops`), and ``store_macs(in_shape)`` for a
+  step on which a temporal stride suppresses the output.
 
 ``in_shape`` is the per-frame shape ``(H, W, C)``; tuple-valued layers (:class:`Broadcast`,
 :class:`Parallel`) take and return tuples of such shapes.
@@ -87,6 +88,12 @@ class Layer:
         """Multiply-accumulates (paper/ptflops convention) for one step (``t=None``) or one
         ``t``-frame clip."""
         return 0
+
+    def store_macs(self, in_shape: Shape) -> int:
+        """MACs of a step whose input is valid but whose output is not: the off-phase steps of a
+        temporal stride, where the layer only updates its state. ptflops never sees these steps
+        (continual returns ``None``); by default the layer does its whole step's work."""
+        return self.macs(in_shape, None)
 
     # ---------------------------------------------------------------- params / state
     def init(self, key: Array, in_shape: Shape) -> Params:

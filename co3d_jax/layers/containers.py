@@ -10,7 +10,8 @@ Temporal metadata follows continual-inference (reference §1.7):
   ``delay = RF - 1 - padding``.
 * Parallel / BroadcastReduce: ``delay = max``, ``RF = max``, ``padding = max``, stride of the first
   branch (all branches must share it). With ``auto_delay`` every branch whose delay is below the
-  maximum becomes ``Sequential(branch, Delay(max - delay))``.
+  maximum becomes ``Sequential(branch, Delay(max - delay))``, or ``Sequential(Delay(max - delay),
+  branch)`` when the branch is temporally strided (see :func:`delayed`).
 
 Validity: a ``Sequential`` passes each child's output validity to the next child, so a child
 never advances its state on a step where its input is not valid (continual-inference does not
@@ -283,12 +284,25 @@ class Reduce(Layer):
         return (len(in_shape) - 1) * math.prod(self.out_shape(in_shape))
 
 
+def delayed(branch: Layer, d: int) -> Layer:
+    """``branch`` whose outputs come ``d`` input frames later (its delay grows by ``d``).
+
+    A stride-1 branch is followed by ``Delay(d)`` (continual-inference's ``auto_delay``, which
+    keeps its state-dict paths). A temporally strided branch is *preceded* by it: a ``Delay``
+    after a stride-``s`` layer counts that layer's outputs, i.e. ``s`` input frames each, and
+    it would emit on the wrong phase of the stride (continual-inference appends it there too,
+    which no co3d model ever exercised)."""
+    if d == 0:
+        return branch
+    return Sequential.of(Delay(d), branch) if branch.stride > 1 else Sequential.of(branch, Delay(d))
+
+
 def _auto_delay(branches, auto_delay: bool):
     branches = _named(branches)
     if not auto_delay:
         return branches
     dmax = max(b.delay for _, b in branches)
-    return tuple((n, Sequential.of(b, Delay(dmax - b.delay)) if b.delay < dmax else b) for n, b in branches)
+    return tuple((n, delayed(b, dmax - b.delay)) for n, b in branches)
 
 
 @static
@@ -423,7 +437,8 @@ class BroadcastReduce(Parallel):
 def broadcast_reduce(*branches, reduce: str = "sum", auto_delay: bool = True) -> BroadcastReduce:
     """Shorthand for ``Sequential(Broadcast(n), Parallel(*branches), Reduce(reduce))`` with the
     params/state of branch ``name`` directly under ``[name]``. With ``auto_delay`` a branch
-    whose delay is below the maximum is followed by a :class:`Delay`."""
+    whose delay is below the maximum is followed by a :class:`Delay` (preceded, if it is
+    temporally strided: :func:`delayed`)."""
     return BroadcastReduce(_auto_delay(branches, auto_delay), reduce)
 
 

@@ -137,6 +137,12 @@ class Conv(Layer):
                     * valid_taps(h, kh, self.strides[1], self.pads[1]) * valid_taps(w, kw, self.strides[2], self.pads[2]))
         return taps * (self.in_channels // self.groups) * self.out_channels + (positions * self.out_channels if self.bias else 0)
 
+    def store_macs(self, in_shape: Shape) -> int:
+        # the accumulator form convolves every input frame with all kT taps, emitting or not; the
+        # bias is only added to emitted outputs
+        ho, wo, _ = self.out_shape(in_shape)
+        return self.macs(in_shape) - (ho * wo * self.out_channels if self.bias else 0)
+
     # ---------------------------------------------------------------- params / state
     def init(self, key, in_shape=None):
         k1, k2 = jax.random.split(key)

@@ -91,6 +91,10 @@ class Pool(Layer):
             return 2 * math.prod(in_shape) * t
         return math.prod(in_shape) + math.prod(self.out_shape(in_shape)) * self.kernel[0]
 
+    def store_macs(self, in_shape):
+        # continual's pool hook counts the input frame; the temporal reduction is not called
+        return math.prod(in_shape)
+
     def _reduce_window(self, x, window, strides, pads):
         dims = (1, *window, 1)
         strd = (1, *strides, 1)
