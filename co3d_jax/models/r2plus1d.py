@@ -1,4 +1,5 @@
-"""R(2+1)D-18: the clip baseline of the paper's table (reference co3d.md §2.4), clip mode only.
+"""R(2+1)D-18, the clip baseline of the paper's table (reference co3d.md §2.4), and CoR(2+1)D-18,
+its continual form (issue #21; not in the paper).
 
 co3d's ``models/r2plus1d/main.py`` is torchvision's
 ``VideoResNet(BasicBlock, [Conv2Plus1D] * 4, [2, 2, 2, 2], R2Plus1dStem)`` (= torchvision
@@ -43,19 +44,40 @@ Counts (co3d.md §5.5 conventions, :func:`co3d_jax.flops.paper_macs`):
   0.7.5 on torchvision's model plus 400 MACs for the softmax (``F.softmax`` counts one per
   element; the torch model returns logits), asserted to the MAC in ``tests/test_r2plus1d.py``.
 
-Clip-only: :meth:`Model.init_state` / :meth:`Model.step` raise ``NotImplementedError``
-(temporally strided residual stages were never continualised in co3d).
+Clip models (``r2plus1d_18_<T>``): :meth:`Model.init_state` / :meth:`Model.step` raise
+``NotImplementedError``.
+
+CoR(2+1)D-18 (``cor2plus1d_18_<T>``, ``T`` a multiple of 8; registered ``_8`` and ``_16``): the
+same network and params tree (the same weights load), stepped frame by frame. Every (3,1,1)
+conv is a continual conv with zero fill (= the clip model's zero padding at the stream start),
+the stride-2 ones of layers 2-4 included; a block's shortcut is ``Delay(main.delay)`` (identity)
+or ``Delay(3)`` *before* the (2,2,2)-strided projection (a Delay after it would count stride-2
+steps); the head is a (T/8, ceil(S/16), ceil(S/16)) average pool over the last T/8 layer-4
+outputs, i.e. the features of the last T input frames, then ``fc`` and the activation.
+Metadata (frames): stem delay 1, each layer-1 block 2, layer 2 3 + 2x2, layer 3 (3 + 2x2) x 2,
+layer 4 (3 + 2x2) x 4: **D = 54 + 8 (T/8 - 1)** (54 for T=8, 62 for T=16), padding 54,
+receptive field D + 55 (109 / 117), **stride 8**: it emits at t = D, D + 8, D + 16, ..., and the
+output at t equals the clip model's features over frames 0..t (zero padded before frame 0)
+averaged over layer-4 positions (t - D)/8 .. (t - D)/8 + T/8 - 1 (``tests/test_cor2plus1d.py``
+against torchvision). Layers after each temporal stride run under ``lax.cond`` only on steps
+where it emits (:class:`StridedSequential` at the root, in each layer and each main branch).
+Per-step GMACs at 112 px (:func:`co3d_jax.flops.paper_step_macs`, paper convention): 4.923 on an
+emitting step, 1.637 on a step where no stride emits, **2.627 per frame** averaged over the
+stride-8 period (an 8-frame clip costs 2.55 per frame, so a prediction every 8 frames over 16
+frames costs half the clip model's).
 """
 
 from __future__ import annotations
 
 import dataclasses
 
-from ..layers import (Activation, BatchNorm, ClipOnlySequential, Conv, Dense, GlobalAvgPool, Sequential,
-                      broadcast_reduce)
+from ..layers import (Activation, BatchNorm, ClipOnlySequential, Conv, Delay, Dense, GlobalAvgPool, Pool, Sequential,
+                      StridedSequential, broadcast_reduce)
 from ..model import Model
 from ..normalisation import IMAGENET
-from .spec import FamilySpec, Reported
+from .spec import FamilySpec, Pattern, Reported
+
+TEMPORAL_STRIDE = 8  # layers 2-4 halve time once each
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +91,14 @@ class R2Plus1DConfig:
     num_classes: int = 400
     layers: tuple = (2, 2, 2, 2)
     head_activation: str = "softmax"  # "softmax" or "identity" (logits)
+    continual: bool = False
+
+    @property
+    def head_kernel(self) -> tuple:
+        """Continual head: average pool over the last ``clip_length // 8`` layer-4 outputs (= the
+        last ``clip_length`` input frames' features) and the final ``ceil(size / 16)`` map."""
+        f = -(-self.image_size // 16)
+        return (self.clip_length // TEMPORAL_STRIDE, f, f)
 
 
 def midplanes(inplanes: int, planes: int) -> int:
@@ -87,24 +117,33 @@ def conv2plus1d(c_in: int, c_out: int, mid: int, stride: int = 1) -> Sequential:
     )
 
 
-def basic_block(c_in: int, c_out: int, stride: int) -> Sequential:
+def basic_block(c_in: int, c_out: int, stride: int, continual: bool = False) -> Sequential:
+    """torchvision ``BasicBlock``. ``continual``: the main branch skips ``conv2`` on steps where
+    the strided ``conv1`` does not emit (:class:`StridedSequential`), and the shortcut starts with
+    ``delay`` = ``Delay(main.delay)`` *before* its temporally strided projection, so that it emits
+    on the main branch's frames (a Delay after it would count stride-2 steps); the params tree is
+    the clip model's (the Delay has none)."""
     mid = midplanes(c_in, c_out)
-    main = Sequential.of(
+    main = (StridedSequential if continual else Sequential).of(
         ("conv1", Sequential.of(("0", conv2plus1d(c_in, c_out, mid, stride)), ("1", BatchNorm(c_out)),
                                 ("2", Activation("relu")))),
         ("conv2", Sequential.of(("0", conv2plus1d(c_out, c_out, mid)), ("1", BatchNorm(c_out)))),
     )
+    delay = [("delay", Delay(main.delay))] if continual else []
     if stride != 1 or c_in != c_out:
-        skip = ("downsample", Sequential.of(("0", Conv(c_in, c_out, 1, (stride, stride, stride))),
+        skip = ("downsample", Sequential.of(*delay, ("0", Conv(c_in, c_out, 1, (stride, stride, stride))),
                                             ("1", BatchNorm(c_out))))
     else:
-        skip = ("skip", Activation("identity"))
-    # clip-only: no stream-mode delay alignment of the shortcut (auto_delay would rename it)
+        skip = ("skip", delay[0][1] if continual else Activation("identity"))
+    # the delays are explicit (auto_delay would nest the shortcut one level down and rename its params)
     return Sequential.of(("residual", broadcast_reduce(skip, ("main", main), auto_delay=False)),
                          ("relu", Activation("relu")))
 
 
-def build_r2plus1d(cfg: R2Plus1DConfig) -> ClipOnlySequential:
+def build_r2plus1d(cfg: R2Plus1DConfig) -> Sequential:
+    """The network: a :class:`ClipOnlySequential` (clip model) or, with ``cfg.continual``, a
+    :class:`StridedSequential` whose layers after a temporal stride run only on steps where it
+    emits, with the window-average head."""
     stem = Sequential.of(
         ("0", Conv(3, 45, (1, 7, 7), (1, 2, 2), (0, 3, 3))),
         ("1", BatchNorm(45)),
@@ -117,35 +156,46 @@ def build_r2plus1d(cfg: R2Plus1DConfig) -> ClipOnlySequential:
     c_in = 64
     for i, (planes, depth) in enumerate(zip((64, 128, 256, 512), cfg.layers)):
         stride = 1 if i == 0 else 2
-        blocks = [(str(b), basic_block(c_in if b == 0 else planes, planes, stride if b == 0 else 1))
+        blocks = [(str(b), basic_block(c_in if b == 0 else planes, planes, stride if b == 0 else 1, cfg.continual))
                   for b in range(depth)]
-        children.append((f"layer{i + 1}", Sequential.of(*blocks)))
+        children.append((f"layer{i + 1}", (StridedSequential if cfg.continual else Sequential).of(*blocks)))
         c_in = planes
-    children += [("avgpool", GlobalAvgPool()), ("fc", Dense(c_in, cfg.num_classes)),
-                 ("act", Activation(cfg.head_activation))]
-    return ClipOnlySequential.of(*children)
+    pool = Pool("avg", cfg.head_kernel, 1, 0) if cfg.continual else GlobalAvgPool()
+    children += [("avgpool", pool), ("fc", Dense(c_in, cfg.num_classes)), ("act", Activation(cfg.head_activation))]
+    return (StridedSequential if cfg.continual else ClipOnlySequential).of(*children)
 
 
-def r2plus1d_18(frames: int = 8, *, name: str | None = None, **options) -> Model:
-    """R(2+1)D-18 for ``frames``-frame clips (registry ``r2plus1d_18_8``, ``r2plus1d_18_16``);
-    ``options`` are :class:`R2Plus1DConfig` fields (``clip_length`` overrides ``frames``)."""
+def r2plus1d_18(frames: int = 8, *, continual: bool = False, name: str | None = None, **options) -> Model:
+    """R(2+1)D-18 for ``frames``-frame clips (registry ``r2plus1d_18_8``, ``r2plus1d_18_16``), or
+    with ``continual=True`` CoR(2+1)D-18 whose head averages the last ``frames`` frames' features
+    (``cor2plus1d_18_<frames>``, ``frames`` a multiple of 8); ``options`` are
+    :class:`R2Plus1DConfig` fields (``clip_length`` overrides ``frames``)."""
     unknown = set(options) - {f.name for f in dataclasses.fields(R2Plus1DConfig)}
     if unknown:
         raise TypeError(f"unknown R(2+1)D options {sorted(unknown)}")
     if options.get("head_activation", "softmax") not in ("softmax", "identity", "sigmoid"):
         raise ValueError(f"R(2+1)D: head_activation must be softmax, sigmoid or identity, got "
                          f"{options['head_activation']!r}")
-    cfg = R2Plus1DConfig(**{"clip_length": int(frames), **options})
-    return Model(name=name or f"r2plus1d_18_{cfg.clip_length}", net=build_r2plus1d(cfg), image_size=cfg.image_size,
+    cfg = R2Plus1DConfig(**{"clip_length": int(frames), **options, "continual": continual})
+    if continual and (cfg.clip_length < TEMPORAL_STRIDE or cfg.clip_length % TEMPORAL_STRIDE):
+        raise ValueError(f"CoR(2+1)D: the head window must be a positive multiple of {TEMPORAL_STRIDE} frames "
+                         f"(the network's temporal stride), got {cfg.clip_length}")
+    default = f"{'co' if continual else ''}r2plus1d_18_{cfg.clip_length}"
+    return Model(name=name or default, net=build_r2plus1d(cfg), image_size=cfg.image_size,
                  clip_length=cfg.clip_length, frame_rate=cfg.frame_rate, num_classes=cfg.num_classes,
-                 normalisation=IMAGENET, config=cfg, continual=False)
+                 normalisation=IMAGENET, config=cfg, continual=continual)
 
+
+_VARIANTS = {f"r2plus1d_18_{t}": dict(frames=t) for t in (8, 16)}
+_VARIANTS.update({f"cor2plus1d_18_{t}": dict(frames=t, continual=True) for t in (8, 16)})
 
 FAMILY = FamilySpec(
     name="r2plus1d",
-    description="R(2+1)D-18",
+    description="R(2+1)D-18/CoR(2+1)D-18",
     build=r2plus1d_18,
-    variants={f"r2plus1d_18_{t}": dict(frames=t) for t in (8, 16)},
+    variants=_VARIANTS,
+    patterns=(Pattern(r"cor2plus1d_18_(\d+)", lambda m: dict(frames=int(m[1]), continual=True),
+                      "cor2plus1d_18_<window>", lambda o: f"cor2plus1d_18_{o['frames']}"),),
     head="fc",
     final_bn=None,
     reported={"r2plus1d_18_8": Reported(53.52, 20.35), "r2plus1d_18_16": Reported(59.29, 40.71)},
