@@ -13,7 +13,7 @@ from co3d_jax.models.spec import spec_of
 
 def test_every_registered_name_builds_its_own_family():
     names = co3d_jax.list_models()
-    assert len(names) == 24
+    assert len(names) == 26
     for name in names:
         model = co3d_jax.create_model(name)
         assert model.name == name
@@ -23,7 +23,7 @@ def test_every_registered_name_builds_its_own_family():
 
 @pytest.mark.parametrize("name, window, classes, continual", [
     ("cox3d_s_32", 32, 400, True), ("cox3d_xs_7", 7, 400, True), ("coi3d_16_charades", 16, 157, True),
-    ("coslow_24", 24, 400, True),
+    ("coslow_24", 24, 400, True), ("cor2plus1d_18_24", 24, 400, True),
 ])
 def test_patterns_build_any_window(name, window, classes, continual):
     model = co3d_jax.create_model(name)
@@ -65,7 +65,7 @@ def test_reported_rows_and_paper_batches():
 
 
 def test_normalisation_comes_from_one_place():
-    imagenet = {"i3d_r50", "r2plus1d_18_8", "r2plus1d_18_16"}
+    imagenet = {"i3d_r50", "r2plus1d_18_8", "r2plus1d_18_16", "cor2plus1d_18_8", "cor2plus1d_18_16"}
     for name in co3d_jax.list_models():
         want = normalisation.IMAGENET if name in imagenet else normalisation.KINETICS
         assert co3d_jax.create_model(name).normalisation == want, name

@@ -94,6 +94,11 @@ class R2Plus1DConfig:
     continual: bool = False
 
     @property
+    def window(self) -> int:
+        """The continual head window in input frames (= ``clip_length``)."""
+        return self.clip_length
+
+    @property
     def head_kernel(self) -> tuple:
         """Continual head: average pool over the last ``clip_length // 8`` layer-4 outputs (= the
         last ``clip_length`` input frames' features) and the final ``ceil(size / 16)`` map."""
@@ -165,11 +170,14 @@ def build_r2plus1d(cfg: R2Plus1DConfig) -> Sequential:
     return (StridedSequential if cfg.continual else ClipOnlySequential).of(*children)
 
 
-def r2plus1d_18(frames: int = 8, *, continual: bool = False, name: str | None = None, **options) -> Model:
+def r2plus1d_18(frames: int = 8, *, continual: bool = False, window: int | None = None, name: str | None = None,
+                **options) -> Model:
     """R(2+1)D-18 for ``frames``-frame clips (registry ``r2plus1d_18_8``, ``r2plus1d_18_16``), or
-    with ``continual=True`` CoR(2+1)D-18 whose head averages the last ``frames`` frames' features
-    (``cor2plus1d_18_<frames>``, ``frames`` a multiple of 8); ``options`` are
-    :class:`R2Plus1DConfig` fields (``clip_length`` overrides ``frames``)."""
+    with ``continual=True`` CoR(2+1)D-18 whose head averages the last ``window`` (default
+    ``frames``) frames' features (``cor2plus1d_18_<window>``, a multiple of 8); ``options`` are
+    :class:`R2Plus1DConfig` fields (``clip_length`` overrides both)."""
+    if window is not None:
+        frames = window
     unknown = set(options) - {f.name for f in dataclasses.fields(R2Plus1DConfig)}
     if unknown:
         raise TypeError(f"unknown R(2+1)D options {sorted(unknown)}")
@@ -187,15 +195,15 @@ def r2plus1d_18(frames: int = 8, *, continual: bool = False, name: str | None = 
 
 
 _VARIANTS = {f"r2plus1d_18_{t}": dict(frames=t) for t in (8, 16)}
-_VARIANTS.update({f"cor2plus1d_18_{t}": dict(frames=t, continual=True) for t in (8, 16)})
+_VARIANTS.update({f"cor2plus1d_18_{t}": dict(window=t, continual=True) for t in (8, 16)})
 
 FAMILY = FamilySpec(
     name="r2plus1d",
     description="R(2+1)D-18/CoR(2+1)D-18",
     build=r2plus1d_18,
     variants=_VARIANTS,
-    patterns=(Pattern(r"cor2plus1d_18_(\d+)", lambda m: dict(frames=int(m[1]), continual=True),
-                      "cor2plus1d_18_<window>", lambda o: f"cor2plus1d_18_{o['frames']}"),),
+    patterns=(Pattern(r"cor2plus1d_18_(\d+)", lambda m: dict(window=int(m[1]), continual=True),
+                      "cor2plus1d_18_<window>", lambda o: f"cor2plus1d_18_{o['window']}"),),
     head="fc",
     final_bn=None,
     reported={"r2plus1d_18_8": Reported(53.52, 20.35), "r2plus1d_18_16": Reported(59.29, 40.71)},
