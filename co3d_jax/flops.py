@@ -174,37 +174,40 @@ def paper_step_macs(model, *, count_padded: bool = True, linear_quirk: bool = Tr
     if model.net.stride == 1:
         return {"emit": emit, "skip": emit, "average": float(emit)}
     with padded_taps(count_padded):
-        average = _rated_macs(model.net, model.frame_shape, 1.0)
-        skip = _rated_macs(model.net, model.frame_shape, 1.0, skip=True)
+        average = _rated_macs(model.net, model.frame_shape, 1.0)[0]
+        skip = _rated_macs(model.net, model.frame_shape, 1.0, skip=True)[0]
     if linear_quirk:
         average += _projection_quirk(model) / model.net.stride
     return {"emit": emit, "skip": int(skip), "average": average}
 
 
-def _rated_macs(layer, in_shape, rate: float, skip: bool = False) -> float:
-    """Mean step MACs of ``layer`` when its input is valid on a fraction ``rate`` of the frames
-    (``skip``: the cost on a step where no strided layer emits; ``rate`` is then 1 or 0)."""
-    if rate == 0:
-        return 0.0
+def _rated_macs(layer, in_shape, rate, skip: bool = False) -> tuple[float, Any]:
+    """``(mean step MACs, output rate)`` of ``layer`` when its input is valid on a fraction
+    ``rate`` of the frames (a tuple of fractions for a tuple of streams); ``skip``: on a step
+    where no strided layer emits (rates are then 1 or 0). A layer with streams of different rates
+    (SlowFast's) says how it splits them in ``rated_macs(in_shape, rate, skip, recurse)``."""
+    if hasattr(layer, "rated_macs"):
+        return layer.rated_macs(in_shape, rate, skip, _rated_macs)
     if isinstance(layer, Sequential):
         total = 0.0
         for (_, child), shape in zip(layer.children, layer.shapes(in_shape)):
-            total += _rated_macs(child, shape, rate, skip)
-            rate = 0.0 if skip and child.stride > 1 else rate / child.stride
-        return total
+            cost, rate = _rated_macs(child, shape, rate, skip)
+            total += cost
+        return total, rate
     if isinstance(layer, Parallel):
         shapes = (in_shape,) * len(layer.branches) if isinstance(layer, BroadcastReduce) else in_shape
-        total = sum(_rated_macs(b, s, rate, skip) for (_, b), s in zip(layer.branches, shapes))
+        rates = rate if isinstance(rate, tuple) else (rate,) * len(layer.branches)
+        parts = [_rated_macs(b, s, r, skip) for (_, b), s, r in zip(layer.branches, shapes, rates)]
+        out = tuple(r for _, r in parts) if isinstance(rate, tuple) else parts[0][1]
         # what the container adds beside its branches (a BroadcastReduce's reduction) runs on its outputs
         own = layer.macs(in_shape) - sum(b.macs(s) for (_, b), s in zip(layer.branches, shapes))
-        out_rate = 0.0 if skip and layer.stride > 1 else rate / layer.stride
-        return total + own * out_rate
+        return sum(c for c, _ in parts) + (own * out if own else 0.0), out
     s = layer.stride
-    if s == 1:
-        return rate * layer.macs(in_shape)
+    if s == 1 or rate == 0:
+        return rate * layer.macs(in_shape), rate
     if skip:
-        return rate * layer.store_macs(in_shape)
-    return rate * (layer.macs(in_shape) + (s - 1) * layer.store_macs(in_shape)) / s
+        return rate * layer.store_macs(in_shape), 0.0
+    return rate * (layer.macs(in_shape) + (s - 1) * layer.store_macs(in_shape)) / s, rate / s
 
 
 # ---------------------------------------------------------------------------------------- XLA

@@ -382,7 +382,12 @@ class Parallel(Layer):
 @static
 class Pathways(Parallel):
     """A :class:`Parallel` over streams whose clip lengths differ (SlowFast's slow and fast
-    pathways): ``macs`` and :func:`clip_length` take a tuple of per-stream lengths."""
+    pathways): ``macs`` and :func:`clip_length` take a tuple of per-stream lengths.
+
+    In stream mode the streams may also run at different rates: with a tuple ``valid`` (one
+    ``(B,)`` mask per stream) each branch steps on its own stream's validity, under ``lax.cond``
+    (skipped, its state kept, on steps where no stream's input to it is valid), and the output
+    validity is the tuple of the branches'. A single ``valid`` is a :class:`Parallel` step."""
 
     def macs(self, in_shape, t=None):
         ts = t if isinstance(t, tuple) else (t,) * len(self.branches)
@@ -390,6 +395,33 @@ class Pathways(Parallel):
 
     def clip_lengths(self, t):
         return tuple(clip_length(b, ti) for (_, b), ti in zip(self.branches, t))
+
+    def step(self, params, state, xs, valid):
+        if not isinstance(valid, (tuple, list)):
+            return super().step(params, state, xs, valid)
+        params, state = params or {}, state or {}
+        new_state, outs = {}, []
+        for (n, b), x, v in zip(self.branches, xs, valid):
+            new_state[n], out = cond_step(b, params.get(n), state.get(n), x, v)
+            outs.append(out)
+        return _drop_none(new_state), Out(tuple(o.y for o in outs), tuple(o.valid for o in outs))
+
+
+def cond_step(layer: Layer, params, state, x, valid) -> tuple:
+    """``layer.step`` under ``lax.cond``: when no stream's input is valid, the state is kept and
+    the output is zeros with ``valid`` False, without computing the layer."""
+    def run(operands):
+        st, x, v = operands
+        new, out = layer.step(params, st, x, v)
+        # a stateless layer may give {} for None: keep the input's (empty) structure for lax.cond
+        return (st if not jax.tree.leaves(new) and not jax.tree.leaves(st) else new), out
+
+    def skip(operands):
+        st, x, v = operands
+        y = jax.eval_shape(run, operands)[1].y
+        return st, Out(jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), y), jnp.zeros_like(v))
+
+    return lax.cond(jnp.any(valid), run, skip, (state, x, valid))
 
 
 @static

@@ -46,7 +46,28 @@ elements) is counted, which is why :class:`IdentityPool` exists. Against pytorch
 (no identity pools, a final ``AdaptiveAvgPool3d`` on the logits and no softmax) our count is
 ptflops 0.7.5 + 2 x pool elements + 400 - 800, asserted to the MAC in ``tests/test_slowfast.py``.
 
-Clip-only: :meth:`Model.init_state` / :meth:`Model.step` raise ``NotImplementedError``.
+Clip models: :meth:`Model.init_state` / :meth:`Model.step` raise ``NotImplementedError``.
+
+CoSlowFast-R50 (``coslowfast_8x8_r50``, ``coslowfast_4x16_r50``; head window ``window=T``
+frames, default 32, also ``coslowfast_<v>_r50_<T>``; issue #21, not in the paper): the same
+network and params tree (the same weights load), stepped frame by frame. The fast pathway steps
+on every frame; the slow pathway on every alpha-th frame (frames 0, alpha, 2 alpha, ... of the
+stream: uniform sampling, not ``linspace``, which no causal stream can do); every temporal conv is
+a continual conv with zero fill, the fusions' ``conv_f2s`` (stride alpha) included; the two inputs
+of each fusion's concatenation and of the head are aligned by delays computed in
+:func:`build_slowfast` (a slow pathway can only wait whole slow steps, so the fast side takes
+the remainder, placed before the strided conv / pool); the head averages the last T/alpha slow
+and the last T fast outputs (the fast pool strided by alpha). Validity is a per-pathway tuple
+between the pack and the head (:class:`~co3d_jax.layers.Pathways`), and a pathway's layers are
+skipped under ``lax.cond`` on frames where it has no input. Metadata (input frames; window 32):
+8x8 delay 76, receptive field 125, padding 48; 4x16 delay 112, RF 196, padding 83; a window T
+adds T - 32 to both. **Stride alpha**: it emits at t = D, D + alpha, ..., and the output at t
+equals the clip SlowFast over frames 0..t (zero padded before frame 0) with slow input
+``x[::alpha]``, its pathway features averaged over slow outputs (t - D)/alpha .. + T/alpha - 1 and
+fast outputs t - D .. t - D + T - 1 (``tests/test_coslowfast.py`` against pytorchvideo). Per-step
+GMACs at 256 px (:func:`co3d_jax.flops.paper_step_macs`): 8x8 7.692 emitting, 0.409 on a step
+where only the fast pathway runs, **2.229 per frame** averaged over alpha frames (the clip model:
+2.08 per frame of a 32-frame clip); 4x16 7.640 / 0.357 / **1.268** (clip 1.14).
 """
 
 from __future__ import annotations
@@ -56,12 +77,12 @@ import dataclasses
 import jax.numpy as jnp
 import numpy as np
 
-from ..layers import (Activation, BatchNorm, ClipOnlySequential, Conv, Dense, IdentityPool, Layer, Pathways, Pool,
-                      Sequential, clip_length, fold_batchnorm)
-from ..layers.base import check_input, static
+from ..layers import (Activation, BatchNorm, ClipOnlySequential, Conv, Delay, Dense, IdentityPool, Layer, Out, Pathways,
+                      Pool, Sequential, clip_length, fold_batchnorm)
+from ..layers.base import check_input, counter_advance, counter_init, gate, static
 from ..model import Model
 from ..normalisation import KINETICS
-from .spec import FamilySpec, Reported
+from .spec import FamilySpec, Pattern, Reported
 from .blocks import res_block
 from .resnet3d import bottleneck, stem
 
@@ -93,26 +114,43 @@ def slow_indices(frames: int, alpha: int) -> np.ndarray:
 # -------------------------------------------------------------------------------- layers
 @static
 class PackPathways(Layer):
-    """``x -> (x[:, slow_indices(T, alpha)], x)``: the (slow, fast) pathway inputs."""
+    """``x -> (x[:, slow_indices(T, alpha)], x)``: the (slow, fast) pathway inputs. ``uniform``
+    (the continual model): the slow pathway takes every ``alpha``-th frame, ``x[:, ::alpha]``,
+    and in stream mode the slow output is valid on the 0th, alpha-th, 2 alpha-th ... valid frame
+    (a per-stream validity tuple ``(slow, fast)``)."""
 
     alpha: int = 4
+    uniform: bool = False
+
+    def indices(self, frames: int) -> np.ndarray:
+        return np.arange(0, frames, self.alpha) if self.uniform else slow_indices(frames, self.alpha)
 
     def out_shape(self, in_shape):
         return (in_shape, in_shape)
 
     def clip_lengths(self, t: int):
-        return (len(slow_indices(t, self.alpha)), t)
+        return (len(self.indices(t)), t)
 
     def macs(self, in_shape, t=None):
         return 0  # index_select: not counted by ptflops
 
+    def rated_macs(self, in_shape, rate, skip, recurse):
+        return 0, (0.0 if skip else rate / self.alpha, rate)
+
     def forward(self, params, x):
         check_input(self, x, clip=True)
-        idx = slow_indices(x.shape[1], self.alpha)
-        return (jnp.take(x, jnp.asarray(idx), axis=1), x)
+        return (jnp.take(x, jnp.asarray(self.indices(x.shape[1])), axis=1), x)
+
+    def init_state(self, batch, in_shape, dtype=jnp.float32):
+        return {"n": counter_init(batch)} if self.uniform else None
 
     def step(self, params, state, x, valid):
-        raise NotImplementedError("clip-only model: SlowFast has no continual (frame-by-frame) mode")
+        if not self.uniform:
+            raise NotImplementedError("clip-only model: SlowFast's linspace frame sampling has no continual "
+                                      "(frame-by-frame) mode")
+        check_input(self, x, clip=False)
+        slow, n_next, _ = counter_advance(state["n"], valid, 0, self.alpha)
+        return gate(valid, {"n": n_next}, state), Out((x, x), (slow, valid))
 
 
 @static
@@ -124,18 +162,27 @@ class FuseFastToSlow(Layer):
 
     ``path`` is an ordinary :class:`Sequential`, so training mode (batch-statistics BN) and
     :func:`~co3d_jax.layers.fold_batchnorm` (through :meth:`fold_batchnorm`) treat its BN like
-    every other one."""
+    every other one.
+
+    Stream mode (the continual model): the inputs are valid on their own pathway's frames (a
+    ``(slow, fast)`` validity tuple); ``conv_f2s`` is a continual conv with stride alpha on the
+    fast frames. The two inputs of the concatenation are aligned by a Delay of ``fast_delay``
+    fast frames at the start of ``path`` (before the strided conv, so any number of frames) and
+    one of ``slow_delay`` slow steps on the slow pathway; both are identities in clip mode."""
 
     path: Sequential
+    slow_delay: int = 0
 
     @classmethod
-    def of(cls, fast_channels: int, ratio: int = 2, kernel_t: int = 7, alpha: int = 4) -> "FuseFastToSlow":
+    def of(cls, fast_channels: int, ratio: int = 2, kernel_t: int = 7, alpha: int = 4, fast_delay: int = 0,
+           slow_delay: int = 0) -> "FuseFastToSlow":
         c, k = fast_channels, kernel_t
         return cls(Sequential.of(
+            *([("delay", Delay(fast_delay))] if fast_delay else []),
             ("conv_f2s", Conv(c, c * ratio, (k, 1, 1), (alpha, 1, 1), (k // 2, 0, 0))),
             ("bn", BatchNorm(c * ratio)),
             ("relu", Activation("relu")),
-        ))
+        ), slow_delay)
 
     def out_shape(self, in_shape):
         slow, fast = in_shape
@@ -147,8 +194,23 @@ class FuseFastToSlow(Layer):
     def macs(self, in_shape, t=None):
         return self.path.macs(in_shape[1], None if t is None else t[1])  # torch.cat: not counted
 
+    def rated_macs(self, in_shape, rate, skip, recurse):
+        return recurse(self.path, in_shape[1], rate[1], skip)[0], rate
+
     def init(self, key, in_shape):
         return self.path.init(key, in_shape[1])
+
+    def init_state(self, batch, in_shape, dtype=jnp.float32):
+        state = {"slow": Delay(self.slow_delay).init_state(batch, in_shape[0], dtype),
+                 "path": self.path.init_state(batch, in_shape[1], dtype)}
+        return {k: v for k, v in state.items() if v is not None}
+
+    def step(self, params, state, xs, valid):
+        (slow, fast), (v_slow, v_fast) = xs, valid
+        s_slow, (slow, v_slow) = Delay(self.slow_delay).step(None, state.get("slow"), slow, v_slow)
+        s_path, (fused, v_fused) = self.path.step(params, state.get("path"), fast, v_fast)
+        new = {k: v for k, v in {"slow": s_slow, "path": s_path}.items() if v is not None}
+        return new, Out((jnp.concatenate([slow, fused.astype(slow.dtype)], axis=-1), fast), (v_slow & v_fused, v_fast))
 
     def forward(self, params, xs):
         slow, fast = xs
@@ -176,23 +238,29 @@ class FuseFastToSlow(Layer):
                              f"{slow.shape[1]} slow frames (clip length / alpha mismatch)")
         return jnp.concatenate([slow, fused.astype(slow.dtype)], axis=-1)
 
-    def step(self, params, state, x, valid):
-        raise NotImplementedError("clip-only model: SlowFast has no continual (frame-by-frame) mode")
 
 
 @static
 class SlowFastHead(Layer):
     """PySlowFast ``ResNetBasicHead``: per-pathway average pool (stride 1), concat,
-    ``projection``, activation (per position). Params ``{"projection": ...}``."""
+    ``projection``, activation (per position). Params ``{"projection": ...}``.
+
+    The continual head (``fast_stride`` = alpha): the fast pool averages the last T fast frames
+    with stride alpha, so that its outputs pair with the slow pool's (the last T/alpha slow
+    frames); ``slow_delay`` (slow steps, after the slow pool) and ``fast_delay`` (fast frames,
+    before the strided fast pool) align them in stream mode."""
 
     channels: tuple = (2048, 256)
     pool_kernels: tuple = ((8, 8, 8), (32, 8, 8))
     num_classes: int = 400
     activation: str = "softmax"
+    fast_stride: int = 1
+    slow_delay: int = 0
+    fast_delay: int = 0
 
     @property
     def pools(self):
-        return tuple(Pool("avg", k, 1, 0) for k in self.pool_kernels)
+        return Pool("avg", self.pool_kernels[0], 1, 0), Pool("avg", self.pool_kernels[1], (self.fast_stride, 1, 1), 0)
 
     @property
     def projection(self) -> Dense:
@@ -209,14 +277,39 @@ class SlowFastHead(Layer):
         return clip_length(self.pools[0], t[0])
 
     def macs(self, in_shape, t=None):
-        if t is None:
-            raise NotImplementedError("clip-only model: SlowFast has no continual (frame-by-frame) mode")
-        total = sum(p.macs(s, ti) for p, s, ti in zip(self.pools, in_shape, t))
+        ts = (None, None) if t is None else t
+        total = sum(p.macs(s, ti) for p, s, ti in zip(self.pools, in_shape, ts))
+        return total + self._classify_macs(in_shape, None if t is None else clip_length(self.pools[0], t[0]))
+
+    def _classify_macs(self, in_shape, t_out):
         pooled = self._pooled_shapes(in_shape)
-        t_out = clip_length(self.pools[0], t[0])
         cat = (*pooled[0][:-1], sum(s[-1] for s in pooled))
-        total += self.projection.macs(cat, t_out)
-        return total + Activation(self.activation).macs(self.out_shape(in_shape), t_out)
+        return self.projection.macs(cat, t_out) + Activation(self.activation).macs(self.out_shape(in_shape), t_out)
+
+    def rated_macs(self, in_shape, rate, skip, recurse):
+        slow_pool, fast_pool = self.pools
+        cost = recurse(slow_pool, in_shape[0], rate[0], skip)[0]
+        cost_f, out_rate = recurse(fast_pool, in_shape[1], rate[1], skip)
+        return cost + cost_f + out_rate * self._classify_macs(in_shape, None), out_rate
+
+    def init_state(self, batch, in_shape, dtype=jnp.float32):
+        slow_pool, fast_pool = self.pools
+        state = {"slow_pool": slow_pool.init_state(batch, in_shape[0], dtype),
+                 "slow_delay": Delay(self.slow_delay).init_state(batch, slow_pool.out_shape(in_shape[0]), dtype),
+                 "fast_delay": Delay(self.fast_delay).init_state(batch, in_shape[1], dtype),
+                 "fast_pool": fast_pool.init_state(batch, in_shape[1], dtype)}
+        return {k: v for k, v in state.items() if v is not None}
+
+    def step(self, params, state, xs, valid):
+        slow_pool, fast_pool = self.pools
+        new = {}
+        new["slow_pool"], out_s = slow_pool.step(None, state.get("slow_pool"), xs[0], valid[0])
+        new["slow_delay"], out_s = Delay(self.slow_delay).step(None, state.get("slow_delay"), *out_s)
+        new["fast_delay"], out_f = Delay(self.fast_delay).step(None, state.get("fast_delay"), xs[1], valid[1])
+        new["fast_pool"], out_f = fast_pool.step(None, state.get("fast_pool"), *out_f)
+        y = self.projection.apply(params["projection"], jnp.concatenate([out_s.y, out_f.y.astype(out_s.y.dtype)], -1))
+        return ({k: v for k, v in new.items() if v is not None},
+                Out(Activation(self.activation).apply(None, y), out_s.valid & out_f.valid))
 
     def init(self, key, in_shape=None):
         return {"projection": self.projection.init(key)}
@@ -229,14 +322,37 @@ class SlowFastHead(Layer):
         y = self.projection.apply(params["projection"], jnp.concatenate(pooled, axis=-1))
         return Activation(self.activation).apply(None, y)
 
-    def step(self, params, state, x, valid):
-        raise NotImplementedError("clip-only model: SlowFast has no continual (frame-by-frame) mode")
-
 
 class SlowFastNet(ClipOnlySequential):
     """Root container: pack, s1, s1_fuse, ..., s5, head. Clip mode only; its ``macs`` follow the
     two pathways' clip lengths separately (:func:`~co3d_jax.layers.clip_length` through
     ``clip_lengths`` of :class:`PackPathways`, :class:`~co3d_jax.layers.Pathways`, ...)."""
+
+
+@static
+class CoSlowFastNet(Sequential):
+    """Root container of the continual SlowFast: the same children, stepped frame by frame. The
+    temporal metadata of a two-rate network is not a chain of single-stream strides, so the
+    builder computes it (:func:`build_slowfast`) and stores it here: ``meta`` = (delay,
+    receptive field, padding, stride) in input frames."""
+
+    meta: tuple = (0, 1, 0, 1)
+
+    @property
+    def delay(self):
+        return self.meta[0]
+
+    @property
+    def receptive_field(self):
+        return self.meta[1]
+
+    @property
+    def padding(self):
+        return self.meta[2]
+
+    @property
+    def stride(self):
+        return self.meta[3]
 
 
 # -------------------------------------------------------------------------------- config / builder
@@ -256,6 +372,12 @@ class SlowFastConfig:
     frame_rate: int = 2
     num_classes: int = 400
     head_activation: str = "softmax"  # "softmax", "sigmoid" or "identity" (logits)
+    continual: bool = False
+
+    @property
+    def window(self) -> int:
+        """The continual head window in input (fast) frames (= ``clip_length``)."""
+        return self.clip_length
 
     @property
     def stage_depths(self) -> tuple:
@@ -267,19 +389,57 @@ class SlowFastConfig:
         return ((self.clip_length // self.alpha, s, s), (self.clip_length, s, s))
 
 
-def _bottleneck_block(c_in: int, c_out: int, inner: int, kt: int, stride: int) -> Sequential:
-    return res_block(bottleneck(c_in, c_out, inner, kt, stride), c_in, c_out, stride, continual=False)
+def _bottleneck_block(c_in: int, c_out: int, inner: int, kt: int, stride: int, continual: bool) -> Sequential:
+    return res_block(bottleneck(c_in, c_out, inner, kt, stride), c_in, c_out, stride, continual=continual)
 
 
-def build_slowfast(cfg: SlowFastConfig) -> SlowFastNet:
-    w, beta, ratio = cfg.width_per_group, cfg.beta_inv, cfg.fusion_conv_channel_ratio
-    fuse = dict(ratio=ratio, kernel_t=cfg.fusion_kernel_size, alpha=cfg.alpha)
+class _Latency:
+    """The continual builder's alignment bookkeeping, in input frames: slow output ``j`` of the
+    current depth appears at frame ``alpha * j + slow``, fast output ``i`` at ``i + fast``;
+    ``left_slow``/``left_fast``: the earliest input frame output 0 of each pathway depends on
+    (negative: zero padding before the stream)."""
+
+    def __init__(self, alpha: int):
+        self.alpha, self.slow, self.fast, self.left_slow, self.left_fast = alpha, 0, 0, 0, 0
+
+    def pathways(self, slow: Layer, fast: Layer) -> None:
+        self.slow += self.alpha * slow.delay
+        self.fast += fast.delay
+        self.left_slow -= self.alpha * slow.padding
+        self.left_fast -= fast.padding
+
+    def align(self, slow_at: int, fast_at: int) -> tuple[int, int]:
+        """Delays ``(slow steps, fast frames)`` making a slow output that would appear at
+        ``alpha * j + slow_at`` and a fast one at ``alpha * j + fast_at`` appear together (the
+        slow pathway can only wait whole slow steps; the fast one any number of frames)."""
+        m = max(0, -(-(fast_at - slow_at) // self.alpha))
+        return m, slow_at + m * self.alpha - fast_at
+
+
+def build_slowfast(cfg: SlowFastConfig) -> Sequential:
+    """The network: a :class:`SlowFastNet` (clip model) or, with ``cfg.continual``, a
+    :class:`CoSlowFastNet` with uniform slow sampling, the fusions and the head aligned by delays
+    and the fast head pool strided by alpha."""
+    w, beta, ratio, alpha = cfg.width_per_group, cfg.beta_inv, cfg.fusion_conv_channel_ratio, cfg.alpha
+    fuse = dict(ratio=ratio, kernel_t=cfg.fusion_kernel_size, alpha=alpha)
     k_stem = _TEMPORAL_KERNELS[0]
+    lat = _Latency(alpha)
+
+    def fusion(fast_channels: int) -> FuseFastToSlow:
+        if not cfg.continual:
+            return FuseFastToSlow.of(fast_channels, **fuse)
+        conv = FuseFastToSlow.of(fast_channels, **fuse).path["conv_f2s"]
+        m, d = lat.align(lat.slow, lat.fast + conv.delay)
+        lat.slow += m * alpha
+        lat.left_slow = min(lat.left_slow, lat.left_fast - conv.padding)
+        return FuseFastToSlow.of(fast_channels, **fuse, fast_delay=d, slow_delay=m)
+
+    stems = (stem(w, k_stem[0]), stem(w // beta, k_stem[1]))
+    lat.pathways(*stems)
     children = [
-        ("pack", PackPathways(cfg.alpha)),
-        ("s1", Pathways.of(("pathway0_stem", stem(w, k_stem[0])), ("pathway1_stem", stem(w // beta, k_stem[1])),
-                           auto_delay=False)),
-        ("s1_fuse", FuseFastToSlow.of(w // beta, **fuse)),
+        ("pack", PackPathways(alpha, uniform=cfg.continual)),
+        ("s1", Pathways.of(("pathway0_stem", stems[0]), ("pathway1_stem", stems[1]), auto_delay=False)),
+        ("s1_fuse", fusion(w // beta)),
     ]
     slow_in, fast_in = w + w // beta * ratio, w // beta
     for s, depth in enumerate(cfg.stage_depths):
@@ -291,20 +451,30 @@ def build_slowfast(cfg: SlowFastConfig) -> SlowFastNet:
         for p, (c_in, c_out, inner, kt) in enumerate(((slow_in, slow_out, slow_inner, k_slow),
                                                        (fast_in, fast_out, fast_inner, k_fast))):
             blocks = [(f"res{i}", _bottleneck_block(c_in if i == 0 else c_out, c_out, inner, kt,
-                                                    stride if i == 0 else 1)) for i in range(depth)]
+                                                    stride if i == 0 else 1, cfg.continual)) for i in range(depth)]
             pathways.append((f"pathway{p}", Sequential.of(*blocks)))
+        lat.pathways(pathways[0][1], pathways[1][1])
         children.append((f"s{s + 2}", Pathways.of(*pathways, auto_delay=False)))
         if s + 1 < len(cfg.stage_depths):
-            children.append((f"s{s + 2}_fuse", FuseFastToSlow.of(fast_out, **fuse)))
+            children.append((f"s{s + 2}_fuse", fusion(fast_out)))
             if s == 0:  # PySlowFast's identity pools between s2 and s3 (_POOL1["slowfast"] = 1x1x1)
                 children.append(("pathway_pool", Pathways.of(("pathway0_pool", IdentityPool()),
                                                              ("pathway1_pool", IdentityPool()), auto_delay=False)))
             slow_in, fast_in = slow_out + fast_out * ratio, fast_out
         else:
             slow_in, fast_in = slow_out, fast_out
+    if not cfg.continual:
+        children.append(("head", SlowFastHead((slow_in, fast_in), cfg.head_pool_kernels, cfg.num_classes,
+                                              cfg.head_activation)))
+        return SlowFastNet.of(*children)
+    # head: slow pool output q (slow steps q .. q + T/alpha - 1) appears at alpha*q + slow + T - alpha,
+    # the alpha-strided fast pool's (fast frames alpha*q .. alpha*q + T - 1) at alpha*q + fast + T - 1
+    t = cfg.clip_length
+    m, d = lat.align(lat.slow + t - alpha, lat.fast + t - 1)
     children.append(("head", SlowFastHead((slow_in, fast_in), cfg.head_pool_kernels, cfg.num_classes,
-                                          cfg.head_activation)))
-    return SlowFastNet.of(*children)
+                                          cfg.head_activation, fast_stride=alpha, slow_delay=m, fast_delay=d)))
+    delay, padding = lat.slow + t - alpha + m * alpha, -min(lat.left_slow, lat.left_fast)
+    return CoSlowFastNet(tuple(children), meta=(delay, delay + 1 + padding, padding, alpha))
 
 
 SLOWFAST_VARIANTS = {
@@ -313,15 +483,19 @@ SLOWFAST_VARIANTS = {
 }
 
 
-def slowfast_r50(variant: str, *, name: str | None = None, **options) -> Model:
-    """SlowFast-R50 ``variant`` (``"8x8"`` or ``"4x16"``); ``options`` are
-    :class:`SlowFastConfig` fields."""
+def slowfast_r50(variant: str, *, continual: bool = False, window: int | None = None, name: str | None = None,
+                 **options) -> Model:
+    """SlowFast-R50 ``variant`` (``"8x8"`` or ``"4x16"``), or with ``continual=True`` CoSlowFast
+    whose head averages the last ``window`` (default 32) frames; ``options`` are
+    :class:`SlowFastConfig` fields (``clip_length`` is the window)."""
+    if window is not None:
+        options["clip_length"] = int(window)
     if variant not in SLOWFAST_VARIANTS:
         raise ValueError(f"unknown SlowFast variant {variant!r}; choose from {sorted(SLOWFAST_VARIANTS)}")
     unknown = set(options) - {f.name for f in dataclasses.fields(SlowFastConfig)}
     if unknown:
         raise TypeError(f"unknown SlowFast options {sorted(unknown)}")
-    cfg = SlowFastConfig(**{**SLOWFAST_VARIANTS[variant], **options})
+    cfg = SlowFastConfig(**{**SLOWFAST_VARIANTS[variant], **options, "continual": continual})
     if cfg.depth not in _STAGE_DEPTHS:
         raise ValueError(f"SlowFast: depth must be one of {sorted(_STAGE_DEPTHS)}, got {cfg.depth}")
     if cfg.head_activation not in ("softmax", "sigmoid", "identity"):
@@ -329,16 +503,29 @@ def slowfast_r50(variant: str, *, name: str | None = None, **options) -> Model:
     if cfg.clip_length // cfg.alpha < 1 or cfg.image_size < 32:
         raise ValueError(f"SlowFast: clip_length {cfg.clip_length} / image_size {cfg.image_size} too small "
                          f"(need >= alpha = {cfg.alpha} frames and >= 32 px)")
-    return Model(name=name or f"slowfast_{variant}_r50", net=build_slowfast(cfg), image_size=cfg.image_size,
+    if continual and cfg.clip_length % cfg.alpha:
+        raise ValueError(f"CoSlowFast: the head window {cfg.clip_length} must be a multiple of alpha = {cfg.alpha}")
+    default = f"{'co' if continual else ''}slowfast_{variant}_r50"
+    return Model(name=name or default, net=build_slowfast(cfg), image_size=cfg.image_size,
                  clip_length=cfg.clip_length, frame_rate=cfg.frame_rate, num_classes=cfg.num_classes,
-                 normalisation=KINETICS, config=cfg, continual=False)
+                 normalisation=KINETICS, config=cfg, continual=continual)
+
+
+_VARIANTS = {f"slowfast_{v}_r50": dict(variant=v) for v in SLOWFAST_VARIANTS}
+_VARIANTS.update({f"coslowfast_{v}_r50": dict(variant=v, continual=True) for v in SLOWFAST_VARIANTS})
+
+
+def _pattern_name(o: dict) -> str:
+    return f"coslowfast_{o['variant']}_r50" + (f"_{o['window']}" if o.get("window") else "")
 
 
 FAMILY = FamilySpec(
     name="slowfast",
-    description="SlowFast-R50",
+    description="SlowFast-R50/CoSlowFast-R50",
     build=slowfast_r50,
-    variants={f"slowfast_{v}_r50": dict(variant=v) for v in SLOWFAST_VARIANTS},
+    variants=_VARIANTS,
+    patterns=(Pattern(r"coslowfast_(8x8|4x16)_r50_(\d+)", lambda m: dict(variant=m[1], continual=True, window=int(m[2])),
+                      "coslowfast_<8x8|4x16>_r50_<window>", _pattern_name),),
     final_bn="c_bn",
     reported={"slowfast_8x8_r50": Reported(68.45, 66.25), "slowfast_4x16_r50": Reported(67.06, 36.46)},
     paper_batch=lambda name: 16,  # co3d's profiling scripts (reference §5.5)
