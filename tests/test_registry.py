@@ -13,7 +13,7 @@ from co3d_jax.models.spec import spec_of
 
 def test_every_registered_name_builds_its_own_family():
     names = co3d_jax.list_models()
-    assert len(names) == 26
+    assert len(names) == 28
     for name in names:
         model = co3d_jax.create_model(name)
         assert model.name == name
@@ -23,7 +23,7 @@ def test_every_registered_name_builds_its_own_family():
 
 @pytest.mark.parametrize("name, window, classes, continual", [
     ("cox3d_s_32", 32, 400, True), ("cox3d_xs_7", 7, 400, True), ("coi3d_16_charades", 16, 157, True),
-    ("coslow_24", 24, 400, True), ("cor2plus1d_18_24", 24, 400, True),
+    ("coslow_24", 24, 400, True), ("cor2plus1d_18_24", 24, 400, True), ("coslowfast_8x8_r50_64", 64, 400, True),
 ])
 def test_patterns_build_any_window(name, window, classes, continual):
     model = co3d_jax.create_model(name)

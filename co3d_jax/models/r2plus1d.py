@@ -177,6 +177,9 @@ def r2plus1d_18(frames: int = 8, *, continual: bool = False, window: int | None 
     ``frames``) frames' features (``cor2plus1d_18_<window>``, a multiple of 8); ``options`` are
     :class:`R2Plus1DConfig` fields (``clip_length`` overrides both)."""
     if window is not None:
+        if not continual:
+            raise TypeError("unknown R(2+1)D options ['window'] (a head window is a continual option; the clip "
+                            "models take clip_length)")
         frames = window
     unknown = set(options) - {f.name for f in dataclasses.fields(R2Plus1DConfig)}
     if unknown:

@@ -489,6 +489,9 @@ def slowfast_r50(variant: str, *, continual: bool = False, window: int | None = 
     whose head averages the last ``window`` (default 32) frames; ``options`` are
     :class:`SlowFastConfig` fields (``clip_length`` is the window)."""
     if window is not None:
+        if not continual:
+            raise TypeError("unknown SlowFast options ['window'] (a head window is a continual option; the clip "
+                            "models take clip_length)")
         options["clip_length"] = int(window)
     if variant not in SLOWFAST_VARIANTS:
         raise ValueError(f"unknown SlowFast variant {variant!r}; choose from {sorted(SLOWFAST_VARIANTS)}")
