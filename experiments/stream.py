@@ -58,6 +58,8 @@ def main(argv=None) -> int:
     ap.add_argument("--top", type=int, default=5)
     ap.add_argument("--json", help="write per-frame results (top-k, latency) to this JSON file")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--render", metavar="OUT.mp4", help="write the video(s) with each frame's top-k and a strip chart "
+                                                        "of the top classes over time (co3d_jax.render)")
     args = ap.parse_args(argv)
 
     import jax
@@ -130,7 +132,7 @@ def main(argv=None) -> int:
     jax.block_until_ready(step(params, model.init_state(b), jnp.asarray(frames[:, 0]), jnp.asarray(present[:, 0])))
     print(f"{model.name}: {b} stream(s), {length} frames, delay {model.delay}, compiled in {time.perf_counter() - t0:.1f} s")
 
-    records, latencies = [], []
+    records, latencies, history = [], [], []
     for t in range(length):
         x, v = jnp.asarray(frames[:, t]), jnp.asarray(present[:, t])
         t0 = time.perf_counter()
@@ -138,6 +140,7 @@ def main(argv=None) -> int:
         scores = np.asarray(out.scores)
         valid = np.asarray(out.valid)
         ms = (time.perf_counter() - t0) * 1e3
+        history.append((scores, valid))
         latencies.append(ms)
         parts = []
         for i in range(b):
@@ -151,6 +154,12 @@ def main(argv=None) -> int:
     lat = np.asarray(latencies[1:] or latencies)
     print(f"step latency: median {np.median(lat):.2f} ms, p90 {np.percentile(lat, 90):.2f} ms over {len(lat)} frames "
           f"(batch {b}, {jax.devices()[0].platform})")
+    if args.render:
+        from co3d_jax.render import StreamTrace, render_streams
+        sc, va = (np.stack(h, 1) for h in zip(*history))
+        traces = [StreamTrace(videos[i][: len(c)], sc[i, : len(c)], va[i, : len(c)], names[i]) for i, c in enumerate(clips)]
+        n, h, w = render_streams(args.render, traces, labels, fps=30 / model.frame_rate, top=args.top)
+        print(f"rendered {n} frames ({w}x{h}) to {args.render}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"model": model.name, "videos": names, "delay": model.delay, "frames": records,
