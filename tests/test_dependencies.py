@@ -32,7 +32,7 @@ TRANSITIVE = {"absl": "grain requires absl-py; co3d_jax/data/loader.py marks gra
 # what an imported package itself imports without requiring it
 UNDECLARED = {"pytorchvideo": ("torchvision",)}   # pytorchvideo.models imports torchvision.ops
 # the extra each part of the code needs beyond the core dependencies (the longest matching path wins)
-EXTRA_OF = {"co3d_jax/data": "data", "co3d_jax/data/tfds": "tfds", "weight_port": "port",
+EXTRA_OF = {"co3d_jax/data": "data", "co3d_jax/data/tfds": "tfds", "co3d_jax/render.py": "data", "weight_port": "port",
             "experiments/benchmark_torch.py": "bench", "experiments/torch_reference.py": "bench"}
 
 
