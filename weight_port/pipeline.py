@@ -52,8 +52,8 @@ def family_of(arch: str, family: str | None = None) -> FamilySpec:
         want = next(f for f in FAMILIES if f.name == family)
         raise PortError(f"--arch {arch!r}: the {want.checkpoints.label} porter handles {want.names_help}")
     if fam is None or fam.checkpoints is None:
-        raise PortError(f"--arch {arch!r}: " + ("unknown model; " if fam is None else "")
-                        + f"the porter handles {handled()} models")
+        raise PortError(f"--arch {arch!r}: the porter handles {handled()} models"
+                        + (f"; {arch!r} is an unknown model" if fam is None else ""))
     return fam
 
 
