@@ -21,6 +21,7 @@ from co3d_jax.models import FAMILIES as _ALL_FAMILIES
 from co3d_jax.models import FamilySpec
 from co3d_jax.models import family_of as _registry_family_of
 from co3d_jax.models.checkpoints import BN_COUNTER, BN_LEAVES, Naming, Source
+from co3d_jax.params import unflatten
 
 from .caffe2 import is_non_parameter_blob, load_caffe2_blobs
 from .checkpoint import read_checkpoint
@@ -129,8 +130,6 @@ def convert_state_dict(state: Mapping[str, np.ndarray], arch: str, *, layout: st
         reshaped = sum(np.shape(state[key(p)]) != torch_shape(p, s) for p, s in targets.items() if p not in filled)
         if reshaped:
             notes.append(f"reshaped {reshaped} Caffe2 blobs that lacked trailing singleton dims")
-    from co3d_jax.params import unflatten
-
     return Conversion(params=unflatten(flat), arch=arch, model_options=dict(model_options), layout=layout,
                       source=state, notes=notes, container=container)
 
