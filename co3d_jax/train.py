@@ -318,7 +318,8 @@ def make_train_step(net: Layer, cfg: TrainConfig, mesh: Mesh, donate: bool = Tru
     jitted, with ``clips (B, T, H, W, 3)``/``labels (B,)`` sharded over ``mesh`` and everything
     else replicated. ``step`` (int32) is the number of updates done before this one (it seeds
     dropout, applied before the classifier at params path ``head``: pass the family spec's
-    ``model.family.head``). ``metrics``: ``loss``, ``accuracy``, ``grad_norm``, ``lr``. Cached
+    ``model.family.head``). ``metrics``: ``loss``, ``accuracy``, ``grad_norm``, ``lr`` and
+    ``params_finite`` (every updated parameter is finite: see :func:`nonfinite`). Cached
     per ``(net, cfg, mesh, donate, head)``, so repeated runs in one process compile once."""
     net = training_net(net)
     sched = lr_schedule(cfg)
@@ -339,12 +340,55 @@ def make_train_step(net: Layer, cfg: TrainConfig, mesh: Mesh, donate: bool = Tru
         updates, opt_state = tx.update(grads, opt_state, params)
         params_out = merge_stats(optax.apply_updates(params, updates), new, labels_tree)
         acc = jnp.mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32))
-        metrics = dict(loss=loss, accuracy=acc, grad_norm=optax.global_norm(grads), lr=sched(step))
+        finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(params_out)]))
+        metrics = dict(loss=loss, accuracy=acc, grad_norm=optax.global_norm(grads), lr=sched(step),
+                       params_finite=finite)
         return params_out, opt_state, metrics
 
     repl, batch = shardings(mesh)
     return jax.jit(step_fn, in_shardings=(repl, repl, batch, batch, repl), out_shardings=(repl, repl, repl),
                    donate_argnums=(0, 1) if donate else ())
+
+
+def nonfinite(metrics: dict) -> list[str]:
+    """The names of a host-side step's ``metrics`` that say the run has diverged: a non-finite
+    ``loss`` or ``grad_norm``, or ``params_finite`` false (an update produced NaN/inf weights)."""
+    bad = [k for k in ("loss", "grad_norm") if k in metrics and not np.isfinite(float(metrics[k]))]
+    if "params_finite" in metrics and not bool(metrics["params_finite"]):
+        bad.append("params")
+    return bad
+
+
+def check_clip(net: Layer, params_shapes, num_frames: int, image_size: int, name: str = "the model") -> None:
+    """Raise ``ValueError`` (one line) if ``net`` cannot take a training clip of ``num_frames``
+    frames: tracing it (no compute) fails, or yields an empty intermediate, e.g. a pooling or
+    convolution window longer in time than the clip (X3D's head pools over its clip length: fewer
+    frames average over nothing, a NaN loss)."""
+    clip = jax.ShapeDtypeStruct((1, num_frames, image_size, image_size, 3), jnp.float32)
+    try:
+        closed = jax.make_jaxpr(lambda p, x: train_forward(training_net(net), p, x))(params_shapes, clip)
+    except Exception as e:  # shape errors from the layers
+        raise ValueError(f"{name} cannot take {num_frames}-frame clips: {str(e).splitlines()[0]}") from None
+    empty = _first_empty(closed.jaxpr)
+    if empty is not None:
+        prim, shape = empty
+        raise ValueError(f"{name} cannot take {num_frames}-frame clips: its {prim} gives an empty {shape} output "
+                         "(a temporal window is longer than the clip); use more frames (--num-frames)")
+
+
+def _first_empty(jaxpr):
+    from jax.extend.core import jaxprs_in_params
+
+    for eqn in jaxpr.eqns:
+        for v in eqn.outvars:
+            shape = getattr(v.aval, "shape", ())
+            if 0 in shape:
+                return eqn.primitive.name, tuple(shape)
+        for sub in jaxprs_in_params(eqn.params):
+            found = _first_empty(sub)
+            if found is not None:
+                return found
+    return None
 
 
 def init_opt_state(params, cfg: TrainConfig):
@@ -482,15 +526,20 @@ def resize_crop_region(frames: np.ndarray, short: int, size: int, top: float, le
     return cols[:, r0] * rw0[None, :, None, None] + cols[:, r1] * rw1[None, :, None, None]
 
 
-def train_sample(frames: np.ndarray, fps: float, spec: TrainClipSpec, rng: np.random.Generator) -> np.ndarray:
+def train_sample(frames: np.ndarray, fps: float, spec: TrainClipSpec, rng: np.random.Generator,
+                 info: dict | None = None) -> np.ndarray:
     """One augmented training clip ``(num_frames, S, S, 3)`` float32 (normalised) from all the
-    decoded uint8 frames of a video."""
-    from .data.sampling import clip_size, temporal_indices
+    decoded uint8 frames of a video. ``info``, when given, receives ``padded``: the clip frames
+    that repeat the last frame because the video is shorter than the window
+    (:func:`co3d_jax.data.sampling.num_padded`)."""
+    from .data.sampling import clip_size, num_padded, temporal_indices
 
     n = len(frames)
     size = clip_size(spec.sampling_rate, spec.num_frames, fps)
     start = rng.uniform(0.0, max(n - size, 0.0))
     idx = temporal_indices(n, size, spec.num_frames, start)
+    if info is not None:
+        info["padded"] = num_padded(n, size, spec.num_frames, start)
     lo, hi = spec.jitter if spec.jitter[1] > 0 else TrainClipSpec.default_jitter(spec.image_size)
     short = int(rng.integers(lo, hi + 1))
     top, left = rng.uniform(), rng.uniform()
