@@ -1,7 +1,7 @@
 """Flax NNX front end: every model and layer as an ``nnx.Module``, with no second implementation.
 
 A :class:`Continual` module holds a functional layer (static configuration), its params as a tree
-of Flax variables mirroring the functional params tree, and its stream state as a tree of
+of Flax variables mirroring the functional params tree (``m.vars``; state paths ``vars/s1/conv/kernel``), and its stream state as a tree of
 :class:`StreamState` variables; every method calls the functional code with the variables'
 values and writes the results back. Variable types:
 
@@ -47,9 +47,11 @@ __all__ = ["StreamState", "Continual", "ContinualModel", "LayerOutput", "create_
            "to_params"]
 
 
+@nnx.register_variable_name("stream_state")
 class StreamState(nnx.Variable):
     """Continual-inference stream state: per-stream buffers and counters. Neither learnable
-    (``nnx.Param``) nor a batch statistic (``nnx.BatchStat``)."""
+    (``nnx.Param``) nor a batch statistic (``nnx.BatchStat``); Linen collection ``stream_state``
+    through ``flax.nnx.bridge``."""
 
 
 class LayerOutput(NamedTuple):
@@ -95,11 +97,11 @@ class Continual(nnx.Module):
     """A functional layer or container as an NNX module (build with :func:`wrap`).
 
     Attributes: ``layer`` (the functional layer, static), ``in_shape`` (per-frame input shape),
-    ``params`` (variables mirroring the functional params), ``stream_state`` (``None`` until
+    ``vars`` (variables mirroring the functional params tree), ``stream_state`` (``None`` until
     :meth:`init_stream`), ``use_running_average`` (batch-norm mode; see ``train()``/``eval()``).
     """
 
-    params: Any = nnx.data()
+    vars: Any = nnx.data()
     stream_state: Any = nnx.data()
 
     def __init__(self, layer: Layer, params, in_shape, *, use_running_average: bool = True):
@@ -107,7 +109,7 @@ class Continual(nnx.Module):
             raise TypeError(f"expected a co3d_jax.layers.Layer, got {type(layer).__name__}")
         self.layer = layer
         self.in_shape = in_shape
-        self.params = _param_variables(params)
+        self.vars = _param_variables(params)
         self.stream_state = None
         self.use_running_average = use_running_average
 
@@ -164,11 +166,11 @@ class Continual(nnx.Module):
         (``use_running_average=False``, or after ``train()``): ``forward_train`` (batch
         statistics), and the ``BatchStat`` variables take the updated running statistics."""
         ura = self.use_running_average if use_running_average is None else use_running_average
-        params = _values(self.params)
+        params = _values(self.vars)
         if ura:
             return self._forward(params, x)
         y, new = self._forward_train(params, x)
-        _assign(self.params, new, nnx.BatchStat)
+        _assign(self.vars, new, nnx.BatchStat)
         return y
 
     # ------------------------------------------------------------------ continual mode
@@ -185,18 +187,18 @@ class Continual(nnx.Module):
     def step(self, frame, valid: jax.Array | None = None):
         """Consume one frame per stream and advance the stream state. Returns the functional
         step's output (``StepOutput`` for a model, :class:`LayerOutput` for a layer)."""
-        state, out = self._step(_values(self.params), self._state(), frame, valid)
+        state, out = self._step(_values(self.vars), self._state(), frame, valid)
         _assign(self.stream_state, state)
         return out
 
     def peek(self, frame, valid: jax.Array | None = None):
         """The output :meth:`step` would give, without advancing the stream state."""
-        return self._step(_values(self.params), self._state(), frame, valid)[1]
+        return self._step(_values(self.vars), self._state(), frame, valid)[1]
 
     def stream(self, frames, valid: jax.Array | None = None, unroll: int = 1):
         """Feed ``frames`` ``(B, T, ...)`` as one ``lax.scan`` (wrap the call in ``nnx.jit``);
         outputs gain a time axis ``(B, T, ...)``. Same outputs as ``T`` calls of :meth:`step`."""
-        state, out = self._stream(_values(self.params), self._state(), frames, valid, unroll)
+        state, out = self._stream(_values(self.vars), self._state(), frames, valid, unroll)
         _assign(self.stream_state, state)
         return out
 
@@ -280,4 +282,4 @@ def wrap(layer: Layer, *, rngs: nnx.Rngs | None = None, in_shape, params=None) -
 
 def to_params(m: Continual):
     """The functional params of ``m`` (the arrays it holds, bit for bit)."""
-    return _values(m.params)
+    return _values(m.vars)
