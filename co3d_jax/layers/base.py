@@ -9,10 +9,11 @@ A layer is a frozen dataclass (static configuration, hashable, safe to close ove
 * ``forward_train(params, clip) -> (clip, params)``: clip mode in training mode (batch-statistics
   batch norm with updated running statistics); the default is ``forward`` with params unchanged.
 * ``init_state(batch, in_shape, dtype) -> state``: a fixed-shape pytree (``None`` when stateless).
-* ``step(params, state, frame, valid) -> (state, frame, valid)``: continual mode for one frame
-  ``(B, H, W, C) -> (B, H', W', C')``; ``valid`` is a ``(B,)`` bool vector. A layer only advances
-  its state for streams whose input is valid, and returns the validity of its own output, as
-  continual-inference does by returning ``None``.
+* ``step(params, state, frame, valid) -> (state, Out(frame, valid))``: continual mode for one
+  frame ``(B, H, W, C) -> (B, H', W', C')``; ``valid`` is a ``(B,)`` bool vector. A layer only
+  advances its state for streams whose input is valid, and returns the validity of its own output
+  (continual-inference returns ``None`` instead). Containers, :meth:`co3d_jax.Model.step` and
+  :func:`co3d_jax.stream.scan_stream` return the same ``(state, Out)`` shape.
 * ``out_shape(in_shape) -> shape``: per-frame output shape ``(H', W', C')``.
 * metadata: ``receptive_field``, ``stride``, ``padding``, ``delay`` (temporal, in frames), and
   ``macs(in_shape, t)`` for one step (``t=None``) or a ``t``-frame clip, in the ptflops
@@ -25,7 +26,7 @@ A layer is a frozen dataclass (static configuration, hashable, safe to close ove
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -35,6 +36,20 @@ Array = jax.Array
 Params = Any
 State = Any
 Shape = tuple[int, ...]
+
+
+class Out(NamedTuple):
+    """What every ``step`` returns beside its state: the output ``y`` and its ``(B,)`` validity
+    (``y`` is garbage where ``valid`` is False). Over a stream (:func:`co3d_jax.stream.scan_stream`)
+    both gain a time axis. :class:`co3d_jax.StepOutput` is this class; ``scores`` names ``y`` there."""
+
+    y: Any
+    valid: Array
+
+    @property
+    def scores(self):
+        """``y`` under the name :meth:`co3d_jax.Model.step` documents (class scores ``(B, K)``)."""
+        return self.y
 
 
 def static(cls):
@@ -96,9 +111,9 @@ class Layer:
         children. Pure: nothing is mutated, inference paths are untouched."""
         return self.forward(params, x), params
 
-    def step(self, params: Params, state: State, x: Array, valid: Array):
+    def step(self, params: Params, state: State, x: Array, valid: Array) -> tuple[State, Out]:
         check_input(self, x, clip=False)
-        return state, self.apply(params, x), valid
+        return state, Out(self.apply(params, x), valid)
 
 
 # -------------------------------------------------------------------- shape checking

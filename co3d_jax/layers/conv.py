@@ -21,8 +21,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from .base import (Array, Layer, Shape, bcast, check_channels, check_input, counter_advance,
+from .base import (Array, Layer, Out, Shape, bcast, check_channels, check_input, counter_advance,
                    counter_init, fan_in_uniform, gate, static, tuple3)
+from .macs import count_padded_taps, valid_taps
 
 FILLS = ("zeros", "replicate")
 IMPLS = ("auto", "lax", "shift")
@@ -122,9 +123,8 @@ class Conv(Layer):
         # positions x the full kT*kH*kW kernel (padded taps included) x C_in/groups x C_out, plus
         # one bias add per output element. A step emits one frame, and the hook sees
         # forward_steps' (B, C, 1, H', W') output: one frame x all kT taps (not kT partial slices).
-        # Inside `co3d_jax.flops.padded_taps(False)` only taps that land in the input count (XLA's
+        # Inside `padded_taps(False)` (layers/macs.py) only taps that land in the input count (XLA's
         # convention); a step's kT-frame window is all real data, so its kT taps all count.
-        from ..flops import count_padded_taps, valid_taps
         h, w, _ = in_shape
         ho, wo, _ = self.out_shape(in_shape)
         kt, kh, kw = self.kernel
@@ -217,7 +217,7 @@ class Conv(Layer):
         check_input(self, x, clip=False)
         check_channels(self, x, self.in_channels)
         if self.stateless:
-            return state, self.apply(params, x), valid
+            return state, Out(self.apply(params, x), valid)
         emit, n_next, first = counter_advance(state["n"], valid, self.delay, self.stride)
         acc = state["acc"]
         z = self.taps(params, x.astype(acc.dtype))
@@ -233,4 +233,4 @@ class Conv(Layer):
         y = self._bias(params, acc[:, 0] + z[:, kt - 1] if kt > 1 else z[:, 0])
         rev = z[:, kt - 2::-1] if kt > 1 else z[:, :0]  # z[kT-2], ..., z[0]
         new_acc = jnp.concatenate([acc[:, 1:], jnp.zeros_like(acc[:, :1])], axis=1) + rev
-        return gate(valid, {"acc": new_acc, "n": n_next}, state), y.astype(x.dtype), emit
+        return gate(valid, {"acc": new_acc, "n": n_next}, state), Out(y.astype(x.dtype), emit)

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from .base import (Array, Layer, Shape, bcast, check_input, check_state_frame, counter_advance, counter_init, gate,
+from .base import (Array, Layer, Out, Shape, bcast, check_input, check_state_frame, counter_advance, counter_init, gate,
                    static, tuple3)
 from .conv import conv_out_size
 
@@ -34,7 +34,7 @@ def _window_step(state, x: Array, valid: Array, *, delay: int, stride: int, fill
         buf = jnp.where(bcast(first, buf), x[:, None].astype(buf.dtype), buf)
     window = jnp.concatenate([buf, x[:, None].astype(buf.dtype)], axis=1)
     y = reduce(window, axis=1)
-    return gate(valid, {"buf": window[:, 1:], "n": n_next}, state), y, emit
+    return gate(valid, {"buf": window[:, 1:], "n": n_next}, state), Out(y, emit)
 
 
 @static
@@ -116,10 +116,33 @@ class Pool(Layer):
         check_input(self, x, clip=False)
         y = self.apply(params, x)
         if self.stateless:
-            return state, y, valid
+            return state, Out(y, valid)
         check_state_frame(self, y, state["buf"], "spatially pooled frame")
         return _window_step(state, y, valid, delay=self.delay, stride=self.stride, fill=self.temporal_fill,
                             reduce=jnp.max if self.kind == "max" else jnp.mean)
+
+
+@static
+class IdentityPool(Pool):
+    """A max pool with kernel = stride = (1, 1, 1): the identity (PySlowFast's ``pathway0_pool`` of
+    Slow and ``pathway{0,1}_pool`` of SlowFast). Computes nothing, but is kept as a layer so that
+    its MACs count what ptflops counts for that module (2 per element in a clip: module hook +
+    patched ``F.max_pool3d``)."""
+
+    kind: str = "max"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.kernel != (1, 1, 1) or self.strides != (1, 1, 1) or self.pads != (0, 0, 0):
+            raise ValueError(f"IdentityPool: kernel, strides and pads must be 1, 1, 0, got {self.kernel}, "
+                             f"{self.strides}, {self.pads}")
+
+    def forward(self, params, x):
+        check_input(self, x, clip=True)
+        return x
+
+    def apply(self, params, x):
+        return x
 
 
 @static
@@ -174,6 +197,6 @@ class GlobalAvgPool(Layer):
         check_input(self, x, clip=False)
         y = self.apply(params, x)
         if self.window == 1:
-            return state, y, valid
+            return state, Out(y, valid)
         check_state_frame(self, y, state["buf"], "spatially pooled frame")
         return _window_step(state, y, valid, delay=self.delay, stride=1, fill=self.temporal_fill, reduce=jnp.mean)
