@@ -30,21 +30,20 @@ Under ``nnx.jit`` call :meth:`init_stream` outside the jitted function (it creat
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from .layers import Layer
+from .layers import Layer, Out
 from .model import Model
 from .models import create_model as _create_functional
 from .params import check_against, flatten
 from .stream import reset_state, scan_stream
 from .train import param_labels
 
-__all__ = ["StreamState", "Continual", "ContinualModel", "LayerOutput", "create_model", "from_params", "wrap",
-           "to_params"]
+__all__ = ["StreamState", "Continual", "ContinualModel", "create_model", "from_params", "wrap", "to_params"]
 
 
 @nnx.register_variable_name("stream_state")
@@ -52,14 +51,6 @@ class StreamState(nnx.Variable):
     """Continual-inference stream state: per-stream buffers and counters. Neither learnable
     (``nnx.Param``) nor a batch statistic (``nnx.BatchStat``); Linen collection ``stream_state``
     through ``flax.nnx.bridge``."""
-
-
-class LayerOutput(NamedTuple):
-    """Output of :meth:`Continual.step` for a wrapped layer: ``y`` ``(B, H', W', C')`` and its
-    validity ``valid`` ``(B,)``."""
-
-    y: Any
-    valid: jax.Array
 
 
 def _is_variable(x) -> bool:
@@ -85,12 +76,6 @@ def _param_variables(params):
         return None
     labels = param_labels(params)
     return jax.tree.map(lambda a, lbl: (nnx.BatchStat if lbl == "stats" else nnx.Param)(a), params, labels)
-
-
-def _layer_step(layer: Layer, params, state, x, valid):
-    """The one call of a layer-level ``step`` in this module: ``(state, LayerOutput)``."""
-    state, y, v = layer.step(params, state, x, valid)
-    return state, LayerOutput(y, v)
 
 
 class Continual(nnx.Module):
@@ -142,17 +127,14 @@ class Continual(nnx.Module):
     def _init_state(self, batch_size: int, dtype):
         return self.layer.init_state(batch_size, self.in_shape, dtype)
 
-    def _step(self, params, state, x, valid):
+    def _step(self, params, state, x, valid) -> tuple[Any, Out]:
+        # The one call of a layer-level step in this module.
         if valid is None:
             valid = jnp.ones((jax.tree.leaves(x)[0].shape[0],), bool)
-        return _layer_step(self.layer, params, state, x, valid)
+        return self.layer.step(params, state, x, valid)
 
     def _stream(self, params, state, frames, valid, unroll):
-        def step(p, s, x, v):
-            s, out = self._step(p, s, x, v)
-            return s, out.y, out.valid
-        state, ys, vs = scan_stream(step, params, state, frames, valid, unroll)
-        return state, LayerOutput(ys, vs)
+        return scan_stream(self._step, params, state, frames, valid, unroll)
 
     def _reset(self, state, mask):
         leaves = jax.tree.leaves(state)
@@ -186,7 +168,8 @@ class Continual(nnx.Module):
 
     def step(self, frame, valid: jax.Array | None = None):
         """Consume one frame per stream and advance the stream state. Returns the functional
-        step's output (``StepOutput`` for a model, :class:`LayerOutput` for a layer)."""
+        step's :class:`~co3d_jax.layers.Out` (``y``, ``valid``; for a model the
+        :class:`co3d_jax.StepOutput`, whose ``scores`` are ``(B, K)``)."""
         state, out = self._step(_values(self.vars), self._state(), frame, valid)
         _assign(self.stream_state, state)
         return out

@@ -297,9 +297,9 @@ def test_wrapped_layer_in_user_module_and_nnx_scan():
     f_step = jax.jit(layer.step)
     for t in range(frames.shape[1]):
         scores, v = step(net, frames[:, t])
-        state, y, v_ref = f_step(params, state, frames[:, t], jnp.ones((2,), bool))
-        np.testing.assert_array_equal(v, v_ref)
-        np.testing.assert_array_equal(scores, net.head(y.mean(axis=(1, 2))))
+        state, ref = f_step(params, state, frames[:, t], jnp.ones((2,), bool))
+        np.testing.assert_array_equal(v, ref.valid)
+        np.testing.assert_array_equal(scores, net.head(ref.y.mean(axis=(1, 2))))
     assert bool(v.all())
 
     trainable = {"/".join(map(str, p)) for p, _ in nnx.to_flat_state(nnx.state(net, nnx.Param))}
@@ -316,10 +316,11 @@ def test_wrapped_layer_in_user_module_and_nnx_scan():
     _, out = scan(net.block, frames)
     net.block.init_stream(2)
     out2 = net.block.stream(frames)
-    _, ys, vs = run_layer(layer, params, layer.init_state(2, (8, 8, 3)), frames)
+    _, ref = run_layer(layer, params, layer.init_state(2, (8, 8, 3)), frames)
     for o in (out, out2):
-        np.testing.assert_allclose(o.y, ys, rtol=1e-6, atol=1e-6)
-        np.testing.assert_array_equal(o.valid, vs)
+        assert isinstance(o, L.Out)
+        np.testing.assert_allclose(o.y, ref.y, rtol=1e-6, atol=1e-6)
+        np.testing.assert_array_equal(o.valid, ref.valid)
     net.block.reset(jnp.array([False, True]))
     n = stream_values(net.block)["conv"]["n"]
     assert n[0] > 0 and n[1] == 0
@@ -348,6 +349,6 @@ def test_linen_bridge():
     np.testing.assert_array_equal(upd["batch_stats"]["vars"]["bn"]["mean"], new["bn"]["mean"])
 
     out, upd = lm.apply(variables, clip[:, 0], nnx_method="step", mutable=["stream_state"])
-    state, y_ref, v_ref = layer.step(params, layer.init_state(2, (8, 8, 3)), clip[:, 0], jnp.ones((2,), bool))
-    np.testing.assert_array_equal(out.valid, v_ref)
+    state, ref = layer.step(params, layer.init_state(2, (8, 8, 3)), clip[:, 0], jnp.ones((2,), bool))
+    np.testing.assert_array_equal(out.valid, ref.valid)
     equal_trees(upd["stream_state"]["stream_state"], state)
