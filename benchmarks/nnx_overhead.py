@@ -39,7 +39,8 @@ def environment() -> dict:
     import flax
     import jaxlib
     dev = jax.devices()[0]
-    return {"device": getattr(dev, "device_kind", str(dev)), "platform": dev.platform, "device_count": jax.device_count(),
+    return {"device": getattr(dev, "device_kind", str(dev)), "platform": dev.platform,
+            "device_count": jax.device_count(),
             "versions": {"python": platform.python_version(), "jax": jax.__version__, "jaxlib": jaxlib.__version__,
                          "flax": flax.__version__, "co3d_jax": co3d_jax.__version__}}
 
@@ -65,7 +66,8 @@ def parse_option(text: str):
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="cox3d_s_13")
     ap.add_argument("--batch", type=int, default=64, help="streams for the throughput measurement")
     ap.add_argument("--frames", type=int, default=64, help="frames per stream in the throughput measurement")

@@ -1,9 +1,9 @@
 """Flax NNX front end: every model and layer as an ``nnx.Module``, with no second implementation.
 
-A :class:`Continual` module holds a functional layer (static configuration), its params as a tree
-of Flax variables mirroring the functional params tree (``m.vars``; state paths ``vars/s1/conv/kernel``), and its stream state as a tree of
-:class:`StreamState` variables; every method calls the functional code with the variables'
-values and writes the results back. Variable types:
+A :class:`Continual` module holds a functional layer (static configuration), its params as Flax
+variables mirroring the functional params tree (``m.vars``; state paths ``vars/s1/conv/kernel``)
+and its stream state as :class:`StreamState` variables; every method calls the functional code
+with the variables' values and writes the results back. Variable types:
 
 * ``nnx.Param``: learnable weights (everything but batch-norm running statistics), exactly what
   ``nnx.state(m, nnx.Param)`` and ``nnx.Optimizer(m, tx, wrt=nnx.Param)`` see;
@@ -70,6 +70,11 @@ def _assign(tree, values, kind=nnx.Variable) -> None:
     jax.tree.map(put, tree, values, is_leaf=_is_variable)
 
 
+def _shape(s):
+    """``in_shape`` as nested tuples (hashable: it is static module data)."""
+    return tuple(_shape(a) if isinstance(a, (tuple, list)) else int(a) for a in s)
+
+
 def _param_variables(params):
     """Functional params -> the same tree of ``nnx.BatchStat`` (BN mean/var) and ``nnx.Param``."""
     if params is None:
@@ -93,7 +98,7 @@ class Continual(nnx.Module):
         if not isinstance(layer, Layer):
             raise TypeError(f"expected a co3d_jax.layers.Layer, got {type(layer).__name__}")
         self.layer = layer
-        self.in_shape = in_shape
+        self.in_shape = _shape(in_shape)
         self.vars = _param_variables(params)
         self.stream_state = None
         self.use_running_average = use_running_average
@@ -140,7 +145,7 @@ class Continual(nnx.Module):
         leaves = jax.tree.leaves(state)
         dtype = next((a.dtype for a in leaves if jnp.issubdtype(a.dtype, jnp.floating)), jnp.float32)
         batch = leaves[0].shape[0] if leaves else mask.shape[0]
-        return reset_state(state, self._init_state(batch, dtype), mask)
+        return reset_state(state, self._init_state(batch, dtype), mask, name=type(self.layer).__name__)
 
     # ------------------------------------------------------------------ clip mode
     def __call__(self, x, *, use_running_average: bool | None = None):
