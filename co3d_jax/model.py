@@ -85,6 +85,13 @@ class Model:
         y = self.net.forward(params, clip)
         return jnp.mean(y, axis=(1, 2, 3))
 
+    def forward_train(self, params, clip: jax.Array):
+        """Clip mode in training mode (:meth:`Layer.forward_train`: batch-statistics batch norm)
+        -> ``(scores (B, K), params with updated running statistics)``."""
+        self._check(clip, clip=True)
+        y, params = self.net.forward_train(params, clip)
+        return jnp.mean(y, axis=(1, 2, 3)), params
+
     # ------------------------------------------------------------------ continual mode
     def init_state(self, batch_size: int, dtype=jnp.float32):
         """Fresh state for ``batch_size`` streams (a fixed-shape pytree)."""
