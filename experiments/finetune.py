@@ -172,6 +172,7 @@ def _main(argv, stop: dict) -> int:
 
     import co3d_jax
     from co3d_jax import train as T
+    from co3d_jax.data import augment as A
     from co3d_jax.checkpoint import CheckpointError, make_manager, restore_latest, save_checkpoint, set_aside
     from co3d_jax.data import open_dataset
     from co3d_jax.data.loader import default_workers
@@ -220,8 +221,8 @@ def _main(argv, stop: dict) -> int:
     except ValueError as e:
         _log(str(e))
         return 2
-    jitter = tuple(args.jitter) if args.jitter else T.TrainClipSpec.default_jitter(model.image_size)
-    spec = T.TrainClipSpec(num_frames=args.num_frames or model.clip_length,
+    jitter = tuple(args.jitter) if args.jitter else A.TrainClipSpec.default_jitter(model.image_size)
+    spec = A.TrainClipSpec(num_frames=args.num_frames or model.clip_length,
                            sampling_rate=args.sampling_rate or model.frame_rate, image_size=model.image_size,
                            jitter=jitter,
                            flip=not args.no_flip, mean=tuple(model.normalisation[0]), std=tuple(model.normalisation[1]))

@@ -30,7 +30,8 @@ from co3d_jax.data import ClipSpec, load_sample, open_dataset  # noqa: E402
 from co3d_jax.data.datasets import VideoRecord  # noqa: E402
 from co3d_jax.data.train_loader import load_train_sample  # noqa: E402
 from co3d_jax.data.video import VideoError, decode_all, decode_clip  # noqa: E402
-from co3d_jax.train import TrainClipSpec, data_mesh  # noqa: E402
+from co3d_jax.data.augment import TrainClipSpec
+from co3d_jax.train import data_mesh  # noqa: E402
 from experiments import evaluate as E  # noqa: E402
 from experiments import finetune as F  # noqa: E402
 from experiments import stream as S  # noqa: E402

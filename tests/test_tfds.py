@@ -184,7 +184,7 @@ def test_evaluate_from_tfds_equals_the_folder_run(kin, kin_tfds, tmp_path):
 
 
 def test_train_sample_from_tfds_equals_the_file(kin, kin_tfds):
-    from co3d_jax.train import TrainClipSpec
+    from co3d_jax.data.augment import TrainClipSpec
     from co3d_jax.data.train_loader import load_train_sample
 
     spec = TrainClipSpec(num_frames=4, sampling_rate=2, image_size=32, jitter=(36, 44))

@@ -24,6 +24,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
+from ..normalisation import KINETICS
 from .datasets import VideoRecord
 from .sampling import charades_indices, charades_num_padded, num_repeated
 from .sources import frame_media, video_media
@@ -43,8 +44,8 @@ class ClipSpec:
     num_frames: int
     sampling_rate: int
     image_size: int
-    mean: tuple = (0.45, 0.45, 0.45)
-    std: tuple = (0.225, 0.225, 0.225)
+    mean: tuple = KINETICS[0]
+    std: tuple = KINETICS[1]
     decoder: str = "pyav"
     drop_first: int = 0
     kind: str = "video"

@@ -2,7 +2,7 @@
 
 :class:`BatchLoader` yields the batches of updates ``start, start+1, ...`` in order. Which video a
 sample is and how it is augmented are functions of ``(seed, sample number)``
-(:func:`co3d_jax.train.sample_indices`, :func:`co3d_jax.train.sample_rng`), so a resumed run
+(:func:`co3d_jax.data.augment.sample_indices`, :func:`co3d_jax.data.augment.sample_rng`), so a resumed run
 sees exactly the batches an uninterrupted run sees. The CLI is ``experiments/finetune.py``.
 """
 
@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..train import sample_indices, sample_rng, train_sample
+from .augment import sample_indices, sample_rng, train_sample
 from .sources import video_media
 from .video import VideoError, check_padding, decode_all
 
