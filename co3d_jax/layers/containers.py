@@ -25,7 +25,7 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
-from .base import Layer, static
+from .base import Layer, scan_prefill, static
 from .simple import Delay
 
 REDUCTIONS = ("sum", "mul", "concat", "max")
@@ -148,6 +148,13 @@ class Sequential(Layer):
         for n, c in self.children:
             new_state[n], x, valid = c.step(params.get(n), state.get(n), x, valid)
         return _drop_none(new_state), x, valid
+
+    def _prefill(self, params, xs, dtype):
+        """Each child prefills on the outputs its predecessor emitted."""
+        params, new_state = params or {}, {}
+        for n, c in self.children:
+            new_state[n], xs = c.prefill(params.get(n), xs, dtype)
+        return _drop_none(new_state), xs
 
 
 def _clip_len(layer: Layer, t: int) -> int:
@@ -286,6 +293,21 @@ class Parallel(Layer):
             out_valid = out_valid & v
         return _drop_none(new_state), tuple(outs), out_valid
 
+    @property
+    def aligned(self) -> bool:
+        """Whether every branch emits at the same inputs (same delay and stride), as
+        ``auto_delay`` makes them; only then do the branches' emitted outputs pair up."""
+        return len({(b.delay, b.stride) for _, b in self.branches}) == 1
+
+    def _prefill(self, params, xs, dtype):
+        if not self.aligned:
+            return scan_prefill(self, params, xs, dtype)
+        params, new_state, outs = params or {}, {}, []
+        for (n, b), x in zip(self.branches, xs):
+            new_state[n], y = b.prefill(params.get(n), x, dtype)
+            outs.append(y)
+        return _drop_none(new_state), tuple(outs)
+
 
 @static
 class BroadcastReduce(Parallel):
@@ -327,6 +349,12 @@ class BroadcastReduce(Parallel):
     def step(self, params, state, x, valid):
         state, ys, valid = super().step(params, state, (x,) * len(self.branches), valid)
         return state, Reduce(self.op).apply(None, ys), valid
+
+    def _prefill(self, params, xs, dtype):
+        if not self.aligned:
+            return scan_prefill(self, params, xs, dtype)
+        state, ys = super()._prefill(params, (xs,) * len(self.branches), dtype)
+        return state, Reduce(self.op).apply(None, ys)
 
 
 def broadcast_reduce(*branches, reduce: str = "sum", auto_delay: bool = True) -> BroadcastReduce:

@@ -11,18 +11,24 @@ up to float summation order, and on an H100 it beat keeping the last ``kT-1`` in
 re-convolving the window (see ``experiments/perf_depthwise.py``). ``replicate`` fill starts the
 sums as if the ``kT-1`` frames before the stream equalled the layer's first valid input. The bias
 is added to emitted outputs only, never to the sums.
+
+Prefill (a fresh stream's state after ``N`` inputs, in one pass): the emitted outputs are a clip
+convolution over the inputs padded on the left only (``kT-1`` zero or first-input frames),
+temporally strided from the first emitting position; ``acc`` is the same convolution over the
+last ``kT-1`` padded inputs followed by ``kT-1`` zero frames (the taps of inputs not seen yet).
 """
 
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from .base import (Array, Layer, Shape, bcast, check_channels, check_input, counter_advance,
-                   counter_init, fan_in_uniform, gate, static, tuple3)
+from .base import (Array, Layer, Shape, bcast, check_channels, check_input, counter_advance, counter_after,
+                   counter_full, counter_init, fan_in_uniform, gate, per_frame, static, tuple3)
 
 FILLS = ("zeros", "replicate")
 IMPLS = ("auto", "lax", "shift")
@@ -209,6 +215,29 @@ class Conv(Layer):
         return jnp.stack([lax.conv_general_dilated(x, kernel[t], (sh, sw), [(ph, ph), (pw, pw)],
                                                    dimension_numbers=("NHWC", "HWIO", "NHWC"),
                                                    feature_group_count=self.groups) for t in range(kt)], axis=1)
+
+    def _prefill(self, params, xs, dtype):
+        check_channels(self, xs, self.in_channels)
+        if self.stateless:
+            return None, per_frame(partial(self.apply, params), xs)
+        b, n = xs.shape[:2]
+        kt, s, d = self.kernel[0], self.stride, self.delay
+        impl = self.clip_impl or self.impl
+        x = xs.astype(dtype)
+        pad_shape = (b, kt - 1, *x.shape[2:])
+        fill = (jnp.broadcast_to(x[:, :1], pad_shape) if self.temporal_fill == "replicate"
+                else jnp.zeros(pad_shape, dtype))
+        xp = jnp.concatenate([fill, x], axis=1)  # input n at xp[:, n + kT - 1]
+        ho, wo, c = self.out_shape(xs.shape[2:])
+        if n > d:  # output n = window xp[:, n : n + kT]; emitted from n = d every s
+            ys = self._bias(params, self._conv(params, xp[:, d:], s, 0, impl))
+        else:
+            ys = jnp.zeros((b, 0, ho, wo, c), dtype)
+        if kt > 1:  # acc[i]: the taps of output n + i over the inputs seen so far
+            acc = self._conv(params, jnp.concatenate([xp[:, n:], jnp.zeros(pad_shape, dtype)], axis=1), 1, 0, impl)
+        else:
+            acc = jnp.zeros((b, 0, ho, wo, c), dtype)
+        return {"acc": acc, "n": counter_full(b, counter_after(n, d, s))}, ys.astype(xs.dtype)
 
     def step(self, params, state, x, valid):
         """Accumulator form (reference §4): ``y = acc[0] + z[kT-1] (+ bias)``;
