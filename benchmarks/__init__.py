@@ -1,0 +1,1 @@
+"""Small timing scripts (library benchmarks; results go to results/)."""
