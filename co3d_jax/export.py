@@ -1,8 +1,9 @@
 """Export the single-frame step as a self-contained, serialized StableHLO artifact.
 
 The exported function is ``step(state, frame) -> (state, scores, valid)`` with the weights baked
-in as constants and the state as explicit inputs and outputs (dicts of arrays). An export
-directory holds:
+in as constants and the state as explicit inputs and outputs (dicts of arrays). Its outputs are a
+plain tuple rather than :class:`co3d_jax.StepOutput`, so that deserializing it needs no class of
+this package. An export directory holds:
 
 * ``step.jaxexport``: ``jax.export`` serialization (platforms chosen at export time);
 * ``state0.npz``: the fresh state's leaves ``"0" .. "N-1"`` in tree-flatten order;

@@ -7,9 +7,9 @@ a cheap copy), donates them between calls, and bakes the weights into the execut
 
     live = LiveStep(model, params, batch_size=2)
     state = live.init()                                  # (float buffer, int buffer)
-    state, scores, valid = live(state, frame)            # frame (B, H, W, 3)
+    state, out = live(state, frame)                      # frame (B, H, W, 3); out.scores, out.valid
     state = live.reset(state, mask)                      # restart streams where mask (B,) is True
-    scores, valid = live.peek(state, frame)              # output without advancing the state
+    out = live.peek(state, frame)                        # output without advancing the state
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from .stream import reset_state
 
 
 class LiveStep:
@@ -34,10 +36,10 @@ class LiveStep:
 
         def step(state, frame, valid):
             s, out = model.step(params, self.unpack(state), frame, valid)
-            return self.pack(s), out.scores, out.valid
+            return self.pack(s), out
 
         self._step = jax.jit(step, donate_argnums=(0,))
-        self._peek = jax.jit(lambda state, frame, valid: step(state, frame, valid)[1:])
+        self._peek = jax.jit(lambda state, frame, valid: step(state, frame, valid)[1])
         self._reset = jax.jit(self._reset_impl, donate_argnums=(0,))
 
     # ------------------------------------------------------------------ packing
@@ -81,27 +83,23 @@ class LiveStep:
         return valid
 
     def __call__(self, state, frame, valid=None):
-        """Advance every stream by one frame: ``(state, scores (B, K), valid (B,))``."""
+        """Advance every stream by one frame: ``(state, StepOutput(scores (B, K), valid (B,)))``,
+        as :meth:`co3d_jax.Model.step` returns."""
         valid = self._check(frame, valid)
         return self._step(state, frame.astype(self.dtype), valid)
 
     def peek(self, state, frame, valid=None):
-        """``(scores, valid)`` of the next step without advancing ``state``."""
+        """The ``StepOutput`` of the next step without advancing ``state``."""
         valid = self._check(frame, valid)
         return self._peek(state, frame.astype(self.dtype), valid)
 
     def _reset_impl(self, state, mask):
-        cur, fresh = self.unpack(state), self.unpack(self._fresh)
-        sel = jax.tree.map(lambda n, o: jnp.where(mask.reshape(mask.shape + (1,) * (o.ndim - 1)), n, o), fresh, cur)
-        return self.pack(sel)
+        return self.pack(reset_state(self.unpack(state), self.unpack(self._fresh), mask, name=self.model.name))
 
     def reset(self, state, mask):
-        """Restart the streams where ``mask`` ``(B,)`` is True; the others continue untouched."""
-        mask = jnp.asarray(mask)
-        if mask.shape != (self.batch_size,) or mask.dtype != jnp.bool_:
-            raise ValueError(f"{self.model.name}: reset mask must be a ({self.batch_size},) bool array, got "
-                             f"{mask.shape} {mask.dtype}")
-        return self._reset(state, mask)
+        """Restart the streams where ``mask`` ``(B,)`` is True; the others continue untouched
+        (:func:`co3d_jax.stream.reset_state` on the unpacked state)."""
+        return self._reset(state, jnp.asarray(mask))
 
 
 def numpy_state(state):

@@ -5,24 +5,23 @@ from __future__ import annotations
 import dataclasses
 import math
 from functools import partial
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from .layers import Layer, fold_batchnorm
+from .layers.base import Out
 from .normalisation import KINETICS
 from .stream import reset_state, scan_stream
 
 
-class StepOutput(NamedTuple):
-    """Output of :meth:`Model.step`: class scores ``(B, K)`` (after the head activation) and
-    ``valid`` ``(B,)`` (False during warm-up or on temporally strided steps, where ``scores`` are
-    zeros)."""
-
-    scores: jax.Array
-    valid: jax.Array
+StepOutput = Out
+"""Output of :meth:`Model.step`: class scores ``out.scores`` ``(B, K)`` (after the head
+activation) and ``out.valid`` ``(B,)`` (False during warm-up or on temporally strided steps,
+where ``scores`` are zeros). It is the layers' :class:`~co3d_jax.layers.base.Out` (fields ``y``, ``valid``;
+``scores`` is ``y``), so every level's ``step`` returns ``(state, Out)``."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,9 +101,9 @@ class Model:
             valid = jnp.ones((b,), bool)
         elif valid.shape != (b,) or valid.dtype != jnp.bool_:
             raise ValueError(f"{self.name}: valid must be a ({b},) bool array, got {valid.shape} {valid.dtype}")
-        state, y, v = self.net.step(params, state, frame, valid)
+        state, out = self.net.step(params, state, frame, valid)
         # zeros where not valid: the net's value there is warm-up filler (and prefill has none)
-        return state, StepOutput(jnp.where(v[:, None], y.reshape(b, -1), 0), v)
+        return state, Out(jnp.where(out.valid[:, None], out.y.reshape(b, -1), 0), out.valid)
 
     def peek(self, params, state, frame: jax.Array, valid: jax.Array | None = None) -> StepOutput:
         """The output :meth:`step` would give, without advancing the state."""
@@ -117,13 +116,7 @@ class Model:
         :meth:`stream_fn`) for speed.
         """
         self._check(frames, clip=True)
-
-        def step(p, s, x, v):
-            s, out = self.step(p, s, x, v)
-            return s, out.scores, out.valid
-
-        state, scores, v = scan_stream(step, params, state, frames, valid, unroll)
-        return state, StepOutput(scores, v)
+        return scan_stream(self.step, params, state, frames, valid, unroll)
 
     def prefill(self, params, clip: jax.Array, dtype=jnp.float32):
         """The state a fresh stream (``init_state(B, dtype)``) has after consuming ``clip``
@@ -167,13 +160,12 @@ class Model:
         return jax.jit(partial(self.stream, unroll=unroll), donate_argnums=(1,) if donate else ())
 
     def reset(self, state, mask: jax.Array):
-        """Reset the streams where ``mask`` ``(B,)`` is True to a fresh state."""
+        """Reset the streams where ``mask`` ``(B,)`` is True to a fresh state
+        (:func:`co3d_jax.stream.reset_state` with this model's ``init_state``)."""
         leaves = jax.tree.leaves(state)
-        if mask.ndim != 1 or mask.dtype != jnp.bool_ or (leaves and mask.shape[0] != leaves[0].shape[0]):
-            want = leaves[0].shape[0] if leaves else "B"
-            raise ValueError(f"{self.name}: reset mask must be a ({want},) bool array, got {mask.shape} {mask.dtype}")
         dtype = next((a.dtype for a in leaves if jnp.issubdtype(a.dtype, jnp.floating)), jnp.float32)
-        return reset_state(state, self.init_state(mask.shape[0], dtype), mask)
+        fresh = self.init_state(leaves[0].shape[0], dtype) if leaves else state
+        return reset_state(state, fresh, mask, name=self.name)
 
     # ------------------------------------------------------------------ checks
     def _check(self, x: jax.Array, *, clip: bool) -> None:

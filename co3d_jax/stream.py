@@ -17,11 +17,11 @@ from .layers.base import Layer, bcast
 
 
 def scan_stream(step_fn, params, state, frames, valid=None, unroll: int = 1):
-    """``step_fn(params, state, frame, valid) -> (state, out, valid)`` scanned over axis 1.
+    """``step_fn(params, state, frame, valid) -> (state, Out(y, valid))`` scanned over axis 1.
 
     ``frames``: ``(B, T, ...)``; ``valid``: optional ``(B, T)`` bool (False = no frame for that
-    stream at that time: its state is left untouched). Returns ``(state, outs (B, T, ...),
-    valid (B, T))``.
+    stream at that time: its state is left untouched). Returns ``(state, Out(y (B, T, ...),
+    valid (B, T)))``: the step's own output type with a time axis (``StepOutput`` for a model).
     """
     if frames.ndim < 2:
         raise ValueError(f"scan_stream: frames must be (B, T, ...), got shape {tuple(frames.shape)}")
@@ -32,26 +32,29 @@ def scan_stream(step_fn, params, state, frames, valid=None, unroll: int = 1):
         raise ValueError(f"scan_stream: valid must be a ({b}, {t}) bool array, got {valid.shape} {valid.dtype}")
 
     def body(s, xv):
-        x, v = xv
-        s, y, vo = step_fn(params, s, x, v)
-        return s, (y, vo)
+        return step_fn(params, s, *xv)
 
     xs = (jnp.moveaxis(frames, 1, 0), jnp.moveaxis(valid, 1, 0))
-    state, (ys, vs) = lax.scan(body, state, xs, unroll=unroll)
-    return state, jax.tree.map(lambda a: jnp.moveaxis(a, 0, 1), ys), jnp.moveaxis(vs, 0, 1)
+    state, outs = lax.scan(body, state, xs, unroll=unroll)
+    return state, jax.tree.map(lambda a: jnp.moveaxis(a, 0, 1), outs)
 
 
 @partial(jax.jit, static_argnames=("layer", "unroll"))
 def run_layer(layer: Layer, params, state, frames, valid=None, unroll: int = 1):
-    """Jitted :func:`scan_stream` over ``layer.step``."""
+    """Jitted :func:`scan_stream` over ``layer.step``: ``(state, Out(y (B, T, ...), valid (B, T)))``."""
     return scan_stream(layer.step, params, state, frames, valid, unroll)
 
 
-def reset_state(state, fresh, mask):
+def reset_state(state, fresh, mask, *, name: str | None = None):
     """Replace the state of the streams where ``mask`` (``(B,)`` bool) is True by ``fresh``
-    (an ``init_state`` of the same batch size); the other streams continue untouched."""
-    def sel(new, old):
-        if mask.shape != (old.shape[0],):
-            raise ValueError(f"reset mask must have shape ({old.shape[0]},), got {mask.shape}")
-        return jnp.where(bcast(mask, old), new, old)
-    return jax.tree.map(sel, fresh, state)
+    (an ``init_state`` of the same batch size); the other streams continue untouched.
+
+    The one reset: :meth:`co3d_jax.Model.reset` and :meth:`co3d_jax.live.LiveStep.reset` call it.
+    ``name`` prefixes the error raised for a mask that is not ``(B,)`` bool."""
+    mask = jnp.asarray(mask)
+    batch = {a.shape[0] for a in jax.tree.leaves(state)}
+    want = batch.pop() if len(batch) == 1 else "B"
+    if mask.ndim != 1 or mask.dtype != jnp.bool_ or (want != "B" and mask.shape[0] != want):
+        raise ValueError(f"{name + ': ' if name else ''}reset mask must be a ({want},) bool array, got "
+                         f"{mask.shape} {mask.dtype}")
+    return jax.tree.map(lambda new, old: jnp.where(bcast(mask, old), new, old), fresh, state)

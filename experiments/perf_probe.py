@@ -59,7 +59,7 @@ def main(argv=None):
         net = net or model.net
         x = jax.random.normal(jax.random.key(1), (batch, chunk, *model.frame_shape), dt)
         st = net.init_state(batch, model.frame_shape, dt)
-        f = jax.jit(lambda p, s, x: scan_stream(net.step, p, s, x)[1])
+        f = jax.jit(lambda p, s, x: scan_stream(net.step, p, s, x)[1].y)
         return _time(lambda: f(params, st, x), args.repeats)
 
     ap_impls = ("auto",) if args.quick_impl else ("auto", "lax")
@@ -101,8 +101,8 @@ def main(argv=None):
             holder = {"s": live.init()}
 
             def live_call():
-                holder["s"], sc, _ = live(holder["s"], x1)
-                return sc
+                holder["s"], out = live(holder["s"], x1)
+                return out.scores
             res["b1_live_packed_ms"] = _time(live_call, 100) * 1e3
             print({k: v for k, v in res.items() if k.startswith("b1")}, flush=True)
     with open(args.out, "w") as f:

@@ -71,7 +71,7 @@ def test_conv_k1_temporal_stride():
     assert (layer.delay, layer.receptive_field, layer.stride, layer.padding) == (
         co_conv.delay, co_conv.receptive_field, co_conv.stride[0], co_conv.padding[0])
     x = np.random.default_rng(0).standard_normal((2, 24, 5, 5, 4), dtype=np.float32)
-    _, ys, vs = run_layer(layer, params, layer.init_state(2, (5, 5, 4)), x)
+    _, (ys, vs) = run_layer(layer, params, layer.init_state(2, (5, 5, 4)), x)
     outs = co_forward_steps(co_conv, clip_to_torch(x))
     assert all(o is not None for o in outs)  # the library quirk
     want_valid = np.arange(24) % 2 == 0
@@ -178,7 +178,7 @@ def test_activations():
     errs = compare_with_co(layer, None, co_mod, (4, 4, c), x=x)
     assert errs["step"] <= TOL and errs["clip"] <= TOL
     y = np.asarray(layer.forward(None, x))
-    _, ys, _ = run_layer(layer, None, layer.init_state(2, (4, 4, c)), x, np.ones(x.shape[:2], bool))  # cached
+    _, (ys, _) = run_layer(layer, None, layer.init_state(2, (4, 4, c)), x, np.ones(x.shape[:2], bool))  # cached
     ys = np.asarray(ys)
     for i, (name, (fn, make)) in enumerate(ACTIVATIONS.items()):
         single = co.continual(make())

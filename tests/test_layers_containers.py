@@ -197,7 +197,7 @@ def _run(net, params, state, x, valid=None):
     """run_layer with an explicit valid mask (one compiled program per chunk length); numpy out."""
     if valid is None:
         valid = np.ones(x.shape[:2], bool)
-    state, y, v = run_layer(net, params, state, x, valid)
+    state, (y, v) = run_layer(net, params, state, x, valid)
     return state, np.asarray(y), np.asarray(v)
 
 

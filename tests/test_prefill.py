@@ -113,7 +113,7 @@ def test_layer_prefill_equals_stepping(name):
     frames = jnp.asarray(np.random.default_rng(1).standard_normal((b, max(lengths), *shape)), jnp.float32)
     prefill = jax.jit(lambda p, x: layer.prefill(p, x))
     for n in lengths:
-        state, ys, vs = run_layer(layer, params, layer.init_state(b, shape), frames[:, :n])
+        state, (ys, vs) = run_layer(layer, params, layer.init_state(b, shape), frames[:, :n])
         got_state, got_ys = prefill(params, frames[:, :n])
         idx = emit_positions(n, d, layer.stride)
         want_valid = np.zeros((n,), bool)

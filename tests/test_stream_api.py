@@ -65,7 +65,7 @@ def test_live_step_equals_stream_and_peek_does_not_advance(tiny):
     outs = []
     for t in range(frames.shape[1]):
         peek_scores, peek_valid = live.peek(state, frames[:, t])
-        state, scores, valid = live(state, frames[:, t])
+        state, (scores, valid) = live(state, frames[:, t])
         np.testing.assert_array_equal(np.asarray(peek_scores), np.asarray(scores))
         assert bool(peek_valid[0]) == bool(valid[0]) == (t >= model.delay)
         outs.append(np.asarray(scores))
@@ -117,13 +117,13 @@ def test_100k_frame_stream_does_not_drift():
     last = None
     for start in range(0, n, chunk):
         x = jnp.asarray(rng.standard_normal((1, chunk, 4, 4, 3), np.float32))
-        state, out, valid = step(state, x)
+        state, (out, valid) = step(state, x)
         last = x
     y_long = np.asarray(out[0, -1]).reshape(-1)
     assert bool(valid[0, -1])
     rf = net.receptive_field
     window = last[:, -rf:]
-    _, out_w, valid_w = run_layer(net, params, model.init_state(1), window)
+    _, (out_w, valid_w) = run_layer(net, params, model.init_state(1), window)
     assert bool(valid_w[0, -1])
     y_fresh = np.asarray(out_w[0, -1]).reshape(-1)
     rel = np.abs(y_long - y_fresh).max() / np.abs(y_fresh).max()
@@ -131,3 +131,22 @@ def test_100k_frame_stream_does_not_drift():
     # counters stay bounded however long the stream runs
     counters = [a for a in jax.tree.leaves(state) if a.dtype == jnp.int32]
     assert counters and max(int(c.max()) for c in counters) <= net.receptive_field + 1
+
+
+def test_one_step_contract(tiny):
+    """Layers, containers, models, the scan and LiveStep all return ``(state, Out)``;
+    ``StepOutput`` is ``Out`` with ``scores`` naming ``y``."""
+    from co3d_jax.layers.base import Out
+    model, params, frames, ref = tiny
+    assert co3d_jax.StepOutput is Out and isinstance(ref, Out)
+    state, out = model.step(params, model.init_state(1), frames[:, 0])
+    assert isinstance(out, Out) and out.scores is out.y and out.y.shape == (1, 5)
+    conv = Conv(3, 4, (3, 1, 1), 1, (1, 0, 0))
+    p = conv.init(jax.random.key(0), (32, 32, 3))
+    _, out = conv.step(p, conv.init_state(1, (32, 32, 3)), frames[:, 0], jnp.ones((1,), bool))
+    assert isinstance(out, Out) and out.y.shape == (1, 32, 32, 4)
+    _, out = run_layer(model.net, params, model.init_state(1), frames[:, :4])
+    assert isinstance(out, Out) and out.valid.shape == (1, 4)
+    live = LiveStep(model, params, batch_size=1)
+    _, out = live(live.init(), frames[:, 0])
+    assert isinstance(out, Out) and isinstance(live.peek(live.init(), frames[:, 0]), Out)

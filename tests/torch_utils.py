@@ -268,7 +268,7 @@ def compare_with_co(layer: L.Layer, params, co_module: nn.Module, in_shape: tupl
     assert got == want, f"metadata: JAX {got} != continual {want}"
 
     state = layer.init_state(batch, tuple(in_shape), jnp.float32)
-    _, ys, vs = run_layer(layer, params, state, x, np.ones((batch, t), bool))
+    _, (ys, vs) = run_layer(layer, params, state, x, np.ones((batch, t), bool))
     ref_valid, ref = stack_valid(co_forward_steps(co_module, xt))
     vs = np.asarray(vs)
     assert ref_valid.any(), "continual module never emitted: stream too short for the test"

@@ -9,10 +9,11 @@ A layer is a frozen dataclass (static configuration, hashable, safe to close ove
 * ``forward_train(params, clip) -> (clip, params)``: clip mode in training mode (batch-statistics
   batch norm with updated running statistics); the default is ``forward`` with params unchanged.
 * ``init_state(batch, in_shape, dtype) -> state``: a fixed-shape pytree (``None`` when stateless).
-* ``step(params, state, frame, valid) -> (state, frame, valid)``: continual mode for one frame
-  ``(B, H, W, C) -> (B, H', W', C')``; ``valid`` is a ``(B,)`` bool vector. A layer only advances
-  its state for streams whose input is valid, and returns the validity of its own output, as
-  continual-inference does by returning ``None``.
+* ``step(params, state, frame, valid) -> (state, Out(frame, valid))``: continual mode for one
+  frame ``(B, H, W, C) -> (B, H', W', C')``; ``valid`` is a ``(B,)`` bool vector. A layer only
+  advances its state for streams whose input is valid, and returns the validity of its own output
+  (continual-inference returns ``None`` instead). Containers, :meth:`co3d_jax.Model.step` and
+  :func:`co3d_jax.stream.scan_stream` return the same ``(state, Out)`` shape.
 * ``prefill(params, xs, dtype) -> (state, ys)``: the state of a fresh stream (``init_state(B, ...,
   dtype)``) after the valid inputs ``xs`` ``(B, N, H, W, C)``, and the outputs ``ys``
   ``(B, M, H', W', C')`` it emitted on the way (those at ``n >= delay`` with ``(n - delay) %
@@ -31,7 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 from functools import partial
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -41,6 +42,20 @@ Array = jax.Array
 Params = Any
 State = Any
 Shape = tuple[int, ...]
+
+
+class Out(NamedTuple):
+    """What every ``step`` returns beside its state: the output ``y`` and its ``(B,)`` validity
+    (``y`` is garbage where ``valid`` is False). Over a stream (:func:`co3d_jax.stream.scan_stream`)
+    both gain a time axis. :class:`co3d_jax.StepOutput` is this class; ``scores`` names ``y`` there."""
+
+    y: Any
+    valid: Array
+
+    @property
+    def scores(self):
+        """``y`` under the name :meth:`co3d_jax.Model.step` documents (class scores ``(B, K)``)."""
+        return self.y
 
 
 def static(cls):
@@ -102,9 +117,9 @@ class Layer:
         children. Pure: nothing is mutated, inference paths are untouched."""
         return self.forward(params, x), params
 
-    def step(self, params: Params, state: State, x: Array, valid: Array):
+    def step(self, params: Params, state: State, x: Array, valid: Array) -> tuple[State, Out]:
         check_input(self, x, clip=False)
-        return state, self.apply(params, x), valid
+        return state, Out(self.apply(params, x), valid)
 
     def prefill(self, params: Params, xs, dtype=jnp.float32):
         """``(state, ys)``: a fresh stream's state after the valid inputs ``xs`` ``(B, N, ...)``
@@ -240,8 +255,8 @@ def scan_prefill(layer: "Layer", params: Params, xs, dtype):
     ones = jnp.ones((b,), bool)
 
     def body(s, x):
-        s, y, _ = layer.step(params, s, x, ones)
-        return s, y
+        s, out = layer.step(params, s, x, ones)
+        return s, out.y
 
     state, ys = jax.lax.scan(body, state, jax.tree.map(lambda a: jnp.moveaxis(a, 1, 0), xs))
     return state, take_emitted(jax.tree.map(lambda a: jnp.moveaxis(a, 0, 1), ys), layer.delay, layer.stride)

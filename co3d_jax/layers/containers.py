@@ -25,7 +25,7 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
-from .base import Layer, scan_prefill, static
+from .base import Layer, Out, scan_prefill, static
 from .simple import Delay
 
 REDUCTIONS = ("sum", "mul", "concat", "max")
@@ -144,10 +144,10 @@ class Sequential(Layer):
 
     def step(self, params, state, x, valid):
         params, state = params or {}, state or {}
-        new_state = {}
+        new_state, out = {}, Out(x, valid)
         for n, c in self.children:
-            new_state[n], x, valid = c.step(params.get(n), state.get(n), x, valid)
-        return _drop_none(new_state), x, valid
+            new_state[n], out = c.step(params.get(n), state.get(n), *out)
+        return _drop_none(new_state), out
 
     def _prefill(self, params, xs, dtype):
         """Each child prefills on the outputs its predecessor emitted."""
@@ -288,10 +288,10 @@ class Parallel(Layer):
         params, state = params or {}, state or {}
         new_state, outs, out_valid = {}, [], valid
         for (n, b), x in zip(self.branches, xs):
-            new_state[n], y, v = b.step(params.get(n), state.get(n), x, valid)
+            new_state[n], (y, v) = b.step(params.get(n), state.get(n), x, valid)
             outs.append(y)
             out_valid = out_valid & v
-        return _drop_none(new_state), tuple(outs), out_valid
+        return _drop_none(new_state), Out(tuple(outs), out_valid)
 
     @property
     def aligned(self) -> bool:
@@ -347,8 +347,8 @@ class BroadcastReduce(Parallel):
         return Reduce(self.op).apply(None, super().apply(params, (x,) * len(self.branches)))
 
     def step(self, params, state, x, valid):
-        state, ys, valid = super().step(params, state, (x,) * len(self.branches), valid)
-        return state, Reduce(self.op).apply(None, ys), valid
+        state, (ys, valid) = super().step(params, state, (x,) * len(self.branches), valid)
+        return state, Out(Reduce(self.op).apply(None, ys), valid)
 
     def _prefill(self, params, xs, dtype):
         if not self.aligned:

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from .base import (Array, Layer, Shape, bcast, check_channels, check_input, counter_advance, counter_after,
+from .base import (Array, Layer, Out, Shape, bcast, check_channels, check_input, counter_advance, counter_after,
                    counter_full, counter_init, fan_in_uniform, gate, per_frame, static, tuple3)
 
 FILLS = ("zeros", "replicate")
@@ -246,7 +246,7 @@ class Conv(Layer):
         check_input(self, x, clip=False)
         check_channels(self, x, self.in_channels)
         if self.stateless:
-            return state, self.apply(params, x), valid
+            return state, Out(self.apply(params, x), valid)
         emit, n_next, first = counter_advance(state["n"], valid, self.delay, self.stride)
         acc = state["acc"]
         z = self.taps(params, x.astype(acc.dtype))
@@ -262,4 +262,4 @@ class Conv(Layer):
         y = self._bias(params, acc[:, 0] + z[:, kt - 1] if kt > 1 else z[:, 0])
         rev = z[:, kt - 2::-1] if kt > 1 else z[:, :0]  # z[kT-2], ..., z[0]
         new_acc = jnp.concatenate([acc[:, 1:], jnp.zeros_like(acc[:, :1])], axis=1) + rev
-        return gate(valid, {"acc": new_acc, "n": n_next}, state), y.astype(x.dtype), emit
+        return gate(valid, {"acc": new_acc, "n": n_next}, state), Out(y.astype(x.dtype), emit)

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from .base import (Array, Layer, Shape, bcast, check_input, check_state_frame, counter_advance, counter_after,
+from .base import (Array, Layer, Out, Shape, bcast, check_input, check_state_frame, counter_advance, counter_after,
                    counter_full, counter_init, gate, per_frame, static, tuple3)
 from .conv import conv_out_size
 
@@ -35,7 +35,7 @@ def _window_step(state, x: Array, valid: Array, *, delay: int, stride: int, fill
         buf = jnp.where(bcast(first, buf), x[:, None].astype(buf.dtype), buf)
     window = jnp.concatenate([buf, x[:, None].astype(buf.dtype)], axis=1)
     y = reduce(window, axis=1)
-    return gate(valid, {"buf": window[:, 1:], "n": n_next}, state), y, emit
+    return gate(valid, {"buf": window[:, 1:], "n": n_next}, state), Out(y, emit)
 
 
 def _window_prefill(pooled: Array, *, k: int, delay: int, stride: int, fill: str, kind: str, dtype):
@@ -139,7 +139,7 @@ class Pool(Layer):
         check_input(self, x, clip=False)
         y = self.apply(params, x)
         if self.stateless:
-            return state, y, valid
+            return state, Out(y, valid)
         check_state_frame(self, y, state["buf"], "spatially pooled frame")
         return _window_step(state, y, valid, delay=self.delay, stride=self.stride, fill=self.temporal_fill,
                             reduce=jnp.max if self.kind == "max" else jnp.mean)
@@ -204,7 +204,7 @@ class GlobalAvgPool(Layer):
         check_input(self, x, clip=False)
         y = self.apply(params, x)
         if self.window == 1:
-            return state, y, valid
+            return state, Out(y, valid)
         check_state_frame(self, y, state["buf"], "spatially pooled frame")
         return _window_step(state, y, valid, delay=self.delay, stride=1, fill=self.temporal_fill, reduce=jnp.mean)
 

@@ -11,7 +11,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from .base import (Layer, check_channels, check_input, check_state_frame, counter_advance, counter_after,
+from .base import (Layer, Out, check_channels, check_input, check_state_frame, counter_advance, counter_after,
                    counter_full, counter_init, fan_in_uniform, gate, random_normal, random_uniform, static)
 
 BN_MOMENTUM = 0.1  # running-statistics momentum of BatchNorm.forward_train (PyTorch's default)
@@ -149,13 +149,13 @@ class Delay(Layer):
     def step(self, params, state, x, valid):
         check_input(self, x, clip=False)
         if self.d == 0:
-            return state, x, valid
+            return state, Out(x, valid)
         check_state_frame(self, x, state["buf"])
         emit, n_next, _ = counter_advance(state["n"], valid, self.d, 1)
         buf = state["buf"]
         y = buf[:, 0]
         new = {"buf": jnp.concatenate([buf[:, 1:], x[:, None].astype(buf.dtype)], axis=1), "n": n_next}
-        return gate(valid, new, state), y.astype(x.dtype), emit
+        return gate(valid, new, state), Out(y.astype(x.dtype), emit)
 
     def _prefill(self, params, xs, dtype):
         if self.d == 0:

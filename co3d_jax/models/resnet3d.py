@@ -59,7 +59,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from ..layers import Activation, BatchNorm, Conv, Dense, Pool, Sequential
-from ..layers.base import check_input, static
+from ..layers.base import Out, check_input, static
 from ..model import Model
 from ..normalisation import IMAGENET, KINETICS
 from .blocks import res_block
@@ -141,27 +141,27 @@ class StridedSequential(Sequential):
         if k >= len(self.children):
             return super().step(params, state, x, valid)
         params, state = params or {}, state or {}
-        new_state = {}
+        new_state, out = {}, Out(x, valid)
         for n, c in self.children[:k]:
-            new_state[n], x, valid = c.step(params.get(n), state.get(n), x, valid)
+            new_state[n], out = c.step(params.get(n), state.get(n), *out)
         tail = self.children[k:]
         tail_state = {n: state[n] for n, _ in tail if n in state}
 
         def run(operands):
-            st, x, v = operands
-            out = {}
+            st, out = operands
+            new = {}
             for n, c in tail:
-                out[n], x, v = c.step(params.get(n), st.get(n), x, v)
-            return {n: s for n, s in out.items() if n in st}, x, v
+                new[n], out = c.step(params.get(n), st.get(n), *out)
+            return {n: s for n, s in new.items() if n in st}, out
 
         def skip(operands):
-            st, x, v = operands
-            y = jax.eval_shape(run, operands)[1]
-            return st, jnp.zeros(y.shape, y.dtype), jnp.zeros_like(v)
+            st, (x, v) = operands
+            y = jax.eval_shape(run, operands)[1].y
+            return st, Out(jnp.zeros(y.shape, y.dtype), jnp.zeros_like(v))
 
-        tail_state, y, valid = lax.cond(jnp.any(valid), run, skip, (tail_state, x, valid))
+        tail_state, out = lax.cond(jnp.any(out.valid), run, skip, (tail_state, out))
         new_state.update(tail_state)
-        return {n: s for n, s in new_state.items() if s is not None and not (isinstance(s, dict) and not s)}, y, valid
+        return {n: s for n, s in new_state.items() if s is not None and not (isinstance(s, dict) and not s)}, out
 
 
 def bottleneck(c_in: int, c_out: int, inner: int, k_t: int, stride: int) -> Sequential:
