@@ -3,7 +3,8 @@
 For each model, times the jitted ``Model.prefill(params, frames)`` (one clip-mode pass per layer)
 against the jitted ``Model.stream(params, init_state, frames)`` (``T`` scanned steps) on the same
 random frames and random weights, after compiling both; reports the median of ``--repeats`` runs,
-the speed-up and the largest relative difference of the scores (they must agree). Writes a JSON
+the speed-up, the largest relative difference of the scores (they must agree) and, for scale, the
+clip-mode ``Model.forward`` of the same frames (the work prefill cannot go below). Writes a JSON
 with the device, the JAX version, the date and the command.
 
     python -m benchmarks.prefill_speed --image-size 64 --out results/prefill_speed_cpu.json   # CPU
@@ -48,16 +49,20 @@ def random_params(model, seed: int = 0):
     return jax.tree_util.tree_map_with_path(leaf, jax.eval_shape(model.init, jax.random.key(0)))
 
 
-def timed(fn, *args, repeats: int):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    compile_s = time.perf_counter() - t0
-    times = []
-    for _ in range(repeats):
+def timed(fns: dict, repeats: int) -> dict:
+    """Compile every ``fns[k]()`` (first call), then time them in turn ``repeats`` times
+    (interleaved, so background load hits all alike). Returns ``{k: (out, compile_s, median_s, min_s)}``."""
+    out, compile_s, times = {}, {}, {k: [] for k in fns}
+    for k, fn in fns.items():
         t0 = time.perf_counter()
-        out = jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t0)
-    return out, compile_s, statistics.median(times)
+        out[k] = jax.block_until_ready(fn())
+        compile_s[k] = time.perf_counter() - t0
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn())
+            times[k].append(time.perf_counter() - t0)
+    return {k: (out[k], compile_s[k], statistics.median(times[k]), min(times[k])) for k in fns}
 
 
 def bench(name: str, args) -> dict:
@@ -67,20 +72,23 @@ def bench(name: str, args) -> dict:
     t = args.frames or model.delay + 1
     frames = jnp.asarray(np.random.default_rng(1).standard_normal((args.batch, t, *model.frame_shape)), jnp.float32)
     state0 = model.init_state(args.batch)
-    prefill = jax.jit(model.prefill)
-    stream = jax.jit(model.stream)
-    (_, pre), pre_compile, pre_s = timed(prefill, params, frames, repeats=args.repeats)
-    (_, ref), step_compile, step_s = timed(stream, params, state0, frames, repeats=args.repeats)
+    prefill, stream, forward = jax.jit(model.prefill), jax.jit(model.stream), jax.jit(model.forward)
+    r = timed({"prefill": lambda: prefill(params, frames), "stream": lambda: stream(params, state0, frames),
+               "clip_forward": lambda: forward(params, frames)}, args.repeats)
+    pre, ref = r["prefill"][0][1], r["stream"][0][1]
     scale = float(jnp.max(jnp.abs(ref.scores))) or 1.0
     row = dict(model=name, frames=t, batch=args.batch, image_size=model.image_size, delay=model.delay,
-               prefill_ms=1e3 * pre_s, stream_ms=1e3 * step_s, speedup=step_s / pre_s,
-               prefill_compile_s=pre_compile, stream_compile_s=step_compile,
+               repeats=args.repeats, **{f"{k}_ms": 1e3 * v[2] for k, v in r.items()},
+               **{f"{k}_min_ms": 1e3 * v[3] for k, v in r.items()},
+               **{f"{k}_compile_s": v[1] for k, v in r.items()},
+               speedup=r["stream"][2] / r["prefill"][2], speedup_min=r["stream"][3] / r["prefill"][3],
                max_rel_diff=float(jnp.max(jnp.abs(pre.scores - ref.scores))) / scale,
                same_validity=bool(jnp.all(pre.valid == ref.valid)))
-    print(f"{name:12s} T={t:4d} B={args.batch} {model.image_size}px  prefill {row['prefill_ms']:9.2f} ms  "
-          f"stream {row['stream_ms']:9.2f} ms  speed-up {row['speedup']:6.2f}x  "
-          f"(max rel diff {row['max_rel_diff']:.1e}, validity {'same' if row['same_validity'] else 'DIFFERS'})",
-          flush=True)
+    print(f"{name:12s} T={t:4d} B={args.batch} {model.image_size}px  median (min) ms: prefill {row['prefill_ms']:.1f} "
+          f"({row['prefill_min_ms']:.1f})  stream {row['stream_ms']:.1f} ({row['stream_min_ms']:.1f})  clip forward "
+          f"{row['clip_forward_ms']:.1f} ({row['clip_forward_min_ms']:.1f})  speed-up {row['speedup']:.2f}x "
+          f"({row['speedup_min']:.2f}x)  max rel diff {row['max_rel_diff']:.1e}, validity "
+          f"{'same' if row['same_validity'] else 'DIFFERS'}", flush=True)
     return row
 
 

@@ -145,9 +145,9 @@ class Pool(Layer):
                             reduce=jnp.max if self.kind == "max" else jnp.mean)
 
     def _prefill(self, params, xs, dtype):
+        if self.stateless:  # a 1-frame temporal window: the clip forward is per-frame already
+            return None, self.forward(params, xs)
         pooled = per_frame(partial(self.apply, params), xs)
-        if self.stateless:
-            return None, pooled
         return _window_prefill(pooled, k=self.kernel[0], delay=self.delay, stride=self.stride,
                                fill=self.temporal_fill, kind=self.kind, dtype=dtype)
 

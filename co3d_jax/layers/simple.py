@@ -161,6 +161,9 @@ class Delay(Layer):
         if self.d == 0:
             return None, xs
         b, n = xs.shape[:2]
-        xp = jnp.concatenate([jnp.zeros((b, self.d, *xs.shape[2:]), dtype), xs.astype(dtype)], axis=1)
+        x = xs.astype(dtype)
+        if n < self.d:
+            x = jnp.concatenate([jnp.zeros((b, self.d - n, *xs.shape[2:]), dtype), x], axis=1)
         # output at input n >= d is input n - d; the ring holds the last d inputs
-        return {"buf": xp[:, n:], "n": counter_full(b, counter_after(n, self.d, 1))}, xp[:, self.d:n].astype(xs.dtype)
+        return ({"buf": x[:, -self.d:], "n": counter_full(b, counter_after(n, self.d, 1))},
+                xs[:, :max(n - self.d, 0)].astype(dtype).astype(xs.dtype))
