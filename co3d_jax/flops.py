@@ -97,8 +97,6 @@ Parameters: :func:`count_params` counts trainable parameters (PyTorch ``p.numel(
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import math
 from typing import Any, Callable
 
@@ -106,40 +104,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .layers import Dense, Pool
+from .layers.macs import count_padded_taps, padded_taps, valid_taps
+
 __all__ = ["paper_macs", "paper_step_macs", "analytic_macs", "padded_taps", "count_padded_taps", "valid_taps",
            "xla_flops", "model_xla_flops", "count_params"]
 
-_COUNT_PADDED = contextvars.ContextVar("co3d_jax_count_padded_taps", default=True)
-
 
 # ---------------------------------------------------------------------------------------- analytic
-def count_padded_taps() -> bool:
-    """Whether :meth:`Conv.macs` currently counts taps that land in padding (ptflops: yes)."""
-    return _COUNT_PADDED.get()
-
-
-@contextlib.contextmanager
-def padded_taps(flag: bool):
-    """Context in which convolution MACs count (``True``, ptflops) or skip (``False``, XLA)
-    kernel taps that land in zero padding."""
-    token = _COUNT_PADDED.set(bool(flag))
-    try:
-        yield
-    finally:
-        _COUNT_PADDED.reset(token)
-
-
-def valid_taps(n: int, k: int, s: int, p: int) -> int:
-    """Number of (output position, tap) pairs of a 1-D window (size ``k``, stride ``s``,
-    symmetric padding ``p``) over ``n`` inputs whose tap lands inside the input."""
-    n_out = (n + 2 * p - k) // s + 1
-    total = 0
-    for o in range(n_out):
-        lo = o * s - p
-        total += max(0, min(k, n - lo) - max(0, -lo))
-    return total
-
-
 def analytic_macs(layer, in_shape, t: int | None = None, *, count_padded: bool = True) -> int:
     """``layer.macs(in_shape, t)`` (ptflops convention) with the padded-tap switch applied."""
     with padded_taps(count_padded):
@@ -148,7 +120,6 @@ def analytic_macs(layer, in_shape, t: int | None = None, *, count_padded: bool =
 
 def _projection_quirk(model) -> int:
     """Step-mode correction for continual's ``co.Linear(channel_dim=1)`` projection (note c)."""
-    from .layers import Dense  # local: layers import this module lazily too
     net = model.net
     try:
         head = net["head"]
@@ -193,7 +164,6 @@ def paper_step_macs(model, *, count_padded: bool = True, linear_quirk: bool = Tr
     ``average`` is the mean per input frame over one stride period. For stride-1 models all three
     are equal. Only a top-level strided ``Pool`` is supported (CoI3D's ``pathway0_pool``).
     """
-    from .layers import Pool  # local: layers import this module lazily too
     emit = paper_macs(model, "step", count_padded=count_padded, linear_quirk=linear_quirk)
     net = model.net
     children = getattr(net, "children", ())

@@ -348,3 +348,73 @@ def test_state_shape_mismatch_error():
     state = layer.init_state(2, (6, 6, 4))
     with pytest.raises(ValueError, match="Pool"):
         run_layer(layer, _zero_params(layer, (6, 6, 4)), state, np.zeros((2, 3, 5, 5, 4), np.float32))
+
+
+# ------------------------------------------------------------------------------------- Sequential variants
+
+
+def test_strided_sequential_equals_sequential(nested):
+    """StridedSequential skips the layers after the stride-2 pool on steps where it does not emit;
+    outputs, validity and final state equal the plain Sequential's exactly, with gaps in the input."""
+    net, params, _ = nested
+    strided = L.StridedSequential(net.children)
+    assert strided._split() == [n for n, _ in net.children].index("pool") + 1
+    for attr in ("delay", "receptive_field", "stride", "padding"):
+        assert getattr(strided, attr) == getattr(net, attr)
+    x = nested_input(net, seed=6)
+    valid = np.ones(x.shape[:2], bool)
+    valid[1, 5:9] = False
+    s, y, v = _run(net, params, net.init_state(2, IN_SHAPE), x, valid)
+    s2, y2, v2 = _run(strided, params, strided.init_state(2, IN_SHAPE), x, valid)
+    np.testing.assert_array_equal(v2, v)
+    np.testing.assert_array_equal(y2[v2], y[v])
+    head = L.Sequential(net.children[:strided._split()])   # up to the strided pool
+    _, _, v_pool = _run(head, {n: p for n, p in params.items() if n in dict(head.children)}, head.init_state(2, IN_SHAPE),
+                        x, valid)
+    none = ~v_pool.any(axis=0)                        # steps where the pool emits for no stream
+    assert none[net.delay:].any() and not y2[:, none].any(), "steps skipped for every stream give zeros"
+    assert _tree_equal(_np(s2), _np(s))
+    np.testing.assert_array_equal(np.asarray(strided.forward(params, x)), np.asarray(net.forward(params, x)))
+    assert strided.macs(IN_SHAPE, 12) == net.macs(IN_SHAPE, 12) and strided.macs(IN_SHAPE) == net.macs(IN_SHAPE)
+
+
+def test_clip_only_sequential():
+    seq = L.Sequential.of(("conv", L.Conv(4, 6, 3, 1, 1)), ("pool", L.GlobalAvgPool()))
+    root = L.ClipOnlySequential(seq.children)
+    params = seq.init(jax.random.key(0), IN_SHAPE)
+    x = np.random.default_rng(0).standard_normal((2, 5, *IN_SHAPE), dtype=np.float32)
+    np.testing.assert_array_equal(np.asarray(root.forward(params, x)), np.asarray(seq.forward(params, x)))
+    assert root.macs(IN_SHAPE, 5) == seq.macs(IN_SHAPE, 5)
+    for call in (lambda: root.init_state(2, IN_SHAPE), lambda: root.macs(IN_SHAPE),
+                 lambda: root.step(params, {}, x[:, 0], np.ones(2, bool))):
+        with pytest.raises(NotImplementedError, match="clip-only model"):
+            call()
+
+
+def test_pathways_and_clip_length():
+    """Pathways takes a tuple of per-stream clip lengths; clip_length chains through Sequentials,
+    treats Delay as the identity and a global pool as length 1."""
+    slow = L.Sequential.of(L.Conv(4, 4, (3, 1, 1)), L.Delay(2))
+    fast = L.Conv(4, 2, (5, 1, 1), 1, (2, 0, 0))
+    paths = L.Pathways.of(("slow", slow), ("fast", fast), auto_delay=False)
+    assert L.clip_length(slow, 9) == 7 and L.clip_length(fast, 9) == 9
+    assert L.clip_length(paths, (9, 36)) == (7, 36)
+    assert L.clip_length(L.Sequential.of(fast, L.GlobalAvgPool()), 9) == 1
+    assert paths.macs((IN_SHAPE, IN_SHAPE), (9, 36)) == slow.macs(IN_SHAPE, 9) + fast.macs(IN_SHAPE, 36)
+    assert paths.macs((IN_SHAPE, IN_SHAPE), 9) == L.Parallel(paths.branches).macs((IN_SHAPE, IN_SHAPE), 9)
+
+
+def test_identity_pool():
+    """IdentityPool (kernel = stride = 1 max pool) computes nothing and costs what Pool("max")
+    costs, in a clip and in a step."""
+    pool = L.IdentityPool()
+    x = np.random.default_rng(0).standard_normal((2, 4, *IN_SHAPE), dtype=np.float32)
+    assert pool.forward(None, x) is x and pool.init_state(2, IN_SHAPE) is None
+    _, (y, v) = run_layer(pool, None, None, x)
+    np.testing.assert_array_equal(np.asarray(y), x)
+    assert np.asarray(v).all()
+    for t in (None, 4):
+        assert pool.macs(IN_SHAPE, t) == L.Pool("max").macs(IN_SHAPE, t) > 0
+    assert (pool.delay, pool.receptive_field, pool.stride, pool.padding) == (0, 1, 1, 0)
+    with pytest.raises(ValueError, match="IdentityPool"):
+        L.IdentityPool(kernel=(2, 1, 1))

@@ -225,3 +225,5 @@ def test_clip_only_models_raise(name):
         jax.eval_shape(model.prefill, jax.eval_shape(model.init, jax.random.key(0)),
                        jax.ShapeDtypeStruct((1, 8, 32, 32, 3), jnp.float32))
     assert str(prefilling.value) == str(stepping.value)
+    with pytest.raises(NotImplementedError, match="clip-only"):
+        model.net.prefill(None, jnp.zeros((1, 8, 32, 32, 3)))

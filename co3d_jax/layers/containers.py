@@ -1,4 +1,7 @@
-"""Containers: Sequential, Broadcast, Parallel, Reduce, BroadcastReduce and Residual.
+"""Containers: Sequential, Broadcast, Parallel, Reduce, BroadcastReduce and Residual, and the
+Sequential/Parallel variants some networks need: StridedSequential (skips the layers after a
+temporal stride on steps where nothing reaches them), ClipOnlySequential (a clip-only root) and
+Pathways (a Parallel whose streams have different clip lengths).
 
 Temporal metadata follows continual-inference (reference §1.7):
 
@@ -24,6 +27,7 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from .base import Layer, Out, scan_prefill, static
 from .simple import Delay
@@ -105,7 +109,7 @@ class Sequential(Layer):
         for _, c in self.children:
             total += c.macs(shape, t)
             if t is not None:
-                t = _clip_len(c, t)
+                t = clip_length(c, t)
             shape = c.out_shape(shape)
         return total
 
@@ -157,14 +161,91 @@ class Sequential(Layer):
         return _drop_none(new_state), xs
 
 
-def _clip_len(layer: Layer, t: int) -> int:
-    """Temporal length of ``layer``'s clip-mode output for a ``t``-frame input."""
+def clip_length(layer: Layer, t):
+    """Clip-mode temporal length of ``layer``'s output for a ``t``-frame input.
+
+    Multi-stream layers whose streams have different lengths (:class:`Pathways`) take and return
+    a tuple of lengths through their ``clip_lengths(t)`` method, which this calls when present;
+    a :class:`Sequential` chains its children; other layers follow their metadata (``Delay``: the
+    identity in clip mode; a global :class:`GlobalAvgPool`: 1)."""
+    if hasattr(layer, "clip_lengths"):
+        return layer.clip_lengths(t)
+    if isinstance(layer, Sequential):
+        for _, c in layer.children:
+            t = clip_length(c, t)
+        return t
     if getattr(layer, "clip_pool", None) == "global":
         return 1
-    rf, s, p = layer.receptive_field, layer.stride, layer.padding
     if isinstance(layer, Delay):
         return t
+    rf, s, p = layer.receptive_field, layer.stride, layer.padding
     return (t + 2 * p - rf) // s + 1
+
+
+@static
+class StridedSequential(Sequential):
+    """A :class:`Sequential` whose children after the first temporally strided child run under
+    ``lax.cond`` in stream mode: when no stream's input to them is valid (a strided layer did not
+    emit), their state is kept and the output is zeros with ``valid`` False, without computing
+    them. Clip mode, params, state and metadata are those of a plain :class:`Sequential`."""
+
+    def _split(self) -> int:
+        for i, (_, c) in enumerate(self.children):
+            if c.stride > 1:
+                return i + 1
+        return len(self.children)
+
+    def step(self, params, state, x, valid):
+        k = self._split()
+        if k >= len(self.children):
+            return super().step(params, state, x, valid)
+        params, state = params or {}, state or {}
+        new_state, out = {}, Out(x, valid)
+        for n, c in self.children[:k]:
+            new_state[n], out = c.step(params.get(n), state.get(n), *out)
+        tail = self.children[k:]
+        tail_state = {n: state[n] for n, _ in tail if n in state}
+
+        def run(operands):
+            st, out = operands
+            new = {}
+            for n, c in tail:
+                new[n], out = c.step(params.get(n), st.get(n), *out)
+            return {n: s for n, s in new.items() if n in st}, out
+
+        def skip(operands):
+            st, (x, v) = operands
+            y = jax.eval_shape(run, operands)[1].y
+            return st, Out(jnp.zeros(y.shape, y.dtype), jnp.zeros_like(v))
+
+        tail_state, out = lax.cond(jnp.any(out.valid), run, skip, (tail_state, out))
+        new_state.update(tail_state)
+        return _drop_none(new_state), out
+
+
+@static
+class ClipOnlySequential(Sequential):
+    """A :class:`Sequential` root for clip-only networks (clip baselines that were never
+    continualised): ``init_state``, ``step``, ``prefill`` and per-step ``macs`` raise a clear error."""
+
+    def _clip_only(self):
+        return NotImplementedError(
+            "clip-only model: this network has no continual (frame-by-frame) mode; use Model.forward on "
+            "whole clips")
+
+    def macs(self, in_shape, t=None):
+        if t is None:
+            raise self._clip_only()
+        return super().macs(in_shape, t)
+
+    def init_state(self, batch, in_shape, dtype=None):
+        raise self._clip_only()
+
+    def step(self, params, state, x, valid):
+        raise self._clip_only()
+
+    def prefill(self, params, xs, dtype=None):
+        raise self._clip_only()
 
 
 @static
@@ -307,6 +388,19 @@ class Parallel(Layer):
             new_state[n], y = b.prefill(params.get(n), x, dtype)
             outs.append(y)
         return _drop_none(new_state), tuple(outs)
+
+
+@static
+class Pathways(Parallel):
+    """A :class:`Parallel` over streams whose clip lengths differ (SlowFast's slow and fast
+    pathways): ``macs`` and :func:`clip_length` take a tuple of per-stream lengths."""
+
+    def macs(self, in_shape, t=None):
+        ts = t if isinstance(t, tuple) else (t,) * len(self.branches)
+        return sum(b.macs(s, ti) for (_, b), s, ti in zip(self.branches, in_shape, ts))
+
+    def clip_lengths(self, t):
+        return tuple(clip_length(b, ti) for (_, b), ti in zip(self.branches, t))
 
 
 @static

@@ -29,6 +29,7 @@ from jax import lax
 
 from .base import (Array, Layer, Out, Shape, bcast, check_channels, check_input, counter_advance, counter_after,
                    counter_full, counter_init, fan_in_uniform, gate, static, tuple3)
+from .macs import count_padded_taps, valid_taps
 
 FILLS = ("zeros", "replicate")
 IMPLS = ("auto", "lax", "shift")
@@ -132,9 +133,8 @@ class Conv(Layer):
         # positions x the full kT*kH*kW kernel (padded taps included) x C_in/groups x C_out, plus
         # one bias add per output element. A step emits one frame, and the hook sees
         # forward_steps' (B, C, 1, H', W') output: one frame x all kT taps (not kT partial slices).
-        # Inside `co3d_jax.flops.padded_taps(False)` only taps that land in the input count (XLA's
+        # Inside `padded_taps(False)` (layers/macs.py) only taps that land in the input count (XLA's
         # convention); a step's kT-frame window is all real data, so its kT taps all count.
-        from ..flops import count_padded_taps, valid_taps
         h, w, _ = in_shape
         ho, wo, _ = self.out_shape(in_shape)
         kt, kh, kw = self.kernel

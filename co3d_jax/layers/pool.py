@@ -153,6 +153,29 @@ class Pool(Layer):
 
 
 @static
+class IdentityPool(Pool):
+    """A max pool with kernel = stride = (1, 1, 1): the identity (PySlowFast's ``pathway0_pool`` of
+    Slow and ``pathway{0,1}_pool`` of SlowFast). Computes nothing, but is kept as a layer so that
+    its MACs count what ptflops counts for that module (2 per element in a clip: module hook +
+    patched ``F.max_pool3d``)."""
+
+    kind: str = "max"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.kernel != (1, 1, 1) or self.strides != (1, 1, 1) or self.pads != (0, 0, 0):
+            raise ValueError(f"IdentityPool: kernel, strides and pads must be 1, 1, 0, got {self.kernel}, "
+                             f"{self.strides}, {self.pads}")
+
+    def forward(self, params, x):
+        check_input(self, x, clip=True)
+        return x
+
+    def apply(self, params, x):
+        return x
+
+
+@static
 class GlobalAvgPool(Layer):
     """Adaptive average pooling to ``(1, 1, 1)`` (``co.AdaptiveAvgPool3d``).
 

@@ -51,25 +51,11 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..layers import Activation, BatchNorm, Conv, Dense, GlobalAvgPool, Sequential, broadcast_reduce
+from ..layers import (Activation, BatchNorm, ClipOnlySequential, Conv, Dense, GlobalAvgPool, Sequential,
+                      broadcast_reduce)
 from ..model import Model
 from ..normalisation import IMAGENET
 from .spec import FamilySpec, Reported
-
-
-class ClipOnlySequential(Sequential):
-    """A :class:`Sequential` root for clip baselines: stream mode raises a clear error."""
-
-    def _clip_only(self):
-        return NotImplementedError(
-            "clip-only model: this clip baseline (R(2+1)D / SlowFast) has no continual (frame-by-frame) "
-            "mode; use Model.forward on whole clips")
-
-    def init_state(self, batch, in_shape, dtype=None):
-        raise self._clip_only()
-
-    def step(self, params, state, x, valid):
-        raise self._clip_only()
 
 
 @dataclasses.dataclass(frozen=True)

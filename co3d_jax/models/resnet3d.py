@@ -54,12 +54,7 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax
-import jax.numpy as jnp
-from jax import lax
-
-from ..layers import Activation, BatchNorm, Conv, Dense, Pool, Sequential
-from ..layers.base import Out, check_input, static
+from ..layers import Activation, BatchNorm, Conv, Dense, IdentityPool, Pool, Sequential, StridedSequential
 from ..model import Model
 from ..normalisation import IMAGENET, KINETICS
 from .blocks import res_block
@@ -110,60 +105,6 @@ class ResNet3DConfig:
         return (basis * depth)[:depth]
 
 
-@static
-class IdentityPool(Pool):
-    """A max pool with kernel = stride = (1, 1, 1): the identity (Slow's ``pathway0_pool``).
-    Computes nothing; kept as a layer so MAC counts include it as ptflops does."""
-
-    def forward(self, params, x):
-        check_input(self, x, clip=True)
-        return x
-
-    def apply(self, params, x):
-        return x
-
-
-@static
-class StridedSequential(Sequential):
-    """A :class:`Sequential` whose children after the first temporally strided child run under
-    ``lax.cond`` in stream mode: when no stream's input to them is valid (a strided layer did not
-    emit), their state is kept and the output is zeros with ``valid`` False, without computing
-    them. Clip mode, params, state and metadata are those of a plain :class:`Sequential`."""
-
-    def _split(self) -> int:
-        for i, (_, c) in enumerate(self.children):
-            if c.stride > 1:
-                return i + 1
-        return len(self.children)
-
-    def step(self, params, state, x, valid):
-        k = self._split()
-        if k >= len(self.children):
-            return super().step(params, state, x, valid)
-        params, state = params or {}, state or {}
-        new_state, out = {}, Out(x, valid)
-        for n, c in self.children[:k]:
-            new_state[n], out = c.step(params.get(n), state.get(n), *out)
-        tail = self.children[k:]
-        tail_state = {n: state[n] for n, _ in tail if n in state}
-
-        def run(operands):
-            st, out = operands
-            new = {}
-            for n, c in tail:
-                new[n], out = c.step(params.get(n), st.get(n), *out)
-            return {n: s for n, s in new.items() if n in st}, out
-
-        def skip(operands):
-            st, (x, v) = operands
-            y = jax.eval_shape(run, operands)[1].y
-            return st, Out(jnp.zeros(y.shape, y.dtype), jnp.zeros_like(v))
-
-        tail_state, out = lax.cond(jnp.any(out.valid), run, skip, (tail_state, out))
-        new_state.update(tail_state)
-        return {n: s for n, s in new_state.items() if s is not None and not (isinstance(s, dict) and not s)}, out
-
-
 def bottleneck(c_in: int, c_out: int, inner: int, k_t: int, stride: int) -> Sequential:
     return Sequential.of(
         ("a", Conv(c_in, inner, (k_t, 1, 1), 1, (k_t // 2, 0, 0))),
@@ -208,7 +149,7 @@ def build_resnet3d(cfg: ResNet3DConfig) -> Sequential:
         c_in = c_out
         if s == 0:
             p = cfg.pool_t
-            pool = IdentityPool("max") if p == 1 else Pool("max", (p, 1, 1), (p, 1, 1), 0)
+            pool = IdentityPool() if p == 1 else Pool("max", (p, 1, 1), (p, 1, 1), 0)
             children.append(("pathway0_pool", pool))
     final = cfg.image_size // 32
     head = Sequential.of(

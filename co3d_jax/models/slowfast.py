@@ -56,14 +56,12 @@ import dataclasses
 import jax.numpy as jnp
 import numpy as np
 
-from ..layers import (Activation, BatchNorm, Conv, Dense, Layer, Parallel, Pool, Sequential,
-                      fold_batchnorm)
+from ..layers import (Activation, BatchNorm, ClipOnlySequential, Conv, Dense, IdentityPool, Layer, Pathways, Pool,
+                      Sequential, clip_length, fold_batchnorm)
 from ..layers.base import check_input, static
-from ..layers.containers import _clip_len
 from ..model import Model
 from ..normalisation import KINETICS
 from .spec import FamilySpec, Reported
-from .r2plus1d import ClipOnlySequential
 from .blocks import res_block
 from .resnet3d import bottleneck, stem
 
@@ -92,17 +90,6 @@ def slow_indices(frames: int, alpha: int) -> np.ndarray:
     return vals.astype(np.int64)
 
 
-def _lengths(layer: Layer, t):
-    """Clip-mode temporal length(s) of ``layer``'s output for input length(s) ``t``."""
-    if hasattr(layer, "clip_lengths"):
-        return layer.clip_lengths(t)
-    if isinstance(layer, Sequential):
-        for _, c in layer.children:
-            t = _lengths(c, t)
-        return t
-    return _clip_len(layer, t)
-
-
 # -------------------------------------------------------------------------------- layers
 @static
 class PackPathways(Layer):
@@ -126,31 +113,6 @@ class PackPathways(Layer):
 
     def step(self, params, state, x, valid):
         raise NotImplementedError("clip-only model: SlowFast has no continual (frame-by-frame) mode")
-
-
-@static
-class IdentityPool(Layer):
-    """PySlowFast's ``pathway{0,1}_pool``: ``MaxPool3d`` with kernel = stride = (1, 1, 1), the
-    identity. Computes nothing, but counts what ptflops counts for it (2 per element: module hook
-    + patched ``F.max_pool3d``), as co3d profiles that module."""
-
-    def apply(self, params, x):
-        return x
-
-    def macs(self, in_shape, t=None):
-        return Pool("max").macs(in_shape, t)
-
-
-class Pathways(Parallel):
-    """:class:`Parallel` over (slow, fast) streams whose clip lengths differ: ``macs`` takes a
-    tuple of lengths."""
-
-    def macs(self, in_shape, t=None):
-        ts = t if isinstance(t, tuple) else (t,) * len(self.branches)
-        return sum(b.macs(s, ti) for (_, b), s, ti in zip(self.branches, in_shape, ts))
-
-    def clip_lengths(self, t):
-        return tuple(_lengths(b, ti) for (_, b), ti in zip(self.branches, t))
 
 
 @static
@@ -244,14 +206,14 @@ class SlowFastHead(Layer):
         return (h, w, self.num_classes)
 
     def clip_lengths(self, t):
-        return _clip_len(self.pools[0], t[0])
+        return clip_length(self.pools[0], t[0])
 
     def macs(self, in_shape, t=None):
         if t is None:
             raise NotImplementedError("clip-only model: SlowFast has no continual (frame-by-frame) mode")
         total = sum(p.macs(s, ti) for p, s, ti in zip(self.pools, in_shape, t))
         pooled = self._pooled_shapes(in_shape)
-        t_out = _clip_len(self.pools[0], t[0])
+        t_out = clip_length(self.pools[0], t[0])
         cat = (*pooled[0][:-1], sum(s[-1] for s in pooled))
         total += self.projection.macs(cat, t_out)
         return total + Activation(self.activation).macs(self.out_shape(in_shape), t_out)
@@ -272,18 +234,9 @@ class SlowFastHead(Layer):
 
 
 class SlowFastNet(ClipOnlySequential):
-    """Root container: pack, s1, s1_fuse, ..., s5, head. Clip mode only; ``macs`` follows the
-    two pathways' clip lengths separately."""
-
-    def macs(self, in_shape, t=None):
-        if t is None:
-            raise self._clip_only()
-        total, shape = 0, in_shape
-        for _, c in self.children:
-            total += c.macs(shape, t)
-            t = _lengths(c, t)
-            shape = c.out_shape(shape)
-        return total
+    """Root container: pack, s1, s1_fuse, ..., s5, head. Clip mode only; its ``macs`` follow the
+    two pathways' clip lengths separately (:func:`~co3d_jax.layers.clip_length` through
+    ``clip_lengths`` of :class:`PackPathways`, :class:`~co3d_jax.layers.Pathways`, ...)."""
 
 
 # -------------------------------------------------------------------------------- config / builder
