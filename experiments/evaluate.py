@@ -9,7 +9,8 @@ Protocols (reference §5.2-5.3):
   -> ``forward``. ``--frame-delay n`` samples ``T+n`` frames and drops the first ``n``.
 * continual models (``cox3d_*``), ``init_frame``: a fresh state, ``num_init + F`` frames sampled at
   the clip model's rate with ``num_init = max(D, frame_delay-1)`` (``D = model.delay``, ``F =
-  --num-forward-frames``), one jitted ``stream`` over them; the prediction is the mean of the valid
+  --num-forward-frames``), the first ``num_init`` consumed by ``Model.prefill`` and the rest stepped
+  (``Model.prefill_stream``, equal to stepping them all); the prediction is the mean of the valid
   step outputs at frames ``num_init .. num_init+F-1`` (by default the output at frame ``D``).
 
 Outputs in ``--out``: ``config.json`` (what was run), ``predictions.jsonl`` (one line per video,
@@ -191,9 +192,8 @@ def make_predict_fn(model, protocol: Protocol):
 
     lo, n = protocol.first_output, protocol.num_outputs
 
-    def f(params, frames):
-        state = model.init_state(frames.shape[0], frames.dtype)
-        _, out = model.stream(params, state, frames)
+    def f(params, frames):  # the first num_init frames by one clip-mode prefill, the rest stepped
+        _, out = model.prefill_stream(params, frames, lo, frames.dtype)
         s = out.scores[:, lo:lo + n]
         v = out.valid[:, lo:lo + n]
         w = v.astype(s.dtype)
