@@ -1,9 +1,18 @@
 """Orbax checkpoints of a training run: params, optimizer state and a JSON ``meta`` (step, seed,
-data position), restorable onto any device count. Used by ``experiments/finetune.py``."""
+data position), restorable onto any device count. Used by ``experiments/finetune.py``.
+
+:func:`restore_latest` restores the newest step that restores completely: a damaged step (a data
+file deleted, ``meta/metadata`` missing, a torn write) is reported with a one-line reason and the
+previous step is tried; :class:`CheckpointError` only when no step is usable.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import sys
+import tempfile
 
 import jax
 import orbax.checkpoint as ocp
@@ -42,3 +51,75 @@ def restore_checkpoint(mngr, step: int, params_like, opt_like, mesh):
     leaves = [state["opt_state"][k] for k in sorted(state["opt_state"])]
     opt_state = jax.tree.unflatten(jax.tree.structure(opt_like), leaves)
     return state["params"], opt_state, meta
+
+
+class CheckpointError(Exception):
+    """No checkpoint step of a run can be restored (one-line message)."""
+
+
+def _reason(e: BaseException) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return f"{type(e).__name__}: {lines[0] if lines else ''}"[:200]
+
+
+@contextlib.contextmanager
+def _stderr_kept_on_success():
+    """Hold what is written to file descriptor 2 (including C++ and callback threads) while a
+    restore runs: replayed when it succeeds, dropped when it fails, so a damaged step costs one
+    line instead of TensorStore's asyncio tracebacks (``Event loop is closed``)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        ok = False
+        try:
+            yield
+            ok = True
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            if ok:
+                tmp.seek(0)
+                held = tmp.read()
+                if held:
+                    sys.stderr.write(held.decode(errors="replace"))
+                    sys.stderr.flush()
+
+
+def restore_latest(mngr, params_like, opt_like, mesh):
+    """Restore the newest complete step: ``(step, params, opt_state, meta, broken)``, where
+    ``broken`` lists the newer steps that failed to restore as ``(step, reason)``; None when the
+    run has no checkpoint. Raises :class:`CheckpointError` when steps exist but none restores."""
+    steps = sorted(mngr.all_steps(), reverse=True)
+    if not steps:
+        return None
+    broken = []
+    for step in steps:
+        try:
+            with _stderr_kept_on_success():
+                params, opt_state, meta = restore_checkpoint(mngr, step, params_like, opt_like, mesh)
+        except Exception as e:  # Orbax/TensorStore raise many types for a damaged step
+            broken.append((step, _reason(e)))
+            continue
+        if not isinstance(meta, dict) or "step" not in meta:
+            broken.append((step, "meta has no step"))
+            continue
+        return step, params, opt_state, meta, broken
+    detail = "; ".join(f"step {s}: {r}" for s, r in broken)
+    raise CheckpointError(f"no usable checkpoint in {mngr.directory} ({detail})")
+
+
+def set_aside(mngr, step: int, dest: str) -> str:
+    """Move the damaged ``step`` out of the manager's folder into ``dest/<step>`` (kept for
+    inspection, no longer listed or overwritten) and reload the manager. Returns the new path."""
+    src = os.path.join(os.fspath(mngr.directory), str(step))
+    os.makedirs(dest, exist_ok=True)
+    target = os.path.join(dest, str(step))
+    n = 1
+    while os.path.exists(target):
+        target = os.path.join(dest, f"{step}.{n}")
+        n += 1
+    shutil.move(src, target)
+    mngr.reload()
+    return target

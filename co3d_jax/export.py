@@ -20,6 +20,10 @@ Serving it needs jax and numpy only, not this package::
         state, scores, valid = exp.call(state, frame)
 
 :func:`load_exported` does exactly this.
+
+From the command line::
+
+    python -m co3d_jax.export --model cox3d_s_64 --weights W.npz --out DIR [--batch-size B] [--platform cpu]
 """
 
 from __future__ import annotations
@@ -71,3 +75,47 @@ def load_exported(path: str):
     with open(os.path.join(path, "meta.json")) as f:
         meta = json.load(f)
     return exp.call, state0, meta
+
+
+def main(argv=None) -> int:
+    """``python -m co3d_jax.export``: export a continual model's step for serving."""
+    import argparse
+    import sys
+
+    ap = argparse.ArgumentParser(prog="python -m co3d_jax.export",
+                                 description="Export a continual model's single-frame step as serialized StableHLO "
+                                             "(step.jaxexport, state0.npz, meta.json); see the module docstring.")
+    ap.add_argument("--model", required=True, help="registry name of a continual model, e.g. cox3d_s_64")
+    ap.add_argument("--weights", required=True, help="parameter file (.npz from weight_port or finetune)")
+    ap.add_argument("--out", required=True, help="export folder (created; its parent must exist)")
+    ap.add_argument("--batch-size", type=int, default=1, help="streams per call")
+    ap.add_argument("--platform", action="append", default=[], help="target platform (repeatable; default: this one)")
+    args = ap.parse_args(argv)
+
+    from . import create_model, load_params
+    from .params import ParamsError, read_npz
+
+    def fail(msg):
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
+
+    out = os.path.abspath(args.out)
+    if not os.path.isdir(os.path.dirname(out)):
+        return fail(f"--out {out}: the parent folder {os.path.dirname(out)} does not exist (create it first)")
+    if args.batch_size < 1:
+        return fail("--batch-size must be >= 1")
+    try:
+        opts = json.loads(read_npz(args.weights)[1].get("model_options", "{}"))
+        model = create_model(args.model, **opts)
+        params = load_params(args.weights, model)
+    except (ParamsError, ValueError, TypeError) as e:
+        return fail(str(e).splitlines()[0])
+    if not model.continual:
+        return fail(f"{args.model} is a clip model; export a continual one (cox3d_*)")
+    export_step(model, params, out, args.batch_size, args.platform or None)
+    print(f"exported {model.name} (batch {args.batch_size}) to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from functools import partial
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from .layers import Layer, fold_batchnorm
 from .layers.base import Out
@@ -17,8 +19,8 @@ from .stream import reset_state, scan_stream
 
 StepOutput = Out
 """Output of :meth:`Model.step`: class scores ``out.scores`` ``(B, K)`` (after the head
-activation) and ``out.valid`` ``(B,)`` (False during warm-up or on temporally strided steps:
-ignore ``scores``). It is the layers' :class:`~co3d_jax.layers.base.Out` (fields ``y``, ``valid``;
+activation) and ``out.valid`` ``(B,)`` (False during warm-up or on temporally strided steps,
+where ``scores`` are zeros). It is the layers' :class:`~co3d_jax.layers.base.Out` (fields ``y``, ``valid``;
 ``scores`` is ``y``), so every level's ``step`` returns ``(state, Out)``."""
 
 
@@ -85,6 +87,13 @@ class Model:
         y = self.net.forward(params, clip)
         return jnp.mean(y, axis=(1, 2, 3))
 
+    def forward_train(self, params, clip: jax.Array):
+        """Clip mode in training mode (:meth:`Layer.forward_train`: batch-statistics batch norm)
+        -> ``(scores (B, K), params with updated running statistics)``."""
+        self._check(clip, clip=True)
+        y, params = self.net.forward_train(params, clip)
+        return jnp.mean(y, axis=(1, 2, 3)), params
+
     # ------------------------------------------------------------------ continual mode
     def init_state(self, batch_size: int, dtype=jnp.float32):
         """Fresh state for ``batch_size`` streams (a fixed-shape pytree)."""
@@ -103,7 +112,8 @@ class Model:
         elif valid.shape != (b,) or valid.dtype != jnp.bool_:
             raise ValueError(f"{self.name}: valid must be a ({b},) bool array, got {valid.shape} {valid.dtype}")
         state, out = self.net.step(params, state, frame, valid)
-        return state, out._replace(y=out.y.reshape(b, -1))
+        # zeros where not valid: the net's value there is warm-up filler (and prefill has none)
+        return state, Out(jnp.where(out.valid[:, None], out.y.reshape(b, -1), 0), out.valid)
 
     def peek(self, params, state, frame: jax.Array, valid: jax.Array | None = None) -> StepOutput:
         """The output :meth:`step` would give, without advancing the state."""
@@ -117,6 +127,43 @@ class Model:
         """
         self._check(frames, clip=True)
         return scan_stream(self.step, params, state, frames, valid, unroll)
+
+    def prefill(self, params, clip: jax.Array, dtype=jnp.float32):
+        """The state a fresh stream (``init_state(B, dtype)``) has after consuming ``clip``
+        ``(B, T, H, W, 3)``, and the outputs of those ``T`` steps, from one clip-mode pass per layer
+        instead of ``T`` steps: ``(state, StepOutput(scores (B, T, K), valid (B, T)))``, what
+        :meth:`stream` returns from a fresh state (up to float summation order). Clip-only models
+        raise as :meth:`step` does."""
+        self._check(clip, clip=True)
+        b, t = clip.shape[:2]
+        fresh = jax.eval_shape(partial(self.init_state, b, dtype))  # clip-only models raise here
+        state, ys = self.net.prefill(params, clip, dtype)
+        have = jax.tree.map(lambda a: (a.shape, a.dtype), state)
+        want = jax.tree.map(lambda a: (a.shape, a.dtype), fresh)
+        if have != want:
+            raise AssertionError(f"{self.name}: prefill state does not match init_state:\n{have}\n{want}")
+        d, s = self.delay, self.stride
+        k = math.prod(self.net.out_shape(self.frame_shape))
+        scores = jnp.zeros((b, t, k), ys.dtype)
+        if ys.shape[1]:
+            scores = scores.at[:, d::s].set(ys.reshape(b, ys.shape[1], k))
+        valid = np.zeros((t,), bool)
+        valid[d::s] = True
+        return state, StepOutput(scores, jnp.broadcast_to(jnp.asarray(valid), (b, t)))
+
+    def prefill_stream(self, params, frames: jax.Array, num_prefill: int | None = None, dtype=jnp.float32):
+        """A fresh stream over ``frames`` ``(B, T, H, W, 3)``: the first ``num_prefill`` frames
+        (default: all) by :meth:`prefill`, the rest stepped by :meth:`stream`. Returns
+        ``(state, StepOutput(scores (B, T, K), valid (B, T)))``, as stepping all ``T`` gives."""
+        t = frames.shape[1]
+        k = t if num_prefill is None else min(max(int(num_prefill), 0), t)
+        if k == 0:
+            return self.stream(params, self.init_state(frames.shape[0], dtype), frames)
+        state, out = self.prefill(params, frames[:, :k], dtype)
+        if k == t:
+            return state, out
+        state, rest = self.stream(params, state, frames[:, k:])
+        return state, StepOutput(*(jnp.concatenate([a, r], axis=1) for a, r in zip(out, rest)))
 
     def stream_fn(self, unroll: int = 1, donate: bool = False):
         """``jit``-compiled :meth:`stream` (optionally donating the state buffers)."""

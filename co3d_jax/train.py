@@ -28,10 +28,8 @@ training-time data sampling. The CLI is ``experiments/finetune.py``; see ``docs/
   every other parameter must match exactly.
 * **Precise BN** (:func:`precise_bn`): running statistics recomputed as the average batch
   statistics over extra batches with the weights fixed (PySlowFast ``BN.USE_PRECISE_STATS``).
-* **Data** (:func:`train_sample`, :func:`sample_indices`): X3D training augmentation (random
-  temporal window, short-side scale jitter, random crop, optional horizontal flip) in numpy; the
-  data order and every sample's randomness are pure functions of ``(seed, global sample number)``,
-  so a run resumed from ``step`` sees exactly the batches an uninterrupted run would.
+* **Data**: sampling and augmentation are in :mod:`co3d_jax.data.augment`, batching in
+  :mod:`co3d_jax.data.train_loader`.
 """
 
 from __future__ import annotations
@@ -318,7 +316,8 @@ def make_train_step(net: Layer, cfg: TrainConfig, mesh: Mesh, donate: bool = Tru
     jitted, with ``clips (B, T, H, W, 3)``/``labels (B,)`` sharded over ``mesh`` and everything
     else replicated. ``step`` (int32) is the number of updates done before this one (it seeds
     dropout, applied before the classifier at params path ``head``: pass the family spec's
-    ``model.family.head``). ``metrics``: ``loss``, ``accuracy``, ``grad_norm``, ``lr``. Cached
+    ``model.family.head``). ``metrics``: ``loss``, ``accuracy``, ``grad_norm``, ``lr`` and
+    ``params_finite`` (every updated parameter is finite: see :func:`nonfinite`). Cached
     per ``(net, cfg, mesh, donate, head)``, so repeated runs in one process compile once."""
     net = training_net(net)
     sched = lr_schedule(cfg)
@@ -339,12 +338,55 @@ def make_train_step(net: Layer, cfg: TrainConfig, mesh: Mesh, donate: bool = Tru
         updates, opt_state = tx.update(grads, opt_state, params)
         params_out = merge_stats(optax.apply_updates(params, updates), new, labels_tree)
         acc = jnp.mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32))
-        metrics = dict(loss=loss, accuracy=acc, grad_norm=optax.global_norm(grads), lr=sched(step))
+        finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(params_out)]))
+        metrics = dict(loss=loss, accuracy=acc, grad_norm=optax.global_norm(grads), lr=sched(step),
+                       params_finite=finite)
         return params_out, opt_state, metrics
 
     repl, batch = shardings(mesh)
     return jax.jit(step_fn, in_shardings=(repl, repl, batch, batch, repl), out_shardings=(repl, repl, repl),
                    donate_argnums=(0, 1) if donate else ())
+
+
+def nonfinite(metrics: dict) -> list[str]:
+    """The names of a host-side step's ``metrics`` that say the run has diverged: a non-finite
+    ``loss`` or ``grad_norm``, or ``params_finite`` false (an update produced NaN/inf weights)."""
+    bad = [k for k in ("loss", "grad_norm") if k in metrics and not np.isfinite(float(metrics[k]))]
+    if "params_finite" in metrics and not bool(metrics["params_finite"]):
+        bad.append("params")
+    return bad
+
+
+def check_clip(net: Layer, params_shapes, num_frames: int, image_size: int, name: str = "the model") -> None:
+    """Raise ``ValueError`` (one line) if ``net`` cannot take a training clip of ``num_frames``
+    frames: tracing it (no compute) fails, or yields an empty intermediate, e.g. a pooling or
+    convolution window longer in time than the clip (X3D's head pools over its clip length: fewer
+    frames average over nothing, a NaN loss)."""
+    clip = jax.ShapeDtypeStruct((1, num_frames, image_size, image_size, 3), jnp.float32)
+    try:
+        closed = jax.make_jaxpr(lambda p, x: train_forward(training_net(net), p, x))(params_shapes, clip)
+    except Exception as e:  # shape errors from the layers
+        raise ValueError(f"{name} cannot take {num_frames}-frame clips: {str(e).splitlines()[0]}") from None
+    empty = _first_empty(closed.jaxpr)
+    if empty is not None:
+        prim, shape = empty
+        raise ValueError(f"{name} cannot take {num_frames}-frame clips: its {prim} gives an empty {shape} output "
+                         "(a temporal window is longer than the clip); use more frames (--num-frames)")
+
+
+def _first_empty(jaxpr):
+    from jax.extend.core import jaxprs_in_params
+
+    for eqn in jaxpr.eqns:
+        for v in eqn.outvars:
+            shape = getattr(v.aval, "shape", ())
+            if 0 in shape:
+                return eqn.primitive.name, tuple(shape)
+        for sub in jaxprs_in_params(eqn.params):
+            found = _first_empty(sub)
+            if found is not None:
+                return found
+    return None
 
 
 def init_opt_state(params, cfg: TrainConfig):
@@ -407,95 +449,3 @@ def evaluate_clips(model, params, clips, batch_size: int = 16) -> np.ndarray:
     fwd = jax.jit(model.forward)
     return np.concatenate([np.asarray(fwd(params, jnp.asarray(clips[i:i + batch_size])))
                            for i in range(0, len(clips), batch_size)])
-
-
-# ============================================================================ training data
-@dataclasses.dataclass(frozen=True)
-class TrainClipSpec:
-    """X3D training sampling: ``num_frames`` at ``sampling_rate`` (30-fps frames apart) from a
-    uniformly random window; short side resized to a random size in ``jitter`` (PySlowFast
-    ``TRAIN_JITTER_SCALES``, e.g. [182, 228] for a 160 crop); random ``image_size`` crop;
-    horizontal flip with probability 0.5 if ``flip``; ``mean``/``std`` normalisation."""
-
-    num_frames: int
-    sampling_rate: int
-    image_size: int
-    jitter: tuple = (0, 0)
-    flip: bool = True
-    mean: tuple = (0.45, 0.45, 0.45)
-    std: tuple = (0.225, 0.225, 0.225)
-
-    @staticmethod
-    def default_jitter(image_size: int) -> tuple[int, int]:
-        """PySlowFast's X3D ratios: [182, 228] for 160, [256, 320] for 224, [356, 446] for 312."""
-        return (int(round(image_size * 256 / 224)), int(round(image_size * 320 / 224)))
-
-
-def sample_indices(seed: int, num_videos: int, step: int, batch_size: int) -> list[tuple[int, int]]:
-    """``(global sample number, video index)`` of the ``batch_size`` samples of update ``step``.
-
-    Sample ``s`` is position ``s % N`` of epoch ``s // N``, whose order is a permutation drawn
-    from ``(seed, epoch)``; a pure function, so resuming at any step reproduces the data order."""
-    out = []
-    for j in range(batch_size):
-        s = step * batch_size + j
-        epoch, pos = divmod(s, num_videos)
-        out.append((s, int(epoch_permutation(seed, epoch, num_videos)[pos])))
-    return out
-
-
-@functools.lru_cache(maxsize=4)
-def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
-    return np.random.default_rng([seed, 1, epoch]).permutation(n)
-
-
-def sample_rng(seed: int, sample: int) -> np.random.Generator:
-    """The augmentation RNG of global sample number ``sample``."""
-    return np.random.default_rng([seed, 2, sample])
-
-
-def _bilinear_rows(in_size: int, out_size: int, lo: int, hi: int):
-    """torch ``upsample_bilinear`` (align_corners=False, no antialias) taps for outputs lo..hi-1."""
-    scale = in_size / out_size
-    src = np.maximum((np.arange(lo, hi) + 0.5) * scale - 0.5, 0.0)
-    i0 = np.minimum(src.astype(np.int64), in_size - 1)
-    i1 = np.minimum(i0 + 1, in_size - 1)
-    w1 = (src - i0).astype(np.float32)
-    return i0, i1, 1.0 - w1, w1
-
-
-def resize_crop_region(frames: np.ndarray, short: int, size: int, top: float, left: float) -> np.ndarray:
-    """Resize uint8 ``(T, H, W, 3)`` so the short side is ``short`` (bilinear) and crop a
-    ``size``-square at relative offsets ``top``/``left`` in [0, 1]; float32 in [0, 1]."""
-    t, h, w, _ = frames.shape
-    if h <= w:
-        nh, nw = short, int(math.floor(w / h * short))
-    else:
-        nh, nw = int(math.floor(h / w * short)), short
-    nh, nw = max(nh, size), max(nw, size)   # a short side below the crop is stretched to it
-    y0 = int(round(top * (nh - size)))
-    x0 = int(round(left * (nw - size)))
-    r0, r1, rw0, rw1 = _bilinear_rows(h, nh, y0, y0 + size)
-    c0, c1, cw0, cw1 = _bilinear_rows(w, nw, x0, x0 + size)
-    x = frames.astype(np.float32) / np.float32(255.0)
-    cols = x[:, :, c0] * cw0[None, None, :, None] + x[:, :, c1] * cw1[None, None, :, None]
-    return cols[:, r0] * rw0[None, :, None, None] + cols[:, r1] * rw1[None, :, None, None]
-
-
-def train_sample(frames: np.ndarray, fps: float, spec: TrainClipSpec, rng: np.random.Generator) -> np.ndarray:
-    """One augmented training clip ``(num_frames, S, S, 3)`` float32 (normalised) from all the
-    decoded uint8 frames of a video."""
-    from .data.sampling import clip_size, temporal_indices
-
-    n = len(frames)
-    size = clip_size(spec.sampling_rate, spec.num_frames, fps)
-    start = rng.uniform(0.0, max(n - size, 0.0))
-    idx = temporal_indices(n, size, spec.num_frames, start)
-    lo, hi = spec.jitter if spec.jitter[1] > 0 else TrainClipSpec.default_jitter(spec.image_size)
-    short = int(rng.integers(lo, hi + 1))
-    top, left = rng.uniform(), rng.uniform()
-    clip = resize_crop_region(frames[idx], short, spec.image_size, top, left)
-    if spec.flip and rng.uniform() < 0.5:
-        clip = clip[:, :, ::-1]
-    mean, std = np.asarray(spec.mean, np.float32), np.asarray(spec.std, np.float32)
-    return np.ascontiguousarray((clip - mean) / std, dtype=np.float32)

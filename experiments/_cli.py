@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 
@@ -79,3 +80,95 @@ class ResultsFile:
         self.data["results"].append(row)
         print(json.dumps(row), flush=True)
         atomic_write(self.path, json.dumps(self.data, indent=1))
+
+
+# ----------------------------------------------------------------------------- faults
+class CliError(Exception):
+    """A user-facing failure a command reports in one line (exit status 2)."""
+
+
+def json_safe(obj):
+    """``obj`` with every non-finite float (NaN, inf) replaced by None, so the JSON written is
+    standard (``json.dumps(..., allow_nan=False)`` accepts it)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
+def dumps(obj, **kw) -> str:
+    """Standard JSON (non-finite floats as null, see :func:`json_safe`)."""
+    return json.dumps(json_safe(obj), allow_nan=False, **kw)
+
+
+def make_out_dir(path: str, flag: str = "--out") -> str:
+    """Create the folder ``path`` (the leaf only) and return its absolute path; a missing parent
+    folder or a file in the way is a :class:`CliError` (a typo must not create folders anywhere)."""
+    path = os.path.abspath(path)
+    if os.path.isdir(path):
+        return path
+    if os.path.exists(path):
+        raise CliError(f"{flag} {path} exists and is not a folder")
+    parent = os.path.dirname(path)
+    if not os.path.isdir(parent):
+        raise CliError(f"{flag} {path}: the parent folder {parent} does not exist (create it first)")
+    os.makedirs(path, exist_ok=True)   # the parent exists: only the leaf (several processes may race here)
+    return path
+
+
+def check_out_file(path: str, flag: str) -> str:
+    """An output file's absolute path; its folder must exist (:class:`CliError` otherwise)."""
+    path = os.path.abspath(path)
+    if not os.path.isdir(os.path.dirname(path)):
+        raise CliError(f"{flag} {path}: the folder {os.path.dirname(path)} does not exist (create it first)")
+    return path
+
+
+def read_run_config(path: str) -> dict | None:
+    """The ``config.json`` of an earlier run in an output folder (None when there is none); a
+    damaged file is a :class:`CliError` saying what to do."""
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            cfg = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CliError(f"{path} is damaged ({type(e).__name__}: {e}); pass --overwrite to start the run afresh "
+                       "or use another --out") from None
+    if not isinstance(cfg, dict):
+        raise CliError(f"{path} is not a run configuration (a JSON object); pass --overwrite or use another --out")
+    return cfg
+
+
+class Interrupted(Exception):
+    """A stop was asked for (a signal) while :func:`compile_responsive` waited."""
+
+
+def compile_responsive(jitted, *args, stop=lambda: False, poll_s: float = 0.1):
+    """``jitted.lower(*args).compile()`` in a worker thread, the main thread polling every
+    ``poll_s`` so Python signal handlers run while XLA compiles (a handler that raises, e.g.
+    ``KeyboardInterrupt``, propagates at once; ``stop()`` true raises :class:`Interrupted`).
+    The worker is a daemon: an abandoned compile does not keep the process alive. Returns the
+    compiled executable (call it with arguments like ``args``)."""
+    import threading
+
+    box: dict = {}
+
+    def work():
+        try:
+            box["compiled"] = jitted.lower(*args).compile()
+        except BaseException as e:  # re-raised in the caller
+            box["error"] = e
+
+    t = threading.Thread(target=work, name="xla-compile", daemon=True)
+    t.start()
+    while t.is_alive():
+        t.join(poll_s)
+        if stop():
+            raise Interrupted
+    if "error" in box:
+        raise box["error"]
+    return box["compiled"]

@@ -9,7 +9,8 @@ Protocols (reference §5.2-5.3):
   -> ``forward``. ``--frame-delay n`` samples ``T+n`` frames and drops the first ``n``.
 * continual models (``cox3d_*``), ``init_frame``: a fresh state, ``num_init + F`` frames sampled at
   the clip model's rate with ``num_init = max(D, frame_delay-1)`` (``D = model.delay``, ``F =
-  --num-forward-frames``), one jitted ``stream`` over them; the prediction is the mean of the valid
+  --num-forward-frames``), the first ``num_init`` consumed by ``Model.prefill`` and the rest stepped
+  (``Model.prefill_stream``, equal to stepping them all); the prediction is the mean of the valid
   step outputs at frames ``num_init .. num_init+F-1`` (by default the output at frame ``D``).
 
 Outputs in ``--out``: ``config.json`` (what was run), ``predictions.jsonl`` (one line per video,
@@ -36,7 +37,8 @@ import time
 
 import numpy as np
 
-from experiments._cli import atomic_write, file_sha256, model_args
+from experiments._cli import (CliError, atomic_write, compile_responsive, dumps, file_sha256, make_out_dir,
+                              model_args, read_run_config)
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -71,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="class index: sorted labels present (reference) or the shipped 400 Kinetics names")
     d.add_argument("--limit", type=int, help="evaluate only the first N videos (dataset order)")
     d.add_argument("--decoder", default="auto", choices=["auto", "pyav", "opencv"])
+    d.add_argument("--skip-padded", action="store_true",
+                   help="fail a video shorter than the clip instead of repeating its last frame (padded clips "
+                        "are scored and counted by default)")
     r = p.add_argument_group("run")
     r.add_argument("--out", required=True, help="results folder (created; resumed if it holds a matching run)")
     r.add_argument("--batch-size", type=int, default=8, help="global batch (rounded up to a multiple of the devices)")
@@ -187,9 +192,8 @@ def make_predict_fn(model, protocol: Protocol):
 
     lo, n = protocol.first_output, protocol.num_outputs
 
-    def f(params, frames):
-        state = model.init_state(frames.shape[0], frames.dtype)
-        _, out = model.stream(params, state, frames)
+    def f(params, frames):  # the first num_init frames by one clip-mode prefill, the rest stepped
+        _, out = model.prefill_stream(params, frames, lo, frames.dtype)
         s = out.scores[:, lo:lo + n]
         v = out.valid[:, lo:lo + n]
         w = v.astype(s.dtype)
@@ -204,6 +208,7 @@ def summarise(config: dict, items, done: dict, index, batch_size: int) -> dict:
     recs = [done[r.id] for _, r in items if r.id in done]
     ok = [r for r in recs if "error" not in r]
     failed = [dict(id=r["id"], error=r["error"]) for r in recs if "error" in r]
+    padded = [dict(id=r["id"], padded=r["padded"]) for r in ok if r.get("padded")]
     from co3d_jax.data import metrics as M
 
     result: dict = {}
@@ -228,7 +233,9 @@ def summarise(config: dict, items, done: dict, index, batch_size: int) -> dict:
         num_videos=len(items),
         num_evaluated=len(ok),
         num_failed=len(failed),
+        num_padded=len(padded),
         num_missing=len(index.missing),
+        num_skipped=len(index.skipped),
         num_pending=len(items) - len(recs),
         metrics=result,
         metrics_note=("topK: sample-weighted accuracy over evaluated videos; topK_batch_mean: the reference's "
@@ -236,7 +243,11 @@ def summarise(config: dict, items, done: dict, index, batch_size: int) -> dict:
                       "evaluated videos in dataset order" if not index.multilabel else
                       "mAP: mean per-class average precision over classes with a positive"),
         failed=failed,
+        padded=padded,
+        padded_note="evaluated videos shorter than the clip, scored with their last frame repeated `padded` "
+                    "times (--skip-padded fails them instead)",
         missing=[m["id"] for m in index.missing],
+        skipped=list(index.skipped),
         classes=list(index.classes),
     )
 
@@ -247,7 +258,8 @@ def summary_csv(summary: dict) -> str:
                protocol=cfg["protocol"]["mode"], frames=cfg["protocol"]["num_frames"],
                sampling_rate=cfg["protocol"]["sampling_rate"], num_videos=summary["num_videos"],
                num_evaluated=summary["num_evaluated"], num_failed=summary["num_failed"],
-               num_missing=summary["num_missing"], complete=summary["complete"])
+               num_padded=summary["num_padded"], num_missing=summary["num_missing"],
+               num_skipped=summary["num_skipped"], complete=summary["complete"])
     row.update({k: v for k, v in summary["metrics"].items()})
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(row), lineterminator="\n")
@@ -271,6 +283,9 @@ def main(argv=None) -> int:
         return 2
     if args.batch_size < 1:
         _log("--batch-size must be >= 1")
+        return 2
+    if args.limit is not None and args.limit < 1:
+        _log("--limit must be >= 1 (leave it out to evaluate every video)")
         return 2
     if args.source == "tfds" and args.annotations:
         _log("--annotations applies to --source files (a TFDS dataset carries its own index)")
@@ -337,7 +352,7 @@ def main(argv=None) -> int:
     spec = ClipSpec(num_frames=protocol.num_frames, sampling_rate=protocol.sampling_rate,
                     image_size=model.image_size, mean=tuple(model.normalisation[0]),
                     std=tuple(model.normalisation[1]), decoder=decoder, drop_first=protocol.drop_first,
-                    kind="frames" if args.dataset == "charades" else "video")
+                    kind="frames" if args.dataset == "charades" else "video", allow_padding=not args.skip_padded)
     records = index.records[: args.limit] if args.limit is not None else index.records
     items = list(enumerate(records))
 
@@ -349,20 +364,26 @@ def main(argv=None) -> int:
                   protocol=dict(dataclasses.asdict(protocol), image_size=model.image_size,
                                 normalisation=[list(model.normalisation[0]), list(model.normalisation[1])],
                                 delay=model.delay if model.continual else None),
-                  save_scores=bool(args.save_scores or index.multilabel))
+                  save_scores=bool(args.save_scores or index.multilabel), skip_padded=args.skip_padded)
 
     # ---------------- output folder / resume
-    out = args.out
-    os.makedirs(out, exist_ok=True)
-    cfg_path = os.path.join(out, "config.json")
     pid, nproc = jax.process_index(), jax.process_count()
+    try:
+        out = make_out_dir(args.out)
+    except CliError as e:
+        _log(str(e))
+        return 2
+    cfg_path = os.path.join(out, "config.json")
     if args.overwrite and pid == 0:
         for f in prediction_files(out) + [cfg_path, os.path.join(out, "summary.json"), os.path.join(out, "summary.csv")]:
             if os.path.exists(f):
                 os.remove(f)
-    if os.path.exists(cfg_path) and prediction_files(out):
-        with open(cfg_path, encoding="utf-8") as f:
-            old = json.load(f)
+    try:
+        old = read_run_config(cfg_path) if prediction_files(out) else None
+    except CliError as e:
+        _log(str(e))
+        return 2
+    if old is not None:
         if old != json.loads(json.dumps(config)):
             diff = sorted(k for k in set(old) | set(config) if old.get(k) != json.loads(json.dumps(config)).get(k))
             _log(f"{out} holds a different run (differs in {', '.join(diff)}); use another --out or --overwrite")
@@ -419,13 +440,14 @@ def main(argv=None) -> int:
             rec = dict(id=s.record.id, position=s.position,
                        label=list(s.record.label) if isinstance(s.record.label, tuple) else s.record.label,
                        pred=top.tolist(), pred_scores=[float(sc[k]) for k in top],
-                       decoded=s.info.get("decoded"), repeated=s.info.get("repeated"))
+                       decoded=s.info.get("decoded"), repeated=s.info.get("repeated"),
+                       padded=s.info.get("padded"))
             if isinstance(s.record.label, int):
                 rec["rank"] = label_rank(sc, s.record.label)
             if save_scores:
                 rec["scores"] = [float(v) for v in scores[row]]
             lines.append(rec)
-        fh.write("".join(json.dumps(r) + "\n" for r in lines))
+        fh.write("".join(dumps(r) + "\n" for r in lines))
         fh.flush()
         os.fsync(fh.fileno())
         return lines
@@ -457,6 +479,8 @@ def main(argv=None) -> int:
                     if s.error is None:
                         arr[row] = s.frames
                 garr = jax.make_array_from_process_local_data(data_sharding, arr)
+                if step == 0:   # compiled aside: Ctrl-C / SIGTERM during the first compile act at once
+                    predict = compile_responsive(predict, params, garr)
                 result = predict(params, garr)          # async: the device works while we collect
                 if pending is not None:
                     lines = finish(*pending, fh)
@@ -492,16 +516,18 @@ def main(argv=None) -> int:
     if pid != 0:
         return 0
     summary = summarise(config, items, read_predictions(out), index, args.batch_size)
-    atomic_write(os.path.join(out, "summary.json"), json.dumps(summary, indent=2) + "\n")
+    atomic_write(os.path.join(out, "summary.json"), dumps(summary, indent=2) + "\n")
     atomic_write(os.path.join(out, "summary.csv"), summary_csv(summary))
-    atomic_write(os.path.join(out, "timing.json"), json.dumps(dict(
+    atomic_write(os.path.join(out, "timing.json"), dumps(dict(
         elapsed_s=elapsed, videos_this_run=len(todo), devices=ndev,
         steady_videos_per_s=None if first is None or t_end <= first[0] else
         (len(mine) - first[1]) * nproc / (t_end - first[0]), device_kind=str(devices.flat[0].device_kind),
         batch=global_batch, workers=workers, loader=loader if workers > 0 else "inline"), indent=2) + "\n")
-    metr = ", ".join(f"{k}={v:.4f}" for k, v in summary["metrics"].items() if isinstance(v, float))
-    _log(f"done in {elapsed:.1f}s: {summary['num_evaluated']} evaluated, {summary['num_failed']} failed, "
-         f"{summary['num_missing']} missing; {metr}; summary in {out}/summary.json")
+    metr = ", ".join(f"{k}={v:.4f}" if v == v else f"{k}=none (no video evaluated)"
+                     for k, v in summary["metrics"].items() if isinstance(v, float))
+    _log(f"done in {elapsed:.1f}s: {summary['num_evaluated']} evaluated ({summary['num_padded']} padded), "
+         f"{summary['num_failed']} failed, {summary['num_missing']} missing, {summary['num_skipped']} files skipped; "
+         f"{metr}; summary in {out}/summary.json")
     return 0
 
 

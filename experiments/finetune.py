@@ -39,11 +39,13 @@ import time
 
 import numpy as np
 
-from experiments._cli import atomic_write, file_sha256, model_args
+from experiments._cli import (CliError, Interrupted, atomic_write, compile_responsive, dumps, file_sha256,
+                              make_out_dir, model_args, read_run_config)
 
 METRICS = "metrics.jsonl"
 CHECKPOINTS = "checkpoints"
 EXPORT = "params.npz"
+BROKEN = "checkpoints.damaged"   # damaged checkpoint steps are moved here, not deleted
 # options that do not change the training trajectory: they may differ between a run and its
 # resumption (precise_bn only changes the export, so a finished run can be re-exported with it)
 NON_SEMANTIC = {"out", "workers", "prefetch", "no_progress", "stop_after", "overwrite", "save_every", "keep",
@@ -80,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--jitter", type=int, nargs=2, metavar=("MIN", "MAX"),
                    help="short-side scale jitter (default: X3D's ratios, [182, 228] for 160)")
     d.add_argument("--no-flip", action="store_true", help="no random horizontal flip")
+    d.add_argument("--skip-padded", action="store_true",
+                   help="fail a video shorter than the clip window instead of repeating its last frame "
+                        "(padded samples are used and counted by default)")
     o = p.add_argument_group("optimisation")
     o.add_argument("--steps", type=int, required=True, help="number of updates")
     o.add_argument("--batch-size", type=int, default=8, help="global batch (a multiple of the device count)")
@@ -142,6 +147,22 @@ def read_metrics(path: str, upto: int) -> list[str]:
 
 # ----------------------------------------------------------------------------- main
 def main(argv=None) -> int:
+    # Ctrl-C / SIGTERM only ask the run to stop (it stops at the next safe point: during the first
+    # compile at once, later after the update under way, with a checkpoint)
+    stop = {"signal": None}
+
+    def _stop(signum, frame):
+        stop["signal"] = signum
+
+    old_handlers = {s: signal.signal(s, _stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return _main(argv, stop)
+    finally:
+        for s, h in old_handlers.items():
+            signal.signal(s, h)
+
+
+def _main(argv, stop: dict) -> int:
     args = build_parser().parse_args(argv)
     if args.steps < 1 or args.batch_size < 1 or args.save_every < 1 or args.keep < 1 or args.log_every < 1:
         _log("--steps, --batch-size, --save-every, --keep and --log-every must be >= 1")
@@ -151,7 +172,8 @@ def main(argv=None) -> int:
 
     import co3d_jax
     from co3d_jax import train as T
-    from co3d_jax.checkpoint import make_manager, restore_checkpoint, save_checkpoint
+    from co3d_jax.data import augment as A
+    from co3d_jax.checkpoint import CheckpointError, make_manager, restore_latest, save_checkpoint, set_aside
     from co3d_jax.data import open_dataset
     from co3d_jax.data.loader import default_workers
     from co3d_jax.data.train_loader import BatchLoader
@@ -199,15 +221,26 @@ def main(argv=None) -> int:
     except ValueError as e:
         _log(str(e))
         return 2
-    jitter = tuple(args.jitter) if args.jitter else T.TrainClipSpec.default_jitter(model.image_size)
-    spec = T.TrainClipSpec(num_frames=args.num_frames or model.clip_length,
+    jitter = tuple(args.jitter) if args.jitter else A.TrainClipSpec.default_jitter(model.image_size)
+    spec = A.TrainClipSpec(num_frames=args.num_frames or model.clip_length,
                            sampling_rate=args.sampling_rate or model.frame_rate, image_size=model.image_size,
                            jitter=jitter,
                            flip=not args.no_flip, mean=tuple(model.normalisation[0]), std=tuple(model.normalisation[1]))
 
+    shapes = jax.eval_shape(model.init, jax.random.key(0))
+    try:
+        T.check_clip(model.net, shapes, spec.num_frames, model.image_size, args.model)
+    except ValueError as e:
+        _log(str(e))
+        return 2
+
     # ---------------- run folder
-    out = os.path.abspath(args.out)
-    os.makedirs(out, exist_ok=True)
+    try:
+        out = make_out_dir(args.out)
+        old = read_run_config(os.path.join(out, "config.json")) if not args.overwrite else None
+    except CliError as e:
+        _log(str(e))
+        return 2
     cfg_path, metrics_path = os.path.join(out, "config.json"), os.path.join(out, METRICS)
     ckpt_dir = os.path.join(out, CHECKPOINTS)
     if args.overwrite:
@@ -221,28 +254,43 @@ def main(argv=None) -> int:
                   classes=list(index.classes), num_videos=len(records), train=dataclasses.asdict(cfg),
                   clip=dataclasses.asdict(spec))
     config = json.loads(json.dumps(config))
-    if os.path.exists(cfg_path):
-        with open(cfg_path, encoding="utf-8") as f:
-            old = json.load(f)
+    if old is not None:
         if old != config:
-            diff = sorted(k for k in set(old["args"]) | set(config["args"])
-                          if old["args"].get(k) != config["args"].get(k)) or sorted(
+            diff = sorted(k for k in set(old.get("args", {})) | set(config["args"])
+                          if old.get("args", {}).get(k) != config["args"].get(k)) or sorted(
                 k for k in set(old) | set(config) if old.get(k) != config.get(k))
             _log(f"{out} holds a different run (differs in {', '.join(diff)}); use another --out or --overwrite")
             return 2
     atomic_write(cfg_path, json.dumps(config, indent=2, sort_keys=True) + "\n")
 
+    def stopped_before_training(where: str) -> bool:
+        if stop["signal"] is None:
+            return False
+        _log(f"stopped by signal {stop['signal']} {where}; nothing to save (checkpoints untouched); re-run to resume")
+        return True
+
+    if stopped_before_training("before restoring the run"):
+        return 130
+
     # ---------------- state: resume or initialise
     mngr = make_manager(ckpt_dir, args.keep)
-    latest = mngr.latest_step()
-    shapes = jax.eval_shape(model.init, jax.random.key(0))
     opt_shapes = jax.eval_shape(lambda p: T.init_opt_state(p, cfg), shapes)
-    if latest is not None:
-        params, opt_state, meta = restore_checkpoint(mngr, latest, shapes, opt_shapes, mesh)
+    try:
+        restored = restore_latest(mngr, shapes, opt_shapes, mesh)
+    except CheckpointError as e:
+        _log(f"{e}; pass --overwrite to start afresh")
+        return 2
+    seen = {}   # failed/padded videos of the updates done before the restored step
+    if restored is not None:
+        latest, params, opt_state, meta, broken = restored
+        for bad, why in broken:
+            moved = set_aside(mngr, bad, os.path.join(out, BROKEN))
+            _log(f"warning: checkpoint step {bad} is damaged ({why}); moved to {moved}, using step {latest}")
         start = int(meta["step"])
         if start != latest or meta.get("seed") != args.seed:
             _log(f"checkpoint {latest} does not belong to this run (meta {meta})")
             return 2
+        seen = dict(failed=meta.get("failed_videos", {}), padded=meta.get("padded_videos", {}))
         _log(f"resumed from step {start} (saved on {meta.get('num_devices')} device(s), now {ndev})")
     else:
         start = 0
@@ -261,17 +309,15 @@ def main(argv=None) -> int:
     lines = read_metrics(metrics_path, start)
     atomic_write(metrics_path, "".join(lines))
 
+    if stopped_before_training("before training"):
+        return 130
+
     # ---------------- train
     train_step = T.make_train_step(model.net, cfg, mesh, head=model.family.head)
     workers = default_workers() if args.workers is None else args.workers
-    loader = BatchLoader(records, spec, args.seed, args.batch_size, start, workers, args.prefetch)
+    loader = BatchLoader(records, spec, args.seed, args.batch_size, start, workers, args.prefetch,
+                         allow_padding=not args.skip_padded, **seen)
     stop_at = args.steps if args.stop_after is None else min(args.steps, args.stop_after)
-    stop = {"signal": None}
-
-    def _stop(signum, frame):
-        stop["signal"] = signum
-
-    old_handlers = {s: signal.signal(s, _stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         from tqdm import tqdm
     except ImportError:  # progress is optional
@@ -281,19 +327,24 @@ def main(argv=None) -> int:
     pending: list = []
     t0, n_done = time.time(), 0
     last = {}
+    diverged: dict = {}   # the first update whose loss, gradient or new params are not finite
 
     def flush():
+        """Write the pending metrics; note the first non-finite update (checked before every save)."""
         if not pending:
             return
         host = jax.device_get([m for _, m in pending])
         with open(metrics_path, "a", encoding="utf-8") as f:
             for (s, _), m in zip(pending, host):
-                rec = {"step": s, **{k: float(v) for k, v in sorted(m.items())},
+                bad = T.nonfinite(m)
+                if bad and not diverged:
+                    diverged.update(step=s, what=bad, loss=float(m["loss"]), grad_norm=float(m["grad_norm"]))
+                rec = {"step": s, **{k: float(v) for k, v in sorted(m.items()) if k != "params_finite"},
                        "epoch": s * args.batch_size / len(records)}
-                f.write(json.dumps(rec) + "\n")
+                f.write(dumps(rec) + "\n")
                 last.update(rec)
         pending.clear()
-        if bar is not None:
+        if bar is not None and not diverged:
             bar.set_postfix(loss=f"{last['loss']:.4f}", acc=f"{last['accuracy']:.3f}", lr=f"{last['lr']:.3g}")
 
     def meta_for(step):
@@ -301,15 +352,19 @@ def main(argv=None) -> int:
         return dict(step=step, seed=args.seed, samples_seen=step * args.batch_size, epoch=epoch, epoch_position=pos,
                     num_videos=len(records), data_order="permutation(default_rng([seed, 1, epoch]))",
                     sample_rng="default_rng([seed, 2, sample])", dropout_rng="fold_in(key(seed), step)",
-                    num_devices=ndev)
+                    num_devices=ndev, failed_videos=dict(loader.failed), padded_videos=dict(loader.padded))
 
     step = start
     interrupted = False
+    compiled = None
     try:
         while step < stop_at:
             clips, labels = loader.next()
             xb, yb = T.shard_batch(clips, labels, mesh)
-            params, opt_state, m = train_step(params, opt_state, xb, yb, np.int32(step))
+            if compiled is None:   # compiled aside, so a signal during the (long) first compile acts at once
+                compiled = compile_responsive(train_step, params, opt_state, xb, yb, np.int32(step),
+                                              stop=lambda: stop["signal"] is not None)
+            params, opt_state, m = compiled(params, opt_state, xb, yb, np.int32(step))
             step += 1
             n_done += 1
             if n_done == 1:  # the first update includes compilation: steady rates start after it
@@ -317,28 +372,42 @@ def main(argv=None) -> int:
                 t_first = time.time()
             pending.append((step, m))
             save = step % args.save_every == 0 or step == args.steps
-            if save or step % args.log_every == 0 or step == stop_at:
+            signalled = stop["signal"] is not None
+            if save or signalled or step % args.log_every == 0 or step == stop_at:
                 flush()
             if bar is not None:
                 bar.update(1)
+            if diverged:
+                break
             if save:
                 save_checkpoint(mngr, step, params, opt_state, meta_for(step))
-            if stop["signal"] is not None:
+            if signalled:
                 if not save:
                     save_checkpoint(mngr, step, params, opt_state, meta_for(step))
                 _log(f"stopped by signal {stop['signal']} at step {step}; checkpoint saved, re-run to resume")
                 interrupted = True
                 break
+    except Interrupted:
+        kept = f"checkpoint of step {start} kept" if start else "no update was done, nothing to save"
+        _log(f"stopped by signal {stop['signal']} while compiling the first update; {kept}; re-run to resume")
+        interrupted = True
     finally:
         flush()
         mngr.wait_until_finished()
         loader.close()
         if bar is not None:
             bar.close()
-        for s, h in old_handlers.items():
-            signal.signal(s, h)
     t_end = time.time()
     elapsed = t_end - t0
+    if diverged:
+        good = mngr.latest_step()
+        mngr.close()
+        _log(f"stopped: update {diverged['step']} is not finite ({', '.join(diverged['what'])}; loss "
+             f"{diverged['loss']}, grad_norm {diverged['grad_norm']}); "
+             + (f"the last good checkpoint is step {good}" if good is not None else "no checkpoint was saved")
+             + "; nothing exported. Lower --lr, set --grad-clip or check the data, then re-run "
+             "(with --overwrite to restart, or a new --out)")
+        return 3
     if interrupted:
         return 130
     if step < args.steps:  # --stop-after: as if killed (no final checkpoint, no export)
@@ -351,12 +420,15 @@ def main(argv=None) -> int:
         mngr.wait_until_finished()
     mngr.close()
     if args.precise_bn > 0:   # batches after the training ones: deterministic, also on a re-export
-        bn_loader = BatchLoader(records, spec, args.seed, args.batch_size, args.steps, workers, args.prefetch)
+        bn_loader = BatchLoader(records, spec, args.seed, args.batch_size, args.steps, workers, args.prefetch,
+                                allow_padding=not args.skip_padded)
         try:
             params = T.precise_bn(model.net, params, (bn_loader.next() for _ in range(args.precise_bn)), mesh)
         finally:
             bn_loader.close()
         loader.failed.update(bn_loader.failed)
+        for rid, n in bn_loader.padded.items():
+            loader.padded[rid] = loader.padded.get(rid, 0) + n
     host = jax.tree.map(np.asarray, jax.device_get(params))
     export_opts = {k: v for k, v in opts.items() if k not in ("window",)}
     meta = {"arch": args.model, "model_options": json.dumps(export_opts, sort_keys=True),
@@ -370,8 +442,10 @@ def main(argv=None) -> int:
                    seconds=elapsed, steps_per_s=n_done / elapsed if elapsed > 0 else None,
                    clips_per_s=n_done * args.batch_size / elapsed if elapsed > 0 else None,
                    steady_steps_per_s=(n_done - 1) / (t_end - t_first) if n_done > 1 else None,
-                   failed_videos=loader.failed, export=os.path.join(out, EXPORT))
-    atomic_write(os.path.join(out, "summary.json"), json.dumps(summary, indent=2, sort_keys=True) + "\n")
+                   failed_videos=loader.failed, padded_videos=loader.padded,
+                   padded_samples=sum(loader.padded.values()), skipped_files=list(index.skipped),
+                   export=os.path.join(out, EXPORT))
+    atomic_write(os.path.join(out, "summary.json"), dumps(summary, indent=2, sort_keys=True) + "\n")
     _log(f"done: {args.steps} steps, final loss {summary['final_loss']}, params -> {summary['export']}")
     return 0
 

@@ -68,9 +68,15 @@ def main(argv=None) -> int:
     import co3d_jax
     from co3d_jax.data.synthetic import moving_pattern
     from co3d_jax.data.video import VideoError
-    from experiments._cli import parse_options
+    from experiments._cli import CliError, check_out_file, parse_options
     from co3d_jax.params import ParamsError
 
+    if args.json:
+        try:
+            check_out_file(args.json, "--json")
+        except CliError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     opts = {}
     if args.weights:
         from co3d_jax.params import read_npz
@@ -102,13 +108,21 @@ def main(argv=None) -> int:
         params = model.init(jax.random.key(args.seed))
 
     mean, std = model.normalisation
+    failed = {}   # video -> why it cannot be streamed; the other videos still stream
     if args.video:
-        try:
-            videos = [load_video(v, model.frame_rate) for v in args.video]
-        except (VideoError, RuntimeError) as e:  # decoder errors name the file
-            print(f"error: {e}", file=sys.stderr)
+        videos, names = [], []
+        for v in args.video:
+            try:
+                videos.append(load_video(v, model.frame_rate))
+                names.append(v)
+            except VideoError as e:  # the decoders' rules (unreadable, empty, truncated); names the file
+                failed[v] = str(e)
+                print(f"error: {e} (skipped; the other streams go on)", file=sys.stderr)
+            except RuntimeError as e:  # no decoder installed: no video can be read
+                print(f"error: {e}", file=sys.stderr)
+                return 2
+        if not videos:
             return 2
-        names = args.video
     else:
         n = args.frames or model.delay + 8
         videos = [moving_pattern(n, model.image_size + 16, seed=args.seed)]
@@ -162,8 +176,12 @@ def main(argv=None) -> int:
         print(f"rendered {n} frames ({w}x{h}) to {args.render}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"model": model.name, "videos": names, "delay": model.delay, "frames": records,
+            json.dump({"model": model.name, "videos": names, "failed": failed, "delay": model.delay, "frames": records,
                        "latency_ms": latencies}, f)
+    if failed:
+        print(f"{len(failed)} of {len(failed) + len(names)} videos could not be streamed: "
+              + "; ".join(f"{v}: {e}" for v, e in failed.items()), file=sys.stderr)
+        return 1
     return 0
 
 

@@ -38,16 +38,6 @@ def _modules() -> dict[str, str]:
 
 MODULES = _modules()
 
-# Violations that other branches are fixing (remove an entry when its fix is merged; the xfail
-# marks below go away with the last one). A cycle is pending if all its modules are in one group.
-PENDING_CYCLES = {
-    "weight_port.convert <-> resnet3d <-> verification (weight-port branch)": {
-        "weight_port.convert", "weight_port.resnet3d", "weight_port.verification"},
-}
-PENDING_PRIVATE = {
-}
-
-
 def _is_package(module: str) -> bool:
     return MODULES[module].endswith("__init__.py")
 
@@ -190,32 +180,27 @@ def test_checker_sees_cycles_and_private_imports():
     assert "co3d_jax.data.datasets" in import_graph()["co3d_jax.data.loader"]
 
 
-def _pending_cycle(cycle: list[str]) -> str | None:
-    return next((why for why, group in PENDING_CYCLES.items() if set(cycle) <= group), None)
-
-
-def test_no_import_cycles_beyond_those_being_fixed():
-    graph = import_graph()
-    new = [c for c in find_cycles(graph) if _pending_cycle(c) is None]
-    assert not new, "import cycles:\n" + "\n".join(describe_cycle(graph, c) for c in new)
-
-
-@pytest.mark.xfail(bool(PENDING_CYCLES), strict=False, reason="cycles being fixed on other branches: PENDING_CYCLES")
 def test_no_import_cycles():
     graph = import_graph()
     cycles = find_cycles(graph)
-    assert not cycles, "import cycles:\n" + "\n".join(
-        describe_cycle(graph, c) + (f"   [pending: {_pending_cycle(c)}]" if _pending_cycle(c) else "") for c in cycles)
+    assert not cycles, "import cycles:\n" + "\n".join(describe_cycle(graph, c) for c in cycles)
 
 
-def test_no_private_imports_beyond_those_being_fixed():
-    new = [f"{where}: {what}" for where, what in private_imports() if what not in PENDING_PRIVATE]
-    assert not new, "private names used across modules:\n" + "\n".join(new)
-
-
-@pytest.mark.xfail(bool(PENDING_PRIVATE), strict=False, reason="private imports outside this branch: PENDING_PRIVATE")
 def test_no_private_imports_across_modules():
     found = private_imports()
-    assert not found, "private names used across modules:\n" + "\n".join(
-        f"{where}: {what}" + (f"   [pending: {PENDING_PRIVATE[what]}]" if what in PENDING_PRIVATE else "")
-        for where, what in found)
+    assert not found, "private names used across modules:\n" + "\n".join(f"{where}: {what}" for where, what in found)
+
+
+def test_co3d_jax_imports_neither_torch_nor_weight_port():
+    """The library is torch-free: only ``weight_port`` (and the PyTorch benchmark side of
+    ``experiments``) import torch."""
+    forbidden = ("torch", "torchvision", "pytorchvideo", "weight_port")
+    bad = []
+    for m, path in MODULES.items():
+        if m.split(".")[0] != "co3d_jax":
+            continue
+        for node in ast.walk(ast.parse(open(path, encoding="utf-8").read(), path)):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            bad += [f"{m}:{node.lineno} imports {n}" for n in names if n.split(".")[0] in forbidden]
+    assert not bad, bad

@@ -22,7 +22,6 @@ IMPORT_NAMES = {"opencv-python-headless": "cv2", "orbax-checkpoint": "orbax", "p
 # declared although no module of ours imports them, and why
 NOT_IMPORTED = {
     "flatbuffers": "jax.export's serializer (co3d_jax/export.py) imports it; jax does not require it",
-    "flax": "the Flax front end (another branch) imports it; drop this line once it is merged",
     "array-record": "TFDS stores and reads the datasets as ArrayRecord through it; tensorflow-datasets does not "
                     "require it",
     "importlib_resources": "tensorflow-datasets 4.9.10 imports it but requires it only on Python < 3.9",

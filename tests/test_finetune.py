@@ -33,6 +33,7 @@ import jax.numpy as jnp  # noqa: E402
 import co3d_jax  # noqa: E402
 from co3d_jax import layers as L  # noqa: E402
 from co3d_jax import train as T  # noqa: E402
+from co3d_jax.data import augment as A  # noqa: E402
 from co3d_jax.checkpoint import make_manager  # noqa: E402
 from co3d_jax.params import ParamsError, flatten, read_npz, save_params  # noqa: E402
 from experiments import finetune as F  # noqa: E402
@@ -299,16 +300,16 @@ def test_train_step_bf16_adamw_dropout():
 
 def test_data_order_is_a_function_of_seed_and_step():
     n, b = 7, 3
-    seen = [idx for step in range(7) for _, idx in T.sample_indices(0, n, step, b)]
+    seen = [idx for step in range(7) for _, idx in A.sample_indices(0, n, step, b)]
     for e in range(3):  # every epoch is a permutation of the videos
         assert sorted(seen[e * n:(e + 1) * n]) == list(range(n))
-    assert T.sample_indices(0, n, 5, b) == T.sample_indices(0, n, 5, b)
-    assert T.sample_indices(0, n, 5, b) != T.sample_indices(1, n, 5, b)
+    assert A.sample_indices(0, n, 5, b) == A.sample_indices(0, n, 5, b)
+    assert A.sample_indices(0, n, 5, b) != A.sample_indices(1, n, 5, b)
     frames = np.random.default_rng(0).integers(0, 255, (20, 24, 30, 3)).astype(np.uint8)
-    spec = T.TrainClipSpec(num_frames=4, sampling_rate=2, image_size=16, jitter=(16, 20))
-    a = T.train_sample(frames, 30.0, spec, T.sample_rng(0, 11))
+    spec = A.TrainClipSpec(num_frames=4, sampling_rate=2, image_size=16, jitter=(16, 20))
+    a = A.train_sample(frames, 30.0, spec, A.sample_rng(0, 11))
     assert a.shape == (4, 16, 16, 3) and a.dtype == np.float32
-    np.testing.assert_array_equal(a, T.train_sample(frames, 30.0, spec, T.sample_rng(0, 11)))
+    np.testing.assert_array_equal(a, A.train_sample(frames, 30.0, spec, A.sample_rng(0, 11)))
 
 
 def test_precise_bn_averages_batch_statistics():

@@ -26,7 +26,8 @@ from co3d_jax.flops import count_params, paper_macs  # noqa: E402
 from co3d_jax.models.r2plus1d import midplanes
 from co3d_jax.normalisation import IMAGENET as IMAGENET_NORMALISATION  # noqa: E402
 from weight_port import CheckpointMismatchError, PortError  # noqa: E402
-from weight_port.r2plus1d import convert_file, convert_state_dict, jax_to_torchvision  # noqa: E402
+from co3d_jax.models.r2plus1d import jax_to_torchvision  # noqa: E402
+from weight_port.r2plus1d import convert_file, convert_state_dict  # noqa: E402
 
 from torch_utils import randomize_model_bn_  # noqa: E402
 

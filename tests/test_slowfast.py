@@ -32,8 +32,8 @@ from co3d_jax.normalisation import KINETICS as FEICHTENHOFER_NORMALISATION  # no
 from co3d_jax.params import flatten  # noqa: E402
 from co3d_jax.train import logits_net  # noqa: E402
 from weight_port import CheckpointMismatchError, PortError  # noqa: E402
-from weight_port.slowfast import (caffe2_to_slowfast, convert_state_dict, jax_to_slowfast,  # noqa: E402
-                                  slowfast_to_caffe2)
+from co3d_jax.models.slowfast import caffe2_to_slowfast, jax_to_slowfast, slowfast_to_caffe2  # noqa: E402
+from weight_port.slowfast import convert_state_dict  # noqa: E402
 
 from torch_utils import randomize_model_bn_  # noqa: E402
 

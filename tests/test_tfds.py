@@ -184,13 +184,13 @@ def test_evaluate_from_tfds_equals_the_folder_run(kin, kin_tfds, tmp_path):
 
 
 def test_train_sample_from_tfds_equals_the_file(kin, kin_tfds):
-    from co3d_jax.train import TrainClipSpec
+    from co3d_jax.data.augment import TrainClipSpec
     from co3d_jax.data.train_loader import load_train_sample
 
     spec = TrainClipSpec(num_frames=4, sampling_rate=2, image_size=32, jitter=(36, 44))
     a = kinetics_folder(str(kin), "validate").records
     b = open_dataset("kinetics400", str(kin_tfds[0]), "validate", source="tfds").records
-    (x, ex), (y, ey) = load_train_sample(spec, 0, a[3], 5), load_train_sample(spec, 0, b[3], 5)
+    (x, ex, _), (y, ey, _) = load_train_sample(spec, 0, a[3], 5), load_train_sample(spec, 0, b[3], 5)
     assert ex is None and ey is None and x.shape == (4, 32, 32, 3)
     np.testing.assert_array_equal(x, y)
     assert "corrupt" in a[2].id and load_train_sample(spec, 0, b[2], 5)[1] is not None

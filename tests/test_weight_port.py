@@ -32,8 +32,8 @@ from co3d_jax.params import ParamsError, flatten, read_npz  # noqa: E402
 from weight_port import CheckpointMismatchError, PortError  # noqa: E402
 from weight_port import cli  # noqa: E402
 from weight_port.convert import convert_file, convert_state_dict, save_conversion  # noqa: E402
-from weight_port.layouts import IDENTITY_BN_VAR, jax_params_to_state_dict  # noqa: E402
-from weight_port.reference import jax_forward_fn, verify  # noqa: E402
+from weight_port.tensors import IDENTITY_BN_VAR  # noqa: E402
+from weight_port.x3d import jax_forward_fn, jax_params_to_state_dict, verify  # noqa: E402
 
 from torch_utils import randomize_bn_, randomize_model_bn_  # noqa: E402
 
@@ -55,7 +55,7 @@ def make_pytorchvideo_x3d(frames: int, image_size: int, seed: int = 0, **kwargs)
 
 def pytorchvideo_to_slowfast(sd: dict) -> dict:
     """PySlowFast X3D names from pytorchvideo names by chained substring replacement (written
-    independently of weight_port.layouts, in the style of co3d's Slow remap)."""
+    independently of the X3D checkpoint table, in the style of co3d's Slow remap)."""
     out = {}
     for key, v in sd.items():
         k = key.replace("blocks.0.conv.conv_t.", "STEM_SPATIAL.").replace("blocks.0.conv.conv_xy.", "STEM_TEMPORAL.")

@@ -29,7 +29,7 @@ import weight_port  # noqa: E402
 from weight_port import PortError, cli  # noqa: E402
 from weight_port import convert as convert_module  # noqa: E402
 from weight_port.convert import convert_state_dict, verify_fn  # noqa: E402
-from weight_port.slowfast import jax_to_slowfast, slowfast_to_caffe2, slowfast_to_pytorchvideo  # noqa: E402
+from co3d_jax.models.slowfast import jax_to_slowfast, slowfast_to_caffe2, slowfast_to_pytorchvideo  # noqa: E402
 
 from torch_utils import randomize_model_bn_  # noqa: E402
 

@@ -1,6 +1,6 @@
 """Reading PyTorch checkpoint files safely (``weights_only=True``) into numpy arrays.
 
-torch is imported lazily, only here and in :mod:`weight_port.reference`.
+torch is imported lazily, only here and by the ``--verify`` references.
 """
 
 from __future__ import annotations

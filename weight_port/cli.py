@@ -85,6 +85,9 @@ def _cmd_list(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The ``argparse`` parser with the ``convert``, ``download`` and ``list`` subcommands."""
     from .download import MIRROR_ENV
+    from .pipeline import FAMILIES
+
+    layouts = list(dict.fromkeys(name for f in FAMILIES for name in f.checkpoints.layouts))
 
     parser = argparse.ArgumentParser(prog="python -m weight_port", description=_DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -97,15 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("src", metavar="SRC", help="PyTorch checkpoint (.pyth/.pth/.pt), loaded with weights_only=True, "
                                               "or a Caffe2 .pkl (Slow/I3D and SlowFast archs; restricted unpickler)")
     c.add_argument("--arch", required=True,
-                   help="co3d_jax model name: x3d_xs, x3d_s, x3d_m, x3d_l, cox3d_xs, cox3d_s_13, cox3d_m_16, ... "
-                        "(CoX3D uses the X3D weights; XS/S/M share one structure, L is deeper); slow_8x8_r50, "
-                        "coslow_8, coslow_64, i3d_r50, coi3d_8, coi3d_64, slow_8x8_r50_charades, coslow_64_charades, "
-                        "... (CoSlow/CoI3D use the Slow/I3D weights); r2plus1d_18_8, r2plus1d_18_16; slowfast_8x8_r50, "
-                        "slowfast_4x16_r50")
+                   help="co3d_jax model name (continual models use their clip model's weights): "
+                        + "; ".join(f"{f.description}: {f.names_help}" for f in FAMILIES))
     c.add_argument("--out", required=True, metavar="DST.npz", help="output params file")
-    c.add_argument("--layout", default="auto", choices=("auto", "slowfast", "pytorchvideo", "caffe2", "torchvision"),
-                   help="key naming of SRC (default: detect; caffe2 = a Caffe2 .pkl, Slow/I3D and SlowFast archs; "
-                        "torchvision: R(2+1)D archs)")
+    c.add_argument("--layout", default="auto", choices=("auto", *layouts),
+                   help="key naming of SRC (default: detect from the key names): "
+                        + "; ".join(f"{f.description}: {', '.join(f.checkpoints.layouts)}" for f in FAMILIES)
+                        + " (caffe2: a Caffe2 .pkl)")
     c.add_argument("--num-classes", type=int, default=None, metavar="N", help="model option num_classes (default 400)")
     c.add_argument("--depth-factor", type=float, default=None, metavar="F",
                    help="model option depth_factor of X3D archs (default per arch)")

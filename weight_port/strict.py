@@ -1,7 +1,6 @@
 """The strict porting core shared by every architecture family.
 
-* :func:`create_model` / :func:`build_model`: ``co3d_jax.create_model`` with its errors as
-  :class:`~weight_port.errors.PortError` (``build_model`` also refuses arch names outside a family);
+* :func:`create_model`: ``co3d_jax.create_model`` with its errors as :class:`~weight_port.errors.PortError`;
 * :func:`target_shapes` / :func:`cached_target_shapes`: the ``{jax path: shape}`` to fill;
 * :func:`port_strict`: fill every target from a source state dict, consume every source tensor,
   or raise one :class:`~weight_port.errors.CheckpointMismatchError` (:func:`mismatch_error`)
@@ -18,8 +17,10 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from . import layouts as L
+from co3d_jax.models.checkpoints import BN_COUNTER
+
 from .errors import CheckpointMismatchError, PortError, summarise
+from .tensors import RELAYOUT, torch_shape as _torch_shape
 
 Shape = tuple[int, ...]
 # hints(missing, unexpected, misshaped) -> hint strings for the mismatch message
@@ -36,17 +37,6 @@ def create_model(arch: str, **model_options: Any):
         return co3d_jax.create_model(arch, **model_options)
     except (ValueError, TypeError) as e:
         raise PortError(f"--arch {arch}: {e}") from None
-
-
-def build_model(arch: str, family: str, prefixes: tuple[str, ...], **model_options: Any):
-    """:func:`create_model` for an arch whose name starts with one of ``prefixes`` (the family
-    ``family``); any other name is a :class:`PortError` listing the family's registry names."""
-    import co3d_jax
-
-    if not arch.startswith(prefixes):
-        known = [n for n in co3d_jax.list_models() if n.startswith(prefixes)]
-        raise PortError(f"--arch {arch!r}: the {family} porter handles {', '.join(known)}")
-    return create_model(arch, **model_options)
 
 
 def target_shapes(model) -> dict[str, Shape]:
@@ -82,29 +72,17 @@ def resolve_layout(layout: str, state: Mapping[str, Any], detect: Callable[[Iter
     return layout
 
 
-# ------------------------------------------------------------------------------------ tensors
 def default_torch_shape(path: str, shape: Shape) -> Shape:
     """The torch shape behind a JAX leaf of ``shape``: conv for 5-D, Linear for 2-D, else as is."""
-    return L.torch_shape(shape, len(shape))
-
-
-def default_to_jax(src: np.ndarray, want: Shape, shape: Shape) -> np.ndarray | None:
-    """Torch layout -> JAX layout, ``None`` if the rank does not fit. A Linear weight stored with
-    trailing singleton dims (a Caffe2 FC as a 1x1x1 conv, ``(O, I, 1, 1, 1)``) is accepted."""
-    a = np.asarray(src)
-    while len(want) == 2 and a.ndim > 2 and a.shape[-1] == 1:
-        a = a.reshape(a.shape[:-1])
-    if a.ndim != len(want):
-        return None
-    return L.torch_to_jax(a, shape)
+    return _torch_shape(shape)
 
 
 # ------------------------------------------------------------------------------------ the strict fill
 def port_strict(state: Mapping[str, np.ndarray], targets: Mapping[str, Shape], source_name: Callable[[str], str],
-                *, label: str, arch: str, layout: str, counter: str | None = L.BN_COUNTER,
+                *, label: str, arch: str, layout: str, counter: str | None = BN_COUNTER,
                 ignorable: Callable[[str], bool] = lambda k: False, hints: Hints = lambda m, u, s: (),
                 torch_shape: Callable[[str, Shape], Shape] = default_torch_shape,
-                to_jax: Callable[[np.ndarray, Shape, Shape], np.ndarray | None] = default_to_jax,
+                to_jax: Callable[[np.ndarray, Shape, Shape], np.ndarray | None] = RELAYOUT["torch"],
                 filled: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """Fill every target from ``state`` or raise one :class:`CheckpointMismatchError`.
 

@@ -28,7 +28,7 @@ from .strict import create_model
 if TYPE_CHECKING:
     import torch
 
-    from .convert import Conversion
+    from .conversion import Conversion
 
 # torch clip (B, C, T, H, W) -> (softmax scores, logits), both (B, K)
 TorchOutputs = Callable[["torch.Tensor"], "tuple[np.ndarray, np.ndarray]"]

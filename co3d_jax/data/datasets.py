@@ -7,7 +7,8 @@ Kinetics-400, two layouts (§5.1):
   dict the Kinetics crawler writes, ``{ytid: {"subset": "validate", "annotations": {"label": "abseiling",
   "segment": [14.0, 24.0]}, ...}}``; the file is ``{root}/data/{subset}/{label}/{ytid}_{int(s):06d}_{int(e):06d}.mp4``
   (no label folder when the label is empty). Listed videos without a file are *missing* (counted, not
-  evaluated), as in the reference. Without a split file the folder is scanned.
+  evaluated), as in the reference. Without a split file the folder is scanned; a file there
+  without a video extension (or a nested folder) is listed in ``DatasetIndex.skipped``.
 * **Official annotation CSV** (:func:`kinetics_csv`): ``label,youtube_id,time_start,time_end,split``
   (the test CSV has no label) beside a folder of clips, found by file name
   ``{youtube_id}_{start:06d}_{end:06d}.<ext>`` (or ``{youtube_id}.<ext>``) anywhere below it.
@@ -69,10 +70,14 @@ class DatasetIndex:
     records: list
     missing: list = dataclasses.field(default_factory=list)
     multilabel: bool = False
+    skipped: list = dataclasses.field(default_factory=list)
+    """Files found where videos are read but not used: ``{"path", "reason"}`` (e.g. a
+    ``notes.txt`` in a class folder, or a file a TFDS build could not read)."""
 
     def summary(self) -> dict:
         return dict(name=self.name, split=self.split, root=self.root, layout=self.layout,
-                    num_classes=len(self.classes), num_videos=len(self.records), num_missing=len(self.missing))
+                    num_classes=len(self.classes), num_videos=len(self.records), num_missing=len(self.missing),
+                    num_skipped=len(self.skipped))
 
 
 def shipped_kinetics400_classes() -> list[str]:
@@ -142,7 +147,7 @@ def kinetics_folder(root: str, split: str = "validate", classes: str | list = "d
     data = os.path.join(root, "data")
     split_file = os.path.join(root, "splits", f"{split}.json")
     found: list[tuple[str, str, str | None]] = []   # (id, path, label)
-    missing = []
+    missing, skipped = [], []
     if os.path.isfile(split_file):
         layout = "kinetics-json"
         with open(split_file, encoding="utf-8") as f:
@@ -173,15 +178,25 @@ def kinetics_folder(root: str, split: str = "validate", classes: str | list = "d
             d = os.path.join(split_dir, label)
             if os.path.isdir(d):
                 for name in sorted(os.listdir(d)):
+                    path = os.path.join(d, name)
                     if name.lower().endswith(VIDEO_EXTENSIONS):
-                        path = os.path.join(d, name)
                         found.append((_rel(path, data), path, label))
+                    else:
+                        skipped.append(dict(path=_rel(path, data), reason=_skip_reason(path)))
             elif label.lower().endswith(VIDEO_EXTENSIONS):   # unlabelled (test) videos
                 found.append((_rel(d, data), d, None))
+            else:
+                skipped.append(dict(path=_rel(d, data), reason=_skip_reason(d)))
     cls = class_list([lbl for _, _, lbl in found], classes, "kinetics400")
     index = label_indexer(cls)
     records = [VideoRecord(vid, path, index(lbl)) for vid, path, lbl in found]
-    return DatasetIndex("kinetics400", split, root, layout, cls, records, missing)
+    return DatasetIndex("kinetics400", split, root, layout, cls, records, missing, skipped=skipped)
+
+
+def _skip_reason(path: str) -> str:
+    if os.path.isdir(path):
+        return "a folder inside a class folder (not scanned)"
+    return f"not a video file (extensions read: {', '.join(VIDEO_EXTENSIONS)})"
 
 
 def kinetics_csv(csv_path: str, clips_root: str, split: str | None = "validate",

@@ -24,11 +24,12 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
+from ..normalisation import KINETICS
 from .datasets import VideoRecord
-from .sampling import charades_indices, num_repeated
+from .sampling import charades_indices, charades_num_padded, num_repeated
 from .sources import frame_media, video_media
 from .transforms import eval_transform
-from .video import VideoError, decode_clip, read_image
+from .video import VideoError, check_padding, decode_clip, read_image
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,16 +37,19 @@ class ClipSpec:
     """One evaluation sample: ``num_frames`` frames at ``sampling_rate`` (30-fps frames apart),
     of which the first ``drop_first`` are dropped after sampling (X3D ``--forward_frame_delay``);
     ``image_size`` crop; ``mean``/``std`` normalisation; ``decoder`` ``pyav``/``opencv``;
-    ``kind`` ``video`` (Kinetics) or ``frames`` (Charades JPEG folders)."""
+    ``kind`` ``video`` (Kinetics) or ``frames`` (Charades JPEG folders); ``allow_padding``: a video
+    shorter than the clip is padded by repeating its last frame (counted in ``info["padded"]``),
+    or, when False, fails (:func:`~co3d_jax.data.video.check_padding`)."""
 
     num_frames: int
     sampling_rate: int
     image_size: int
-    mean: tuple = (0.45, 0.45, 0.45)
-    std: tuple = (0.225, 0.225, 0.225)
+    mean: tuple = KINETICS[0]
+    std: tuple = KINETICS[1]
     decoder: str = "pyav"
     drop_first: int = 0
     kind: str = "video"
+    allow_padding: bool = True
 
     @property
     def out_frames(self) -> int:
@@ -74,9 +78,11 @@ def load_sample(spec: ClipSpec, position: int, record: VideoRecord) -> Sample:
             if len(shapes) != 1:
                 raise VideoError(f"frames of different sizes: {sorted(shapes)}")
             raw = np.stack([uniq[int(i)] for i in idx])
-            info = dict(decoded=len(paths), indices=idx.tolist(), repeated=num_repeated(idx))
+            info = dict(decoded=len(paths), indices=idx.tolist(), repeated=num_repeated(idx),
+                        padded=charades_num_padded(len(paths), spec.num_frames, spec.sampling_rate))
         else:
             raw, info = decode_clip(video_media(record), spec.sampling_rate, spec.num_frames, spec.decoder)
+        check_padding(info["padded"], spec.num_frames, spec.allow_padding)
         idx = np.asarray(info["indices"])[spec.drop_first:]
         raw = raw[spec.drop_first:]
         # Transform each distinct source frame once (long windows repeat the last frame).

@@ -85,10 +85,25 @@ def charades_indices(video_length: int, num_frames: int, sampling_rate: int) -> 
     return np.array([max(min(start + i * sampling_rate, video_length - 1), 0) for i in range(num_frames)], np.int64)
 
 
+def num_padded(num_decoded: int, size: float, num_frames: int, start: float = 0.0) -> int:
+    """How many of :func:`temporal_indices`' frames lie past the last decoded frame (clamped to
+    it): the clip is padded by repeating the last frame because the video is shorter than the
+    window. (Repeats from upsampling a low frame rate are not padding.)"""
+    pos = np.trunc(torch_linspace_f32(start, start + size - 1, num_frames))
+    return int(np.sum(pos > num_decoded - 1))
+
+
+def charades_num_padded(video_length: int, num_frames: int, sampling_rate: int) -> int:
+    """:func:`num_padded` for :func:`charades_indices`: positions past the last frame."""
+    clip_len = (num_frames - 1) * sampling_rate + 1
+    start = max(video_length - clip_len, 0) // 2
+    return sum(start + i * sampling_rate > video_length - 1 for i in range(num_frames))
+
+
 def num_repeated(indices: np.ndarray) -> int:
     """How many sampled frames repeat an earlier one (the reference logs this as padding)."""
     return int(len(indices) - len(set(int(i) for i in indices)))
 
 
 __all__ = ["TARGET_FPS", "torch_linspace_f32", "clip_size", "centered_window", "temporal_indices",
-           "charades_indices", "num_repeated"]
+           "charades_indices", "num_padded", "charades_num_padded", "num_repeated"]

@@ -33,7 +33,7 @@ from typing import Union
 
 import numpy as np
 
-from .sampling import TARGET_FPS, centered_window, clip_size, num_repeated, temporal_indices
+from .sampling import TARGET_FPS, centered_window, clip_size, num_padded, num_repeated, temporal_indices
 
 SEEK_MARGIN = 1024
 
@@ -73,7 +73,34 @@ def _as_path(media: Media, suffix: str = ".mp4"):
 
 
 class VideoError(Exception):
-    """The video cannot be used (unreadable, empty, truncated, no video stream)."""
+    """The video cannot be used (unreadable, empty, truncated, no video stream, or too short
+    where padding is excluded)."""
+
+
+TRUNCATION_TOLERANCE = 2
+"""Frames a stream may end before its metadata promises without being called truncated."""
+
+
+def _promised_last(last, unit=1):
+    """The last position (pts, or frame number with ``unit`` 1) a complete stream must reach:
+    the last one its metadata promises, less :data:`TRUNCATION_TOLERANCE` frames."""
+    return last - TRUNCATION_TOLERANCE * unit
+
+
+def _check_complete(reached, promised, unit: str) -> None:
+    """The one truncation rule of every decoder: a stream that stops before ``promised`` (from
+    :func:`_promised_last`; None: the metadata promises nothing) is truncated."""
+    if promised is not None and reached is not None and reached < promised:
+        raise VideoError(f"truncated: stream ends at {unit} {int(reached)}, metadata promises {int(promised)}")
+
+
+def check_padding(padded: int, num_frames: int, allow: bool) -> None:
+    """The one length rule: a clip whose last ``padded`` of ``num_frames`` frames fall past the end
+    of the video (shown as its last frame: the video is shorter than the clip) is used and
+    counted, unless ``allow`` is False (``--skip-padded``), when it is a :class:`VideoError`."""
+    if padded and not allow:
+        raise VideoError(f"too short: {padded} of {num_frames} clip frames fall past the video's end and would "
+                         "show its last frame (padding excluded by --skip-padded)")
 
 
 def available_backends() -> list[str]:
@@ -111,7 +138,8 @@ def decode_clip(path: Media, sampling_rate: float, num_frames: int, backend: str
 
     ``info``: ``fps``, ``frames_meta`` (stream frame count), ``decoded`` (frames decoded in the
     window), ``indices`` (into the decoded frames), ``repeated`` (duplicated indices: the video
-    is shorter than the window), ``decode_all``.
+    is shorter than the window), ``padded`` (sampled positions past the last decoded frame, shown
+    as it: the clip is padded by repetition), ``decode_all``.
     """
     _check_media(path)
     if backend == "pyav":
@@ -150,7 +178,7 @@ def _decode_pyav(path, sampling_rate, num_frames, target_fps):
             start_idx, end_idx = centered_window(frames_length, size)
             timebase = duration / frames_length
             start_pts, end_pts = int(start_idx * timebase), int(end_idx * timebase)
-            expect_last = min(end_pts, (frames_length - 1) * timebase) - 2 * timebase
+            expect_last = _promised_last(min(end_pts, (frames_length - 1) * timebase), timebase)
         frames = {}
         max_pts = None
         passed_end = False
@@ -172,8 +200,8 @@ def _decode_pyav(path, sampling_rate, num_frames, target_fps):
             raise VideoError(f"decode error: {type(e).__name__}: {e}") from None
         if not frames:
             raise VideoError("no frames decoded" if max_pts is None else "no frames in the sampling window")
-        if expect_last is not None and not passed_end and max_pts < expect_last:
-            raise VideoError(f"truncated: stream ends at pts {max_pts}, metadata promises {int(expect_last)}")
+        if not passed_end:
+            _check_complete(max_pts, expect_last, "pts")
         ordered = [frames[p] for p in sorted(frames)]
         idx = temporal_indices(len(ordered), size, num_frames)
         rgb = {int(i): ordered[int(i)].to_rgb().to_ndarray() for i in sorted(set(idx.tolist()))}
@@ -181,7 +209,7 @@ def _decode_pyav(path, sampling_rate, num_frames, target_fps):
         container.close()
     out = np.stack([rgb[int(i)] for i in idx])
     info = dict(fps=fps, frames_meta=frames_meta, decoded=len(ordered), indices=idx.tolist(),
-                repeated=num_repeated(idx), decode_all=decode_all)
+                repeated=num_repeated(idx), padded=num_padded(len(ordered), size, num_frames), decode_all=decode_all)
     return out, info
 
 
@@ -225,12 +253,13 @@ def _decode_opencv_file(path, sampling_rate, num_frames, target_fps):
         cap.release()
     if not decoded:
         raise VideoError("no frames decoded (opencv)")
-    if not decode_all and i <= min(last, frames_length - 1) - 2:
-        raise VideoError(f"truncated: stream ends at frame {i}, metadata promises {frames_length}")
+    if not decode_all:
+        _check_complete(i - 1, _promised_last(min(last, frames_length - 1)), "frame")
     idx = temporal_indices(len(decoded), size, num_frames)
     out = np.stack([decoded[int(j)][..., ::-1] for j in idx])
     info = dict(fps=fps, frames_meta=frames_length, decoded=len(decoded), indices=idx.tolist(),
-                repeated=num_repeated(idx), decode_all=decode_all)
+                repeated=num_repeated(idx), padded=num_padded(len(decoded), size, num_frames),
+                decode_all=decode_all)
     return np.ascontiguousarray(out), info
 
 
@@ -260,10 +289,28 @@ def read_image(path: Media) -> np.ndarray:
     raise VideoError(f"cannot read image {name}")
 
 
+def _promised_stream_end(stream, fps: float):
+    """:func:`_promised_last` for a whole PyAV stream (pts), or None when its metadata gives no
+    duration (then nothing can be called truncated). The same frame-count estimate as
+    :func:`decode_clip`."""
+    duration, tb = stream.duration, stream.time_base
+    frames_length = int(stream.frames or 0)
+    if duration is None or tb is None:
+        return None
+    if frames_length <= 0:
+        frames_length = int(round(float(duration * tb) * fps))
+    if frames_length <= 0:
+        return None
+    timebase = duration / frames_length
+    return _promised_last((frames_length - 1) * timebase, timebase)
+
+
 def decode_all(path: Media, backend: str = "auto") -> tuple[np.ndarray, float]:
     """Every frame of ``path`` (a file or its bytes): ``(frames uint8 (T, H, W, 3), fps)``.
 
-    Raises :class:`VideoError` naming the problem for a missing, empty, unreadable or frameless file.
+    Raises :class:`VideoError` naming the problem for a missing, empty, unreadable, frameless or
+    truncated file (the same truncation rule as :func:`decode_clip`: the stream stops more than
+    :data:`TRUNCATION_TOLERANCE` frames before its metadata's end).
     """
     label = path if isinstance(path, str) else "(bytes)"
     try:
@@ -283,19 +330,29 @@ def decode_all(path: Media, backend: str = "auto") -> tuple[np.ndarray, float]:
                     raise VideoError(f"{label}: no video stream")
                 stream = container.streams.video[0]
                 fps = float(stream.average_rate or 30.0)
-                frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+                promised = _promised_stream_end(stream, fps)
+                max_pts = None
+                for f in container.decode(video=0):
+                    frames.append(f.to_ndarray(format="rgb24"))
+                    if f.pts is not None:
+                        max_pts = f.pts if max_pts is None else max(max_pts, f.pts)
+                if frames:
+                    _check_complete(max_pts, promised, "pts")
         else:
             import cv2
             cap = cv2.VideoCapture(path)
             fps = float(cap.get(cv2.CAP_PROP_FPS) or 30.0)
+            count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
             while True:
                 ok, img = cap.read()
                 if not ok:
                     break
                 frames.append(img[..., ::-1])
             cap.release()
-    except VideoError:
-        raise
+            if frames and count > 0:
+                _check_complete(len(frames) - 1, _promised_last(count - 1), "frame")
+    except VideoError as e:
+        raise VideoError(str(e) if str(e).startswith(label) else f"{label}: {e}") from None
     except Exception as e:  # decoder errors (av.error.*, OSError)
         raise VideoError(f"{label}: cannot decode: {type(e).__name__}: {e}") from None
     if not frames:

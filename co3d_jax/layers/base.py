@@ -14,6 +14,11 @@ A layer is a frozen dataclass (static configuration, hashable, safe to close ove
   advances its state for streams whose input is valid, and returns the validity of its own output
   (continual-inference returns ``None`` instead). Containers, :meth:`co3d_jax.Model.step` and
   :func:`co3d_jax.stream.scan_stream` return the same ``(state, Out)`` shape.
+* ``prefill(params, xs, dtype) -> (state, ys)``: the state of a fresh stream (``init_state(B, ...,
+  dtype)``) after the valid inputs ``xs`` ``(B, N, H, W, C)``, and the outputs ``ys``
+  ``(B, M, H', W', C')`` it emitted on the way (those at ``n >= delay`` with ``(n - delay) %
+  stride == 0``, :func:`emit_positions`), equal to stepping the ``N`` frames. The default scans
+  ``step``; layers with work to share override ``_prefill`` with one clip-mode pass.
 * ``out_shape(in_shape) -> shape``: per-frame output shape ``(H', W', C')``.
 * metadata: ``receptive_field``, ``stride``, ``padding``, ``delay`` (temporal, in frames), and
   ``macs(in_shape, t)`` for one step (``t=None``) or a ``t``-frame clip, in the ptflops
@@ -27,6 +32,7 @@ A layer is a frozen dataclass (static configuration, hashable, safe to close ove
 from __future__ import annotations
 
 import dataclasses
+from functools import partial
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -122,6 +128,23 @@ class Layer:
         check_input(self, x, clip=False)
         return state, Out(self.apply(params, x), valid)
 
+    def prefill(self, params: Params, xs, dtype=jnp.float32):
+        """``(state, ys)``: a fresh stream's state after the valid inputs ``xs`` ``(B, N, ...)``
+        and the ``M = len(emit_positions(N, delay, stride))`` outputs ``(B, M, ...)`` it emitted,
+        as stepping them one by one from ``init_state(B, ..., dtype)`` gives."""
+        b, n = seq_shape(xs)
+        if n == 0:
+            shape = seq_frame_shape(xs)
+            return self.init_state(b, shape, dtype), _empty(self.out_shape(shape), b, _seq_dtype(xs))
+        return self._prefill(params, xs, dtype)
+
+    def _prefill(self, params: Params, xs, dtype):
+        """``prefill`` for ``N >= 1`` inputs. Default: per-frame ``apply`` for layers that keep
+        the stateless ``step``, else a scan over ``step`` (exact by construction)."""
+        if type(self).step is Layer.step:
+            return None, per_frame(partial(self.apply, params), xs)
+        return scan_prefill(self, params, xs, dtype)
+
 
 # -------------------------------------------------------------------- shape checking
 def check_frame(layer: Layer, x: Array, in_shape: Shape | None, *, clip: bool) -> None:
@@ -178,6 +201,72 @@ def counter_advance(n: Array, valid: Array, delay: int, stride: int):
     nxt = n + valid.astype(n.dtype)
     nxt = jnp.where(nxt >= lo + stride, nxt - stride, nxt)
     return emit, nxt, first
+
+
+def counter_after(n: int, delay: int, stride: int) -> int:
+    """The value of :func:`counter_advance`'s counter after ``n`` valid inputs from 0."""
+    lo = max(delay, 1)
+    return n if n < lo else lo + (n - lo) % stride
+
+
+def counter_full(batch: int, value: int) -> Array:
+    return jnp.full((batch,), value, jnp.int32)
+
+
+def emit_positions(n: int, delay: int, stride: int) -> np.ndarray:
+    """Indices among ``n`` valid inputs at which a layer with ``delay`` and ``stride`` emits."""
+    return np.arange(delay, n, stride)
+
+
+# -------------------------------------------------------------------- prefill helpers
+def seq_shape(xs) -> tuple[int, int]:
+    """``(B, N)`` of a sequence ``(B, N, ...)`` or a tuple of them."""
+    a = jax.tree.leaves(xs)[0]
+    return a.shape[0], a.shape[1]
+
+
+def seq_frame_shape(xs) -> Shape:
+    """Per-frame shape of a sequence (a tuple of shapes for a tuple of sequences)."""
+    if isinstance(xs, (tuple, list)):
+        return tuple(seq_frame_shape(x) for x in xs)
+    return tuple(xs.shape[2:])
+
+
+def _seq_dtype(xs):
+    return jax.tree.leaves(xs)[0].dtype
+
+
+def _empty(out_shape, batch: int, dtype):
+    if out_shape and isinstance(out_shape[0], tuple):
+        return tuple(_empty(s, batch, dtype) for s in out_shape)
+    return jnp.zeros((batch, 0, *out_shape), dtype)
+
+
+def per_frame(fn: Callable, xs):
+    """Apply a per-frame function to every frame of ``xs`` ``(B, N, ...)`` (or a tuple of such)
+    at once, as one batch of ``B * N`` frames."""
+    b, n = seq_shape(xs)
+    flat = jax.tree.map(lambda a: a.reshape(b * n, *a.shape[2:]), xs)
+    return jax.tree.map(lambda a: a.reshape(b, n, *a.shape[1:]), fn(flat))
+
+
+def take_emitted(ys, delay: int, stride: int):
+    """The emitted entries ``ys[:, delay::stride]`` of per-input outputs ``(B, N, ...)``."""
+    return jax.tree.map(lambda a: a[:, delay::stride], ys)
+
+
+def scan_prefill(layer: "Layer", params: Params, xs, dtype):
+    """``prefill`` by scanning ``layer.step`` over the ``N`` inputs (every stream valid)."""
+    b, n = seq_shape(xs)
+    state = layer.init_state(b, seq_frame_shape(xs), dtype)
+    ones = jnp.ones((b,), bool)
+
+    def body(s, x):
+        s, out = layer.step(params, s, x, ones)
+        return s, out.y
+
+    state, ys = jax.lax.scan(body, state, jax.tree.map(lambda a: jnp.moveaxis(a, 1, 0), xs))
+    return state, take_emitted(jax.tree.map(lambda a: jnp.moveaxis(a, 0, 1), ys), layer.delay, layer.stride)
 
 
 def bcast(mask: Array, like: Array) -> Array:

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from .base import Layer, Out, static
+from .base import Layer, Out, scan_prefill, static
 from .simple import Delay
 
 REDUCTIONS = ("sum", "mul", "concat", "max")
@@ -154,6 +154,13 @@ class Sequential(Layer):
             new_state[n], out = c.step(params.get(n), state.get(n), *out)
         return _drop_none(new_state), out
 
+    def _prefill(self, params, xs, dtype):
+        """Each child prefills on the outputs its predecessor emitted."""
+        params, new_state = params or {}, {}
+        for n, c in self.children:
+            new_state[n], xs = c.prefill(params.get(n), xs, dtype)
+        return _drop_none(new_state), xs
+
 
 def clip_length(layer: Layer, t):
     """Clip-mode temporal length of ``layer``'s output for a ``t``-frame input.
@@ -220,7 +227,7 @@ class StridedSequential(Sequential):
 @static
 class ClipOnlySequential(Sequential):
     """A :class:`Sequential` root for clip-only networks (clip baselines that were never
-    continualised): ``init_state``, ``step`` and per-step ``macs`` raise a clear error."""
+    continualised): ``init_state``, ``step``, ``prefill`` and per-step ``macs`` raise a clear error."""
 
     def _clip_only(self):
         return NotImplementedError(
@@ -236,6 +243,9 @@ class ClipOnlySequential(Sequential):
         raise self._clip_only()
 
     def step(self, params, state, x, valid):
+        raise self._clip_only()
+
+    def prefill(self, params, xs, dtype=None):
         raise self._clip_only()
 
 
@@ -378,6 +388,21 @@ class Parallel(Layer):
             out_valid = out_valid & v
         return _drop_none(new_state), Out(tuple(outs), out_valid)
 
+    @property
+    def aligned(self) -> bool:
+        """Whether every branch emits at the same inputs (same delay and stride), as
+        ``auto_delay`` makes them; only then do the branches' emitted outputs pair up."""
+        return len({(b.delay, b.stride) for _, b in self.branches}) == 1
+
+    def _prefill(self, params, xs, dtype):
+        if not self.aligned:
+            return scan_prefill(self, params, xs, dtype)
+        params, new_state, outs = params or {}, {}, []
+        for (n, b), x in zip(self.branches, xs):
+            new_state[n], y = b.prefill(params.get(n), x, dtype)
+            outs.append(y)
+        return _drop_none(new_state), tuple(outs)
+
 
 @static
 class Pathways(Parallel):
@@ -464,6 +489,12 @@ class BroadcastReduce(Parallel):
     def step(self, params, state, x, valid):
         state, (ys, valid) = super().step(params, state, (x,) * len(self.branches), valid)
         return state, Out(Reduce(self.op).apply(None, ys), valid)
+
+    def _prefill(self, params, xs, dtype):
+        if not self.aligned:
+            return scan_prefill(self, params, xs, dtype)
+        state, ys = super()._prefill(params, (xs,) * len(self.branches), dtype)
+        return state, Reduce(self.op).apply(None, ys)
 
 
 def broadcast_reduce(*branches, reduce: str = "sum", auto_delay: bool = True) -> BroadcastReduce:

@@ -11,6 +11,12 @@ up to float summation order, and on an H100 it beat keeping the last ``kT-1`` in
 re-convolving the window (see ``benchmarks/perf_depthwise.py``). ``replicate`` fill starts the
 sums as if the ``kT-1`` frames before the stream equalled the layer's first valid input. The bias
 is added to emitted outputs only, never to the sums.
+
+Prefill (a fresh stream's state after ``N`` inputs, in one pass): the emitted outputs are a clip
+convolution over the inputs with left-only fill (zero padding or copies of the first input),
+temporally strided from the first emitting position; ``acc`` is the same convolution over the
+last ``kT-1`` inputs followed by ``kT-1`` zero frames (the taps of inputs not seen yet); with
+stride 1 both come from one convolution padded ``(p, kT-1)``.
 """
 
 from __future__ import annotations
@@ -21,8 +27,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from .base import (Array, Layer, Out, Shape, bcast, check_channels, check_input, counter_advance,
-                   counter_init, fan_in_uniform, gate, static, tuple3)
+from .base import (Array, Layer, Out, Shape, bcast, check_channels, check_input, counter_advance, counter_after,
+                   counter_full, counter_init, fan_in_uniform, gate, static, tuple3)
 from .macs import count_padded_taps, valid_taps
 
 FILLS = ("zeros", "replicate")
@@ -33,17 +39,21 @@ def conv_out_size(size: int, k: int, s: int, p: int) -> int:
     return (size + 2 * p - k) // s + 1
 
 
+def _pair(p) -> tuple[int, int]:
+    return (p, p) if isinstance(p, int) else (int(p[0]), int(p[1]))
+
+
 def _depthwise_shift(x: Array, kernel: Array, strides, padding) -> Array:
     """Depthwise conv as a sum of shifted, strided slices times per-channel taps.
 
     ``x``: ``(B, T, H, W, C)``; ``kernel``: ``(kT, kH, kW, 1, C)``; ``padding``: per-dim
-    symmetric pads. XLA fuses the taps into one elementwise loop, which beats grouped
+    pads, an int (symmetric) or a ``(low, high)`` pair. XLA fuses the taps into one elementwise loop, which beats grouped
     convolutions on GPU in f32 and on CPU (jax_notes §4.0, §9).
     """
     kt, kh, kw = kernel.shape[:3]
-    pads = [(0, 0)] + [(p, p) for p in padding] + [(0, 0)]
+    pads = [(0, 0)] + [_pair(p) for p in padding] + [(0, 0)]
     xp = jnp.pad(x, pads)
-    out = [conv_out_size(n, k, s, p) for n, k, s, p in zip(x.shape[1:4], (kt, kh, kw), strides, padding)]
+    out = [(n + lo + hi - k) // s + 1 for n, k, s, (lo, hi) in zip(x.shape[1:4], (kt, kh, kw), strides, pads[1:4])]
     acc = None
     for a in range(kt):
         for b in range(kh):
@@ -160,8 +170,9 @@ class Conv(Layer):
         return {"acc": jnp.zeros((batch, self.kernel[0] - 1, ho, wo, c), dtype), "n": counter_init(batch)}
 
     # ---------------------------------------------------------------- compute
-    def _conv(self, params, x: Array, t_stride: int, t_pad: int, impl: str | None = None) -> Array:
-        """``x``: ``(B, T, H, W, C)`` -> ``(B, T', H', W', C_out)`` (no bias)."""
+    def _conv(self, params, x: Array, t_stride: int, t_pad, impl: str | None = None) -> Array:
+        """``x``: ``(B, T, H, W, C)`` -> ``(B, T', H', W', C_out)`` (no bias); ``t_pad``: an int
+        (both ends) or a ``(low, high)`` pair."""
         impl = impl or self.impl
         kernel = params["kernel"].astype(x.dtype)
         strides = (t_stride, self.strides[1], self.strides[2])
@@ -171,7 +182,7 @@ class Conv(Layer):
         if self.kernel == (1, 1, 1) and self.groups == 1 and strides == (1, 1, 1):
             return jnp.einsum("...c,cd->...d", x, kernel[0, 0, 0])
         return lax.conv_general_dilated(
-            x, kernel, window_strides=strides, padding=[(p, p) for p in pads],
+            x, kernel, window_strides=strides, padding=[_pair(p) for p in pads],
             dimension_numbers=("NDHWC", "DHWIO", "NDHWC"), feature_group_count=self.groups)
 
     def _bias(self, params, y):
@@ -215,6 +226,34 @@ class Conv(Layer):
         return jnp.stack([lax.conv_general_dilated(x, kernel[t], (sh, sw), [(ph, ph), (pw, pw)],
                                                    dimension_numbers=("NHWC", "HWIO", "NHWC"),
                                                    feature_group_count=self.groups) for t in range(kt)], axis=1)
+
+    def _prefill(self, params, xs, dtype):
+        if self.stateless:  # a 1-frame temporal kernel: the clip forward is per-frame already
+            return None, self.forward(params, xs)
+        check_channels(self, xs, self.in_channels)
+        b, n = xs.shape[:2]
+        kt, s, d = self.kernel[0], self.stride, self.delay
+        impl = self.clip_impl or self.impl
+        x = xs.astype(dtype)
+        # Position m's output is the window of inputs m-kT+1 .. m; positions from `start` on are
+        # computed, so `lo` fill frames go before input 0 (zeros as conv padding, or copies).
+        start = min(d, n)
+        lo = kt - 1 - start
+        if self.temporal_fill == "replicate" and lo:
+            x = jnp.concatenate([jnp.broadcast_to(x[:, :1], (b, lo, *x.shape[2:])), x], axis=1)
+            lo = 0
+        if s == 1:  # one pass: positions start .. n+kT-2, the last kT-1 only over inputs seen so far
+            out = self._conv(params, x, 1, (lo, kt - 1), impl)
+            ys, acc = out[:, d - start:n - start], out[:, n - start:]
+        else:
+            ho, wo, c = self.out_shape(xs.shape[2:])
+            ys = (self._conv(params, x, s, (lo, 0), impl) if n > d else jnp.zeros((b, 0, ho, wo, c), dtype))
+            m = x.shape[1]
+            tail = x[:, max(m - (kt - 1), 0):]  # the last kT-1 (fill-padded) inputs
+            acc = (self._conv(params, tail, 1, (kt - 1 - tail.shape[1], kt - 1), impl) if kt > 1
+                   else jnp.zeros((b, 0, ho, wo, c), dtype))
+        # acc[i]: the taps of position n+i over the inputs seen so far (the step's partial sums)
+        return {"acc": acc, "n": counter_full(b, counter_after(n, d, s))}, self._bias(params, ys).astype(xs.dtype)
 
     def step(self, params, state, x, valid):
         """Accumulator form (reference §4): ``y = acc[0] + z[kT-1] (+ bias)``;

@@ -9,13 +9,14 @@ first pooled input) or ``neg_inf``. As in the reference, a temporal average alwa
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from .base import (Array, Layer, Out, Shape, bcast, check_input, check_state_frame, counter_advance, counter_init, gate,
-                   static, tuple3)
+from .base import (Array, Layer, Out, Shape, bcast, check_input, check_state_frame, counter_advance, counter_after,
+                   counter_full, counter_init, gate, per_frame, static, tuple3)
 from .conv import conv_out_size
 
 POOL_FILLS = ("zeros", "replicate", "neg_inf")
@@ -35,6 +36,28 @@ def _window_step(state, x: Array, valid: Array, *, delay: int, stride: int, fill
     window = jnp.concatenate([buf, x[:, None].astype(buf.dtype)], axis=1)
     y = reduce(window, axis=1)
     return gate(valid, {"buf": window[:, 1:], "n": n_next}, state), Out(y, emit)
+
+
+def _window_prefill(pooled: Array, *, k: int, delay: int, stride: int, fill: str, kind: str, dtype):
+    """Prefill of :func:`_window_step` from the spatially pooled inputs ``(B, N, ...)``: the
+    window reductions at the emitting inputs (one ``reduce_window`` over the left-filled
+    sequence) and the last ``k-1`` filled inputs as the ring."""
+    b, n = pooled.shape[:2]
+    p = pooled.astype(dtype)
+    pad_shape = (b, k - 1, *p.shape[2:])
+    if fill == "replicate":
+        pad = jnp.broadcast_to(p[:, :1], pad_shape)
+    else:
+        pad = jnp.full(pad_shape, -jnp.inf if fill == "neg_inf" else 0.0, dtype)
+    pp = jnp.concatenate([pad, p], axis=1)  # input n at pp[:, n + k - 1]
+    dims, strides = (1, k) + (1,) * (p.ndim - 2), (1, stride) + (1,) * (p.ndim - 2)
+    if n <= delay:
+        ys = jnp.zeros((b, 0, *p.shape[2:]), dtype)
+    elif kind == "max":
+        ys = lax.reduce_window(pp[:, delay:], np.array(-np.inf, dtype), lax.max, dims, strides, "VALID")
+    else:
+        ys = lax.reduce_window(pp[:, delay:], np.array(0, dtype), lax.add, dims, strides, "VALID") / k
+    return {"buf": pp[:, n:], "n": counter_full(b, counter_after(n, delay, stride))}, ys
 
 
 @static
@@ -125,6 +148,13 @@ class Pool(Layer):
         return _window_step(state, y, valid, delay=self.delay, stride=self.stride, fill=self.temporal_fill,
                             reduce=jnp.max if self.kind == "max" else jnp.mean)
 
+    def _prefill(self, params, xs, dtype):
+        if self.stateless:  # a 1-frame temporal window: the clip forward is per-frame already
+            return None, self.forward(params, xs)
+        pooled = per_frame(partial(self.apply, params), xs)
+        return _window_prefill(pooled, k=self.kernel[0], delay=self.delay, stride=self.stride,
+                               fill=self.temporal_fill, kind=self.kind, dtype=dtype)
+
 
 @static
 class IdentityPool(Pool):
@@ -204,3 +234,10 @@ class GlobalAvgPool(Layer):
             return state, Out(y, valid)
         check_state_frame(self, y, state["buf"], "spatially pooled frame")
         return _window_step(state, y, valid, delay=self.delay, stride=1, fill=self.temporal_fill, reduce=jnp.mean)
+
+    def _prefill(self, params, xs, dtype):
+        pooled = per_frame(partial(self.apply, params), xs)
+        if self.window == 1:
+            return None, pooled
+        return _window_prefill(pooled, k=self.window, delay=self.delay, stride=1, fill=self.temporal_fill,
+                               kind="avg", dtype=dtype)

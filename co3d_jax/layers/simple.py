@@ -11,8 +11,8 @@ import math
 import jax
 import jax.numpy as jnp
 
-from .base import (Layer, Out, check_channels, check_input, check_state_frame, counter_advance, counter_init,
-                   fan_in_uniform, gate, random_normal, random_uniform, static)
+from .base import (Layer, Out, check_channels, check_input, check_state_frame, counter_advance, counter_after,
+                   counter_full, counter_init, fan_in_uniform, gate, random_normal, random_uniform, static)
 
 BN_MOMENTUM = 0.1  # running-statistics momentum of BatchNorm.forward_train (PyTorch's default)
 
@@ -156,3 +156,14 @@ class Delay(Layer):
         y = buf[:, 0]
         new = {"buf": jnp.concatenate([buf[:, 1:], x[:, None].astype(buf.dtype)], axis=1), "n": n_next}
         return gate(valid, new, state), Out(y.astype(x.dtype), emit)
+
+    def _prefill(self, params, xs, dtype):
+        if self.d == 0:
+            return None, xs
+        b, n = xs.shape[:2]
+        x = xs.astype(dtype)
+        if n < self.d:
+            x = jnp.concatenate([jnp.zeros((b, self.d - n, *xs.shape[2:]), dtype), x], axis=1)
+        # output at input n >= d is input n - d; the ring holds the last d inputs
+        return ({"buf": x[:, -self.d:], "n": counter_full(b, counter_after(n, self.d, 1))},
+                xs[:, :max(n - self.d, 0)].astype(dtype).astype(xs.dtype))

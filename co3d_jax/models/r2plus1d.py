@@ -197,6 +197,41 @@ def r2plus1d_18(frames: int = 8, *, continual: bool = False, window: int | None 
                  normalisation=IMAGENET, config=cfg, continual=continual)
 
 
+# ------------------------------------------------------------------------------------ torch checkpoints
+# The porter's knowledge of R(2+1)D checkpoints (weight_port reads CHECKPOINTS; see
+# models/checkpoints.py): torchvision's r2plus1d_18 state dict (reference co3d.md §3.1), whose names
+# co3d uses verbatim and so do our params paths: stem.{0,3}.weight, stem.{1,4}.* (BNs),
+# layer{1..4}.{0,1}.conv{1,2}.0.{0,3}.weight (the Conv2Plus1D convs), .conv{1,2}.0.1.* (its inner BN),
+# .conv{1,2}.1.*, layer{2,3,4}.0.downsample.{0,1}.*, fc.weight (400, 512), fc.bias.
+from .checkpoints import CheckpointSpec, Naming, class_hint, torch_leaf  # noqa: E402
+
+
+def jax_to_torchvision(path: str) -> str:
+    """``layer2/0/residual/main/conv1/0/3/kernel`` -> ``layer2.0.conv1.0.3.weight``: drop the
+    ``residual`` and ``main`` levels, join with ``.``, rename the leaf."""
+    *mods, _ = path.split("/")
+    mods = [m for m in mods if m not in ("residual", "main")]
+    if not mods:
+        raise ValueError(f"internal: no torchvision name for JAX parameter {path!r}")
+    return ".".join([*mods, torch_leaf(path)])
+
+
+def _detect(keys) -> str | None:
+    keys = list(keys)
+    hits = sum(k.startswith(("stem.", "layer1.", "layer2.", "layer3.", "layer4.", "fc.")) for k in keys)
+    return "torchvision" if keys and hits >= len(keys) // 2 and any(k.startswith("stem.") for k in keys) else None
+
+
+CHECKPOINTS = CheckpointSpec(
+    label="R(2+1)D",
+    layouts=("torchvision",),
+    detect=_detect,
+    unrecognised="unrecognised state dict layout: not a torchvision R(2+1)D state dict (stem.*, layer1..4.*, fc.*)",
+    naming=lambda src: Naming(jax_to_torchvision),
+    hints=lambda src, key: class_hint(src, "fc.weight", "pass num_classes={n}"),
+)
+# ------------------------------------------------------------------------------------ end of torch checkpoints
+
 _VARIANTS = {f"r2plus1d_18_{t}": dict(frames=t) for t in (8, 16)}
 _VARIANTS.update({f"cor2plus1d_18_{t}": dict(window=t, continual=True) for t in (8, 16)})
 
@@ -211,4 +246,5 @@ FAMILY = FamilySpec(
     final_bn=None,
     reported={"r2plus1d_18_8": Reported(53.52, 20.35), "r2plus1d_18_16": Reported(59.29, 40.71)},
     paper_batch=lambda name: 32,  # co3d's profiling scripts (reference §5.5)
+    checkpoints=CHECKPOINTS,
 )

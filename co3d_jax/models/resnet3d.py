@@ -218,6 +218,141 @@ def _pattern_name(o: dict) -> str:
     return f"{_CONTINUAL_PREFIX[o['arch']]}_{o['window']}" + ("_charades" if charades else "")
 
 
+# ------------------------------------------------------------------------------------ torch checkpoints
+# The porter's knowledge of Slow/I3D checkpoints (weight_port reads CHECKPOINTS; see
+# models/checkpoints.py); CoSlow/CoI3D use the clip models' weights unchanged. Three layouts, all
+# named through PySlowFast's names (jax_to_pyslowfast, as for X3D):
+# * "slowfast": PySlowFast ResNet (co3d's clip Slow/I3D): s1.pathway0_stem.conv.weight,
+#   s2.pathway0_res0.branch1_bn.running_var, s4.pathway0_res2.branch2.a.weight, head.projection.weight;
+# * "pytorchvideo": create_resnet / torch hub slow_r50, i3d_r50: blocks.0.{conv,norm},
+#   blocks.{b}.res_blocks.{i}.{branch1_conv,branch1_norm,branch2.conv_{a,b,c},branch2.norm_{a,b,c}},
+#   blocks.{h}.proj; block b of stage s{n} is n - 1, except that pytorchvideo's I3D inserts its
+#   temporal pool as blocks.2, shifting res3..res5 to blocks.3..5 and the head to blocks.6 (detected
+#   from a blocks.6.* key, accepted for either arch);
+# * "caffe2": PySlowFast / video-nonlocal-net Caffe2 pickles (I3D_8x8_R50.pkl): conv1_w,
+#   res_conv1_bn_{s,b,rm,riv}, res{S}_{i}_branch1_w, res{S}_{i}_branch2{a,b,c}_w, ..._bn_*, pred_{w,b};
+#   blobs that differ from the torch shape by trailing singleton dims are reshaped.
+import re  # noqa: E402
+
+from .checkpoints import CAFFE2_BN, CAFFE2_BN_INV, CheckpointSpec, Naming, class_hint, jax_to_pyslowfast, vote  # noqa: E402,E501
+
+
+def slowfast_to_pytorchvideo(key: str, pool_block: bool = False) -> str | None:
+    """pytorchvideo ``create_resnet`` name of a PySlowFast ResNet key. ``pool_block``: the file
+    numbers its blocks with a ``stage1_pool`` block at index 2 (pytorchvideo's I3D)."""
+    if "." not in key:
+        return None
+    module, param = key.rsplit(".", 1)
+    if m := re.fullmatch(r"s1\.pathway0_stem\.(conv|bn)", module):
+        return f"blocks.0.{'conv' if m[1] == 'conv' else 'norm'}.{param}"
+    if m := re.fullmatch(r"s([2-9])\.pathway0_res(\d+)\.(branch1|branch1_bn|branch2\.[abc]|branch2\.[abc]_bn)", module):
+        stage = int(m[1])
+        block = stage - 1 + (1 if pool_block and stage >= 3 else 0)
+        sub = m[3]
+        sub = {"branch1": "branch1_conv", "branch1_bn": "branch1_norm"}.get(sub) or \
+            (f"branch2.norm_{sub[8]}" if sub.endswith("_bn") else f"branch2.conv_{sub[8]}")
+        return f"blocks.{block}.res_blocks.{m[2]}.{sub}.{param}"
+    if module == "head.projection":
+        return f"blocks.{6 if pool_block else 5}.proj.{param}"
+    return None
+
+
+def slowfast_to_caffe2(key: str) -> str | None:
+    """Caffe2 blob name of a PySlowFast ResNet key (``None`` for BN counters and others)."""
+    module, param = key.rsplit(".", 1)
+    if module == "s1.pathway0_stem.conv" and param == "weight":
+        return "conv1_w"
+    if module == "s1.pathway0_stem.bn" and param in CAFFE2_BN_INV:
+        return f"res_conv1_bn_{CAFFE2_BN_INV[param]}"
+    if module == "head.projection" and param in ("weight", "bias"):
+        return f"pred_{param[0]}"
+    block = r"s(\d+)\.pathway0_res(\d+)\.(branch1|branch1_bn|branch2\.([abc])|branch2\.([abc])_bn)"
+    if m := re.fullmatch(block, module):
+        base = f"res{m[1]}_{m[2]}_branch" + ("1" if m[3].startswith("branch1") else f"2{m[4] or m[5]}")
+        if m[3].endswith("_bn"):
+            return f"{base}_bn_{CAFFE2_BN_INV[param]}" if param in CAFFE2_BN_INV else None
+        return f"{base}_w" if param == "weight" else None
+    return None
+
+
+def caffe2_to_slowfast(name: str) -> str | None:
+    """PySlowFast name of a Caffe2 ResNet blob (``None``: not a ResNet parameter blob)."""
+    if name == "conv1_w":
+        return "s1.pathway0_stem.conv.weight"
+    if m := re.fullmatch(r"res_conv1_bn_(s|b|rm|riv)", name):
+        return f"s1.pathway0_stem.bn.{CAFFE2_BN[m[1]]}"
+    if m := re.fullmatch(r"pred_([wb])", name):
+        return f"head.projection.{'weight' if m[1] == 'w' else 'bias'}"
+    if m := re.fullmatch(r"res(\d+)_(\d+)_branch(1|2[abc])_(w|bn_s|bn_b|bn_rm|bn_riv)", name):
+        branch = "branch1" if m[3] == "1" else f"branch2.{m[3][1]}"
+        if m[4] == "w":
+            return f"s{m[1]}.pathway0_res{m[2]}.{branch}.weight"
+        return f"s{m[1]}.pathway0_res{m[2]}.{branch}_bn.{CAFFE2_BN[m[4][3:]]}"
+    return None
+
+
+def has_pool_block(keys) -> bool:
+    """Whether pytorchvideo keys are numbered with I3D's ``stage1_pool`` block (a ``blocks.6.*`` key)."""
+    return any(k.startswith("blocks.6.") for k in keys)
+
+
+def pyslowfast_name(key: str, layout: str, pool_block: bool = False) -> str:
+    """The ``layout`` name of a PySlowFast ResNet key."""
+    if layout == "slowfast":
+        return key
+    name = slowfast_to_pytorchvideo(key, pool_block) if layout == "pytorchvideo" else slowfast_to_caffe2(key)
+    if name is None:  # pragma: no cover - every JAX ResNet-3D leaf has a name in each layout
+        raise ValueError(f"internal: no {layout} name for {key}")
+    return name
+
+
+def _naming(src) -> Naming:
+    notes = []
+    pool_block = src.layout == "pytorchvideo" and has_pool_block(src.shapes)
+    if pool_block:
+        notes.append("pytorchvideo block numbering with a stage-1 pool block (blocks.2): res3..res5 are "
+                     "blocks.3..5, the head blocks.6")
+    if ignored := sum(map(src.ignorable, src.shapes)):
+        notes.append(f"ignored {ignored} non-parameter Caffe2 blobs (*_momentum, lr, model_iter)")
+    return Naming(lambda path: pyslowfast_name(jax_to_pyslowfast(path), src.layout, pool_block), tuple(notes))
+
+
+def _hints(src, key) -> list[str]:
+    """Why a checkpoint may not fit: the other arch's stem kernel, other classes, not a ResNet-3D at all."""
+    hints = []
+    w = src.shapes.get(key("s1/conv/kernel"))
+    k = int(w[2]) if w is not None and len(w) == 5 else None
+    want_k = {"slow": 1, "i3d": 5}[src.config.arch]
+    if k is not None and k != want_k:
+        like = {1: "Slow (slow_8x8_r50, coslow_*)", 5: "I3D (i3d_r50, coi3d_*)"}.get(k)
+        hints.append(f"the checkpoint's stem has temporal kernel {k}" + (f" like {like}" if like else "")
+                     + f", --arch {src.arch} has {want_k}")
+    proj = src.shapes.get(key("head/projection/kernel"))
+    charades = proj is not None and len(proj) >= 2 and proj[0] == 157
+    hints += class_hint(src, key("head/projection/kernel"),
+                        "pass --num-classes {n}" + (" or use a *_charades arch" if charades else ""))
+    if not any(re.match(r"(blocks\.|s\d+\.pathway0_|head\.|conv1_|res\d|res_conv1|pred_)", str(s)) for s in src.shapes):
+        hints.append("this does not look like a ResNet-3D checkpoint")
+    return hints
+
+
+CHECKPOINTS = CheckpointSpec(
+    label="Slow/CoSlow/I3D/CoI3D",
+    layouts=("slowfast", "pytorchvideo", "caffe2"),
+    detect=lambda keys: vote(keys, {"pytorchvideo": lambda k: k.startswith("blocks."),
+                                    "slowfast": lambda k: re.match(r"(s\d+\.pathway0_|head\.)", k),
+                                    "caffe2": lambda k: caffe2_to_slowfast(k) is not None}),
+    unrecognised="unrecognised state dict layout: neither PySlowFast ResNet names (s1.pathway0_stem.*, "
+                 "s2.pathway0_res0.*, head.projection.*), pytorchvideo names (blocks.*) nor Caffe2 blobs "
+                 "(conv1_w, res2_0_branch2a_w, pred_w)",
+    naming=_naming,
+    relayout={"slowfast": "torch_exact", "pytorchvideo": "torch_exact", "caffe2": "caffe2"},
+    linear=("head/projection",),
+    blob_layouts=("caffe2",),
+    hints=_hints,
+)
+# ------------------------------------------------------------------------------------ end of torch checkpoints
+
 FAMILY = FamilySpec(
     name="resnet3d",
     description="Slow/CoSlow/I3D/CoI3D",
@@ -231,6 +366,7 @@ FAMILY = FamilySpec(
         "coi3d_8": Reported(59.58, 5.68), "coi3d_64": Reported(56.86, 5.68),
     },
     paper_batch=lambda name: 8,  # co3d's profiling scripts (reference §5.5)
+    checkpoints=CHECKPOINTS,
 )
 
 

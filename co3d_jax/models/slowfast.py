@@ -522,6 +522,191 @@ def _pattern_name(o: dict) -> str:
     return f"coslowfast_{o['variant']}_r50" + (f"_{o['window']}" if o.get("window") else "")
 
 
+# ------------------------------------------------------------------------------------ torch checkpoints
+# The porter's knowledge of SlowFast-R50 checkpoints (weight_port reads CHECKPOINTS; see
+# models/checkpoints.py). Three layouts, named through PySlowFast's names (jax_to_slowfast), which our
+# params mirror:
+# * "slowfast": PySlowFast / co3d: s1.pathway1_stem.conv.weight, s1_fuse.conv_f2s.weight,
+#   s3.pathway0_res0.branch1_bn.weight, s4.pathway1_res2.branch2.a.weight, head.projection.weight;
+# * "pytorchvideo": create_slowfast / torch hub slowfast_r50: blocks.0.multipathway_blocks.{p}.{conv,norm},
+#   blocks.{n}.multipathway_fusion.{conv_fast_to_slow,norm} (n = 0..3 <-> s{n+1}_fuse),
+#   blocks.{S-1}.multipathway_blocks.{p}.res_blocks.{i}.{branch1_conv,...,branch2.norm_c}, blocks.6.proj
+#   (blocks.5 is the parameter-free PoolConcatPathway);
+# * "caffe2": PySlowFast's Caffe2 model zoo (SLOWFAST_{4x16,8x8}_R50.pkl), renamed with PySlowFast's
+#   get_name_convert_func (CAFFE2_RULES, same regexes in the same order): conv1_w / t_conv1_w (slow /
+#   fast stem), res{S}_{i}_branch2{a,b,c}_w, ..._bn_{s,b,rm,riv} (t_: fast), fusion t_pool1_subsample_*
+#   (-> s1_fuse) and t_res{n}_{last}_branch2c_bn_subsample_* (-> s{n}_fuse; the files carry the stage's
+#   last block), pred_{w,b}. Solver blobs are skipped; any other unused blob is an error.
+import re  # noqa: E402
+
+from .checkpoints import CAFFE2_BN_INV, CheckpointSpec, Naming, class_hint, torch_leaf, vote  # noqa: E402
+
+# PySlowFast slowfast/utils/c2_model_loading.py::get_name_convert_func (as in co3d), applied in order
+# with re.sub; the non-local rules are irrelevant to SlowFast-R50 and left out.
+CAFFE2_RULES: tuple[tuple[str, str], ...] = (
+    (r"^t_pool1_subsample_bn_(.*)", r"s1_fuse.bn.\1"),
+    (r"^t_pool1_subsample_(.*)", r"s1_fuse.conv_f2s.\1"),
+    (r"^t_res([0-9]+)_([0-9]+)_branch2c_bn_subsample_bn_(.*)", r"s\1_fuse.bn.\3"),
+    (r"^t_res([0-9]+)_([0-9]+)_branch2c_bn_subsample_(.*)", r"s\1_fuse.conv_f2s.\3"),
+    (r"^res([0-9]+)_([0-9]+)_branch([0-9]+)([a-z])_(.*)", r"s\1.pathway0_res\2.branch\3.\4_\5"),
+    (r"^res_conv1_bn_(.*)", r"s1.pathway0_stem.bn.\1"),
+    (r"^conv1_xy(.*)", r"s1.pathway0_stem.conv_xy\1"),
+    (r"^conv1_(.*)", r"s1.pathway0_stem.conv.\1"),
+    (r"^res([0-9]+)_([0-9]+)_branch([0-9]+)_(.*)", r"s\1.pathway0_res\2.branch\3_\4"),
+    (r"^res_conv1_(.*)", r"s1.pathway0_stem.conv.\1"),
+    (r"^t_res([0-9]+)_([0-9]+)_branch([0-9]+)([a-z])_(.*)", r"s\1.pathway1_res\2.branch\3.\4_\5"),
+    (r"^t_res_conv1_bn_(.*)", r"s1.pathway1_stem.bn.\1"),
+    (r"^t_conv1_(.*)", r"s1.pathway1_stem.conv.\1"),
+    (r"^t_res([0-9]+)_([0-9]+)_branch([0-9]+)_(.*)", r"s\1.pathway1_res\2.branch\3_\4"),
+    (r"^t_res_conv1_(.*)", r"s1.pathway1_stem.conv.\1"),
+    (r"pred_(.*)", r"head.projection.\1"),
+    (r"(.*)b_bn_fc(.*)", r"\1se.fc\2"),
+    (r"conv_5(.*)", r"head.conv_5\1"),
+    (r"lin_5(.*)", r"head.lin_5\1"),
+    (r"(.*)bn.b\Z", r"\1bn.bias"),
+    (r"(.*)bn.s\Z", r"\1bn.weight"),
+    (r"(.*)bn.rm\Z", r"\1bn.running_mean"),
+    (r"(.*)bn.riv\Z", r"\1bn.running_var"),
+    (r"(.*)[\._]b\Z", r"\1.bias"),
+    (r"(.*)[\._]w\Z", r"\1.weight"),
+)
+_PV_BLOCK = {"branch1": "branch1_conv", "branch1_bn": "branch1_norm",
+             **{f"branch2.{x}": f"branch2.conv_{x}" for x in "abc"},
+             **{f"branch2.{x}_bn": f"branch2.norm_{x}" for x in "abc"}}
+
+
+def jax_to_slowfast(path: str) -> str:
+    """``s2/pathway1/res0/residual/skip/branch1/kernel`` -> ``s2.pathway1_res0.branch1.weight``;
+    ``s1/pathway0_stem/bn/var`` -> ``s1.pathway0_stem.bn.running_var``;
+    ``s3_fuse/conv_f2s/kernel`` -> ``s3_fuse.conv_f2s.weight``; ``head/projection/bias``."""
+    *mods, _ = path.split("/")
+    leaf = torch_leaf(path)
+    if len(mods) >= 4 and re.fullmatch(r"s\d+", mods[0]) and re.fullmatch(r"pathway\d", mods[1]) \
+            and re.fullmatch(r"res\d+", mods[2]) and mods[3] == "residual":
+        rest = [m for m in mods[4:] if m != "skip"]
+        return ".".join([mods[0], f"{mods[1]}_{mods[2]}", *rest, leaf])
+    if mods and (re.fullmatch(r"s\d+(_fuse)?", mods[0]) or mods[0] == "head"):
+        return ".".join([*mods, leaf])
+    raise ValueError(f"internal: no PySlowFast name for JAX parameter {path!r}")
+
+
+def slowfast_to_pytorchvideo(key: str, num_stages: int = 4) -> str | None:
+    """PySlowFast name -> pytorchvideo ``create_slowfast`` name (``None`` if it has none)."""
+    if "." not in key:
+        return None
+    module, param = key.rsplit(".", 1)
+    if m := re.fullmatch(r"s1\.pathway(\d)_stem\.(conv|bn)", module):
+        return f"blocks.0.multipathway_blocks.{m[1]}.{'conv' if m[2] == 'conv' else 'norm'}.{param}"
+    if m := re.fullmatch(r"s(\d+)_fuse\.(conv_f2s|bn)", module):
+        sub = "conv_fast_to_slow" if m[2] == "conv_f2s" else "norm"
+        return f"blocks.{int(m[1]) - 1}.multipathway_fusion.{sub}.{param}"
+    if m := re.fullmatch(r"s(\d+)\.pathway(\d)_res(\d+)\.(.+)", module):
+        sub = _PV_BLOCK.get(m[4])
+        if sub is None or int(m[1]) < 2:
+            return None
+        return f"blocks.{int(m[1]) - 1}.multipathway_blocks.{m[2]}.res_blocks.{m[3]}.{sub}.{param}"
+    if module == "head.projection":
+        return f"blocks.{num_stages + 2}.proj.{param}"
+    return None
+
+
+def caffe2_to_slowfast(blob: str) -> str:
+    """PySlowFast's Caffe2 -> PyTorch name conversion (:data:`CAFFE2_RULES` in order)."""
+    for pattern, repl in CAFFE2_RULES:
+        blob = re.sub(pattern, repl, blob)
+    return blob
+
+
+def slowfast_to_caffe2(key: str, stage_depths: tuple[int, ...] = (3, 4, 6, 3)) -> str | None:
+    """Inverse of :func:`caffe2_to_slowfast` for SlowFast-R50 parameters (for naming missing
+    blobs; fusion blobs carry the stage's last block index)."""
+    module, param = key.rsplit(".", 1)
+
+    def suffix(bn: bool) -> str:
+        return ("bn_" + CAFFE2_BN_INV[param]) if bn else {"weight": "w", "bias": "b"}[param]
+
+    try:
+        if m := re.fullmatch(r"s1\.pathway(\d)_stem\.(conv|bn)", module):
+            t = "t_" if m[1] == "1" else ""
+            return f"{t}conv1_w" if m[2] == "conv" else f"{t}res_conv1_{suffix(True)}"
+        if m := re.fullmatch(r"s(\d+)_fuse\.(conv_f2s|bn)", module):
+            n = int(m[1])
+            base = "t_pool1_subsample" if n == 1 else f"t_res{n}_{stage_depths[n - 2] - 1}_branch2c_bn_subsample"
+            return f"{base}_{suffix(m[2] == 'bn')}"
+        if m := re.fullmatch(r"s(\d+)\.pathway(\d)_res(\d+)\.(branch1|branch1_bn|branch2\.([abc])(_bn)?)", module):
+            t = "t_" if m[2] == "1" else ""
+            branch = "branch1" if m[4].startswith("branch1") else f"branch2{m[5]}"
+            bn = m[4] == "branch1_bn" or bool(m[6])
+            return f"{t}res{m[1]}_{m[3]}_{branch}_{suffix(bn)}"
+        if module == "head.projection":
+            return f"pred_{suffix(False)}"
+    except KeyError:
+        return None
+    return None
+
+
+def _naming(src) -> Naming:
+    depths = tuple(src.config.stage_depths)
+    if src.layout == "slowfast":
+        return Naming(jax_to_slowfast)
+    if src.layout == "pytorchvideo":
+        def key(path: str) -> str:
+            name = slowfast_to_pytorchvideo(jax_to_slowfast(path), len(depths))
+            if name is None:  # pragma: no cover - every JAX leaf has a pytorchvideo name
+                raise ValueError(f"internal: no pytorchvideo name for {path}")
+            return name
+        return Naming(key)
+    # caffe2: rename the blobs with PySlowFast's rules, then look the PySlowFast names up
+    wanted = {jax_to_slowfast(p) for p in src.targets}
+    by_name: dict[str, str] = {}
+    duplicates: list[str] = []
+    for blob in src.shapes:
+        name = caffe2_to_slowfast(blob)
+        if name in wanted:
+            if name in by_name:
+                duplicates.append(f"{blob} (also {by_name[name]} -> {name})")
+            by_name.setdefault(name, blob)
+    if duplicates:
+        shown = ", ".join(duplicates[:6]) + (f", ... ({len(duplicates)} in all)" if len(duplicates) > 6 else "")
+        raise ValueError(f"several Caffe2 blobs map to one parameter: {shown}")
+    used = set(by_name.values())
+    skipped = sum(1 for b in src.shapes if b not in used and src.ignorable(b))
+    notes = (f"skipped {skipped} Caffe2 solver blobs (momentum / lr / model_iter)",) if skipped else ()
+
+    def blob_key(path: str) -> str:
+        sf = jax_to_slowfast(path)
+        return by_name.get(sf) or slowfast_to_caffe2(sf, depths) or f"<blob for {sf}>"
+    return Naming(blob_key, notes)
+
+
+def _hints(src, key) -> list[str]:
+    """8x8 and 4x16 differ only in the fusion kernels (7 vs 5); other class counts."""
+    hints = []
+    w = src.shapes.get(key("s1_fuse/conv_f2s/kernel"))
+    want = src.config.fusion_kernel_size
+    if w is not None and len(w) == 5 and w[2] != want:
+        like = {7: "slowfast_8x8_r50", 5: "slowfast_4x16_r50"}.get(int(w[2]))
+        hints.append(f"the checkpoint's fusion kernel is {w[2]}" + (f" like {like}" if like else "")
+                     + f", --arch {src.arch} has {want}")
+    return hints + class_hint(src, key("head/projection/kernel"), "pass num_classes={n}")
+
+
+CHECKPOINTS = CheckpointSpec(
+    label="SlowFast",
+    layouts=("slowfast", "pytorchvideo", "caffe2"),
+    detect=lambda keys: vote(keys, {
+        "pytorchvideo": lambda k: k.startswith("blocks.") and "multipathway" in k,
+        "slowfast": lambda k: re.match(r"(s\d+\.pathway\d_|s\d+_fuse\.|head\.)", k),
+        "caffe2": lambda k: re.match(r"(t_)?(conv1_|res_conv1_|res\d+_\d+_branch|pool1_subsample|pred_)", k)}),
+    unrecognised="unrecognised SlowFast checkpoint layout: neither PySlowFast names (s1.pathway0_stem.*), "
+                 "pytorchvideo names (blocks.*.multipathway_*) nor Caffe2 blobs (conv1_w, t_conv1_w, "
+                 "res2_0_branch2a_w, ...)",
+    naming=_naming,
+    blob_layouts=("caffe2",),
+    hints=_hints,
+)
+# ------------------------------------------------------------------------------------ end of torch checkpoints
+
 FAMILY = FamilySpec(
     name="slowfast",
     description="SlowFast-R50/CoSlowFast-R50",
@@ -532,4 +717,5 @@ FAMILY = FamilySpec(
     final_bn="c_bn",
     reported={"slowfast_8x8_r50": Reported(68.45, 66.25), "slowfast_4x16_r50": Reported(67.06, 36.46)},
     paper_batch=lambda name: 16,  # co3d's profiling scripts (reference §5.5)
+    checkpoints=CHECKPOINTS,
 )

@@ -162,6 +162,123 @@ for _size, _windows in (("s", (13, 64)), ("m", (16, 64)), ("l", (16, 64))):
     for _w in _windows:
         _VARIANTS[f"cox3d_{_size}_{_w}"] = dict(size=_size, continual=True, window=_w)
 
+# ------------------------------------------------------------------------------------ torch checkpoints
+# The porter's knowledge of X3D checkpoints (weight_port reads CHECKPOINTS; see models/checkpoints.py).
+# Layouts: "slowfast" (PySlowFast, co3d: s1.pathway0_stem.*, s2.pathway0_res0.*, head.*), the hub
+# of the mapping and the params' own naming by jax_to_pyslowfast; "pytorchvideo" (torch hub x3d_*:
+# blocks.*). pytorchvideo differences: its stem names are swapped (blocks.0.conv.conv_t is the 1x3x3
+# spatial conv, conv_xy the 5x1x1 temporal one; a file whose shapes say otherwise is read literally),
+# the SE is norm_b.1.block.{0,2}, the head is blocks.<stages + 1>.pool.{pre_conv,pre_norm,post_conv}
+# and .proj, and a shortcut with C_in == C_out (stage 2 block 0) has no BN: filled with an identity BN.
+import re  # noqa: E402
+
+from .checkpoints import CheckpointSpec, Naming, class_hint, jax_to_pyslowfast, vote  # noqa: E402
+
+_PV_STEM = {"conv_xy": "conv.conv_t", "conv": "conv.conv_xy", "bn": "norm"}
+_PV_BLOCK = {
+    "branch1": "branch1_conv", "branch1_bn": "branch1_norm",
+    "branch2.a": "branch2.conv_a", "branch2.a_bn": "branch2.norm_a",
+    "branch2.b": "branch2.conv_b", "branch2.b_bn": "branch2.norm_b.0",
+    "branch2.se.fc1": "branch2.norm_b.1.block.0", "branch2.se.fc2": "branch2.norm_b.1.block.2",
+    "branch2.c": "branch2.conv_c", "branch2.c_bn": "branch2.norm_c",
+}
+_PV_HEAD = {"conv_5": "pool.pre_conv", "conv_5_bn": "pool.pre_norm", "lin_5": "pool.post_conv",
+            "lin_5_bn": "pool.post_norm", "projection": "proj"}
+# stage depths of the public X3D variants (for hints on a wrong --arch)
+KNOWN_DEPTHS = {(3, 5, 11, 7): "x3d_xs/x3d_s/x3d_m (cox3d_xs, cox3d_s_*, cox3d_m_*)",
+                (5, 10, 25, 15): "x3d_l (cox3d_l_*)"}
+
+
+def slowfast_to_pytorchvideo(key: str, num_stages: int = 4, swap_stem: bool = True) -> str | None:
+    """The pytorchvideo name of a PySlowFast X3D key (``None`` if it has none). ``swap_stem=True``
+    is pytorchvideo's naming (``conv_xy`` -> ``conv.conv_t``); ``False`` maps the stem literally."""
+    if "." not in key:
+        return None
+    module, param = key.rsplit(".", 1)
+    if m := re.fullmatch(r"s1\.pathway0_stem\.(\w+)", module):
+        stem = dict(_PV_STEM) if swap_stem else {**_PV_STEM, "conv_xy": "conv.conv_xy", "conv": "conv.conv_t"}
+        sub = stem.get(m[1])
+        return None if sub is None else f"blocks.0.{sub}.{param}"
+    if m := re.fullmatch(r"s(\d+)\.pathway0_res(\d+)\.(.+)", module):
+        sub = _PV_BLOCK.get(m[3])
+        stage = int(m[1])
+        return None if sub is None or stage < 2 else f"blocks.{stage - 1}.res_blocks.{m[2]}.{sub}.{param}"
+    if m := re.fullmatch(r"head\.(\w+)", module):
+        sub = _PV_HEAD.get(m[1])
+        return None if sub is None else f"blocks.{num_stages + 1}.{sub}.{param}"
+    return None
+
+
+def stem_names_swapped(shapes) -> bool:
+    """Whether a pytorchvideo checkpoint (``{key: shape}``) uses pytorchvideo's swapped stem names:
+    ``blocks.0.conv.conv_t.weight`` of shape ``(C, 1, kT, 1, 1)`` with a spatial ``conv_xy`` means
+    the names are literal; anything else (absent, ambiguous) is pytorchvideo's naming."""
+    t, xy = shapes.get("blocks.0.conv.conv_t.weight"), shapes.get("blocks.0.conv.conv_xy.weight")
+    if t is None or xy is None or len(t) != 5 or len(xy) != 5:
+        return True
+    return not (t[2] > 1 and t[3] == 1 and t[4] == 1 and xy[2] == 1 and xy[3] > 1)
+
+
+def checkpoint_stage_depths(keys, layout: str) -> list[int]:
+    """Blocks per stage found in a checkpoint's keys (for a wrong-arch hint)."""
+    pattern = r"s(\d+)\.pathway0_res(\d+)\." if layout == "slowfast" else r"blocks\.(\d+)\.res_blocks\.(\d+)\."
+    offset = 2 if layout == "slowfast" else 1
+    depth: dict[int, int] = {}
+    for k in keys:
+        if m := re.match(pattern, k):
+            s, i = int(m[1]) - offset, int(m[2])
+            depth[s] = max(depth.get(s, 0), i + 1)
+    return [depth[s] for s in sorted(depth)]
+
+
+def _naming(src) -> Naming:
+    if src.layout == "slowfast":
+        return Naming(jax_to_pyslowfast)
+    swap = stem_names_swapped(src.shapes)
+    num_stages = len(src.config.stage_depths)
+
+    def key(path: str) -> str:
+        name = slowfast_to_pytorchvideo(jax_to_pyslowfast(path), num_stages, swap)
+        if name is None:  # pragma: no cover - every JAX X3D leaf has a pytorchvideo name
+            raise ValueError(f"internal: no pytorchvideo name for {path}")
+        return name
+    note = ("pytorchvideo stem: blocks.0.conv.conv_t is the 1x3x3 spatial conv (-> conv_xy), "
+            "blocks.0.conv.conv_xy the 5x1x1 temporal conv (-> conv)" if swap else
+            "pytorchvideo stem names are literal in this file (conv_t temporal, conv_xy spatial)")
+    return Naming(key, (note,))
+
+
+def _shortcut_bns(targets) -> list[str]:
+    """pytorchvideo adds a shortcut BN only when C_in != C_out: the BNs of 1x1x1 shortcuts with C_in == C_out."""
+    return [path[: -len("/branch1/kernel")] + "/branch1_bn" for path, shape in targets.items()
+            if path.endswith("/skip/branch1/kernel") and shape[3] == shape[4]]
+
+
+def _hints(src, key) -> list[str]:
+    hints = []
+    have, want = checkpoint_stage_depths(src.shapes, src.layout), list(src.config.stage_depths)
+    if have and have != want:
+        like = KNOWN_DEPTHS.get(tuple(have))
+        hints.append(f"the checkpoint has stage depths {have}" + (f" like {like}" if like else "")
+                     + f", --arch {src.arch} has {want}")
+    return hints + class_hint(src, key("head/projection/kernel"))
+
+
+CHECKPOINTS = CheckpointSpec(
+    label="X3D/CoX3D",
+    layouts=("slowfast", "pytorchvideo"),
+    detect=lambda keys: vote(keys, {"pytorchvideo": lambda k: k.startswith("blocks."),
+                                    "slowfast": lambda k: re.match(r"(s\d+\.pathway0_|head\.)", k)}),
+    unrecognised="unrecognised state dict layout: neither PySlowFast X3D names (s1.pathway0_stem.*, "
+                 "s2.pathway0_res0.*, head.*) nor pytorchvideo names (blocks.*)",
+    naming=_naming,
+    relayout={"slowfast": "pyslowfast", "pytorchvideo": "pyslowfast"},
+    linear=("head/projection",),
+    optional_bns={"pytorchvideo": _shortcut_bns},
+    hints=_hints,
+)
+# ------------------------------------------------------------------------------------ end of torch checkpoints
+
 FAMILY = FamilySpec(
     name="x3d",
     description="X3D/CoX3D",
@@ -177,4 +294,5 @@ FAMILY = FamilySpec(
     },
     # co3d's profiling scripts (reference §5.5): batch 64, 32 for the L size
     paper_batch=lambda name: 32 if name.startswith(("x3d_l", "cox3d_l")) else 64,
+    checkpoints=CHECKPOINTS,
 )

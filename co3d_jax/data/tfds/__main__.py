@@ -37,8 +37,10 @@ def build(dataset: str, manual_dir: str, data_dir: str, splits=()) -> dict:
     cls = Co3dKinetics400 if dataset == "kinetics400" else Co3dCharades
     builder = cls(data_dir=data_dir, splits=tuple(splits) or None)
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+    skipped = {split: m.get("skipped", []) for split, m in builder.info.metadata.get("splits", {}).items()}
     return dict(dataset=DATASETS[dataset], builder_dir=os.fspath(builder.data_dir),
-                splits={name: info.num_examples for name, info in builder.info.splits.items()})
+                splits={name: info.num_examples for name, info in builder.info.splits.items()},
+                skipped={k: v for k, v in skipped.items() if v})
 
 
 def main(argv=None) -> int:

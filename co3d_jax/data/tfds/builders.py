@@ -11,8 +11,10 @@ Importing this module registers both builders with TFDS (it imports ``tensorflow
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
+import sys
 import warnings
 
 import numpy as np
@@ -57,6 +59,30 @@ _CITATION = """\
 def _read_bytes(path: str) -> bytes:
     with open(path, "rb") as f:
         return f.read()
+
+
+def _unreadable(path: str) -> str | None:
+    """Why ``path`` cannot be read (permissions, a folder, a dangling link), or None."""
+    try:
+        with open(path, "rb") as f:
+            f.read(1)
+    except OSError as e:
+        return f"cannot read: {type(e).__name__}: {e.strerror or e}"
+    return None
+
+
+def _without_unreadable(index: DatasetIndex) -> DatasetIndex:
+    """``index`` less the videos whose file cannot be read, which join ``index.skipped`` (each is
+    reported on stderr); the build goes on with the rest, as evaluation does with a bad video."""
+    keep, skipped = [], list(index.skipped)
+    for r in index.records:
+        why = _unreadable(r.path)
+        if why is None:
+            keep.append(r)
+        else:
+            skipped.append(dict(path=r.id, reason=why))
+            print(f"warning: {r.path}: {why}; left out of the TFDS dataset", file=sys.stderr, flush=True)
+    return dataclasses.replace(index, records=keep, skipped=skipped)
 
 
 def _stem_fields(record_id: str) -> tuple[str, int, int]:
@@ -144,6 +170,7 @@ class Co3dKinetics400(_ManualBuilder):
         shipped = label_indexer(shipped_kinetics400_classes())
         label_ids = {None: -1}   # label as written -> ClassLabel id (-1: unlabelled)
         meta = {}
+        indexes = {split: _without_unreadable(index) for split, index in indexes.items()}
         for split, index in indexes.items():
             names = [None if r.label is None else index.classes[r.label] for r in index.records]
             for name in sorted(set(names) - set(label_ids)):
@@ -153,7 +180,7 @@ class Co3dKinetics400(_ManualBuilder):
                     raise ValueError(f"label {name!r} in split {split!r} is not one of the 400 Kinetics-400 "
                                      "classes (co3d_jax/data/kinetics400_classes.txt)") from None
             meta[split] = dict(layout=index.layout, ids=[r.id for r in index.records], labels=names,
-                               missing=index.missing)
+                               missing=index.missing, skipped=index.skipped)
         self.info.metadata["splits"] = meta
         return {split: self._generate_examples(index, meta[split]["labels"], label_ids)
                 for split, index in indexes.items()}
@@ -222,10 +249,11 @@ class Co3dCharades(_ManualBuilder):
         for record in index.records:
             frames = []
             for p in record.frames:
-                if os.path.isfile(p):
+                why = "is missing" if not os.path.isfile(p) else _unreadable(p)
+                if why is None:
                     frames.append(_read_bytes(p))
                 else:  # kept empty: reading the video then fails with a message, as a missing file does
-                    warnings.warn(f"Charades {record.id}: frame {p} is missing")
+                    warnings.warn(f"Charades {record.id}: frame {p} {why}")
                     frames.append(b"")
             yield record.id, {
                 "id": record.id,

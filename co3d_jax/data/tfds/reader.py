@@ -100,7 +100,8 @@ def tfds_index(dataset: str, data_dir: str, split: str = "validate", classes="da
         label_of, missing = label_indexer(cls), list(m.get("missing", []))
     records = [VideoRecord(vid, f"{builder_dir}#{name}/{i}", label_of(lbl), tfds=TfdsRef(builder_dir, name, i))
                for i, (vid, lbl) in enumerate(zip(m["ids"], m["labels"]))]
-    return DatasetIndex(dataset, name, builder_dir, "tfds", cls, records, missing, multilabel=dataset == "charades")
+    return DatasetIndex(dataset, name, builder_dir, "tfds", cls, records, missing, multilabel=dataset == "charades",
+                        skipped=list(m.get("skipped", [])))
 
 
 @functools.lru_cache(maxsize=16)
