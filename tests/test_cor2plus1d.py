@@ -26,6 +26,7 @@ torchvision = pytest.importorskip("torchvision")
 torch.set_num_threads(1)
 
 from test_r2plus1d import make_torch_model, numpy_sd  # noqa: E402
+from weight_port import verify  # noqa: E402
 from weight_port.r2plus1d import convert_state_dict  # noqa: E402
 
 RTOL = 1e-5
@@ -141,6 +142,21 @@ def test_step_equals_torchvision_clip(stream_case, name, capsys):
         print(f"\n[{name} {SIZE}px, {length} frames] {len(ts)} outputs at t = {ts[0]}, {ts[1]}, ...; "
               f"max rel err logits {err:.2e}, softmax {err_p:.2e} (max |logit| {np.abs(ref).max():.2f})")
     assert err <= RTOL and err_p <= RTOL and np.abs(ref).max() > 1.0
+
+
+def test_porter_takes_the_continual_names(stream_case, capsys):
+    """The family's checkpoint spec ports the same torchvision tensors for ``cor2plus1d_18_<T>``
+    (the same params) and ``--verify`` compares the continual model's clip forward with
+    torchvision's on a T-frame clip."""
+    sd = numpy_sd(stream_case["model"])
+    for t in (8, 16):
+        conv = convert_state_dict(sd, f"cor2plus1d_18_{t}", image_size=SIZE)
+        assert conv.arch == f"cor2plus1d_18_{t}"
+        assert jax.tree.all(jax.tree.map(np.array_equal, conv.params, jax.tree.map(np.asarray, stream_case["params"])))
+    res = verify(conv, frames=16)
+    with capsys.disabled():
+        print(f"\n[cor2plus1d_18_16 --verify] {res.report()}")
+    assert res.worst_rel <= RTOL
 
 
 # ----------------------------------------------------------------------------- slow: full size

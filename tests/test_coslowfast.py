@@ -30,6 +30,7 @@ pytest.importorskip("pytorchvideo.models.slowfast")
 torch.set_num_threads(1)
 
 from test_slowfast import ARCHS, make_pytorchvideo, numpy_sd  # noqa: E402
+from weight_port import verify  # noqa: E402
 from weight_port.slowfast import convert_state_dict  # noqa: E402
 
 RTOL = 1e-5
@@ -136,6 +137,21 @@ def test_step_equals_pytorchvideo_clip(name, capsys):
               f"{len(r['ts'])} outputs at t = {r['ts'][0]}, {r['ts'][1]}, ...; max rel err logits {r['err']:.2e} "
               f"(max |logit| {np.abs(r['ref']).max():.2f})")
     assert r["err"] <= RTOL and np.abs(r["ref"]).max() > 1.0
+
+
+def test_porter_takes_the_continual_names(capsys):
+    """The family's checkpoint spec ports pytorchvideo tensors for the continual names (the same
+    params as the clip arch), and ``--verify`` packs the slow pathway uniformly for them."""
+    arch = "slowfast_4x16_r50"
+    sd = numpy_sd(make_pytorchvideo(arch, 16, SIZE, seed=4))
+    clip = convert_state_dict(sd, arch, image_size=SIZE, clip_length=16)
+    conv = convert_state_dict(sd, "coslowfast_4x16_r50", image_size=SIZE, window=16)
+    assert conv.arch == "coslowfast_4x16_r50"
+    assert jax.tree.all(jax.tree.map(np.array_equal, conv.params, clip.params))
+    res = verify(conv)
+    with capsys.disabled():
+        print(f"\n[coslowfast_4x16_r50 --verify, 16 frames {SIZE}px] {res.report()}")
+    assert res.worst_rel <= RTOL
 
 
 # ----------------------------------------------------------------------------- slow: full size

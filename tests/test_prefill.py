@@ -146,9 +146,18 @@ CASES = [(n, {}) for n in CONTINUAL] + [
 ]
 
 
+R2PLUS1D_SMALL = dict(image_size=16, layers=(1, 1, 1, 1), num_classes=7)
+SLOWFAST_SMALL = dict(image_size=32, width_per_group=8, num_classes=7, window=16)
+
+
 def small_model(name: str, **options):
-    base = X3D_SMALL if name.startswith("cox3d") else dict(RESNET_SMALL, **({} if "charades" in name else
-                                                                               dict(num_classes=7)))
+    if name.startswith("cor2plus1d"):
+        base = R2PLUS1D_SMALL
+    elif name.startswith("coslowfast"):
+        base = SLOWFAST_SMALL
+    else:
+        base = X3D_SMALL if name.startswith("cox3d") else dict(RESNET_SMALL, **({} if "charades" in name else
+                                                                                   dict(num_classes=7)))
     return co3d_jax.create_model(name, **base, **options)
 
 

@@ -69,12 +69,15 @@ def build_torch_reference(conv: Conversion, *, frames: int, image_size: int):
     return model.eval()
 
 
-def pack_pathways(x, alpha: int) -> list:
+def pack_pathways(x, alpha: int, uniform: bool = False) -> list:
     """pytorchvideo hub ``PackPathway`` on a torch clip ``(B, C, T, H, W)``: ``[slow, fast]``, the
-    slow pathway the ``T // alpha`` frames at ``linspace(0, T - 1)``."""
+    slow pathway the ``T // alpha`` frames at ``linspace(0, T - 1)``, or with ``uniform`` (the
+    continual CoSlowFast's sampling) every alpha-th frame."""
     import torch
 
     t = x.shape[2]
+    if uniform:
+        return [x[:, :, ::alpha].contiguous(), x]
     return [torch.index_select(x, 2, torch.linspace(0, t - 1, t // alpha).long()), x]
 
 
@@ -89,6 +92,6 @@ def verify(conv: Conversion, *, image_size: int | None = None, frames: int | Non
     if image_size < 32 or frames < cfg.alpha:
         raise PortError(f"verify: a {frames}-frame {image_size}px clip is too small for {conv.arch}")
     reference = build_torch_reference(conv, frames=frames, image_size=image_size)
-    outputs = head_activation_outputs(reference, prepare=lambda x: pack_pathways(x, cfg.alpha))
+    outputs = head_activation_outputs(reference, prepare=lambda x: pack_pathways(x, cfg.alpha, cfg.continual))
     return compare(conv, outputs, {"image_size": image_size, "clip_length": frames},
                    frames=frames, image_size=image_size, batch=batch, seed=seed)

@@ -79,7 +79,7 @@ import numpy as np
 
 from ..layers import (Activation, BatchNorm, ClipOnlySequential, Conv, Delay, Dense, IdentityPool, Layer, Out, Pathways,
                       Pool, Sequential, clip_length, fold_batchnorm)
-from ..layers.base import check_input, counter_advance, counter_init, gate, static
+from ..layers.base import check_input, counter_advance, counter_init, gate, scan_prefill, static
 from ..model import Model
 from ..normalisation import KINETICS
 from .spec import FamilySpec, Pattern, Reported
@@ -353,6 +353,11 @@ class CoSlowFastNet(Sequential):
     @property
     def stride(self):
         return self.meta[3]
+
+    def _prefill(self, params, xs, dtype):
+        # the pathways' outputs are emitted at different rates, which the chained per-layer prefill
+        # does not pair up: scan the step (exact by construction)
+        return scan_prefill(self, params, xs, dtype)
 
 
 # -------------------------------------------------------------------------------- config / builder
