@@ -107,3 +107,15 @@ def test_profile_rows(tmp_path):
     assert rows["coslowfast_8x8_r50"]["params"] == 34_566_488 and rows["coslowfast_8x8_r50"]["delay"] == 76
     assert rows["coslowfast_8x8_r50"]["gmacs_paper_avg"] == pytest.approx(2.229, abs=5e-4)
     assert all(r["kind"] == "continual" and r["reported_top1"] is None for r in rows.values())
+
+
+def test_nnx_front_end_streams(tiny):
+    """The Flax NNX wrapper streams the new families like the functional model."""
+    nnx_front = pytest.importorskip("co3d_jax.nnx")
+    _, model, params, frames, ref = tiny
+    m = nnx_front.from_params(model, params)
+    m.init_stream(1)
+    out = m.stream(frames)
+    np.testing.assert_array_equal(np.asarray(out.valid), np.asarray(ref.valid))
+    v = np.asarray(ref.valid)
+    np.testing.assert_allclose(np.asarray(out.scores)[v], np.asarray(ref.scores)[v], rtol=1e-6, atol=1e-7)
