@@ -36,6 +36,7 @@ import time
 
 import numpy as np
 
+from co3d_jax.extras import cli_main, require
 from experiments._cli import atomic_write, file_sha256, model_args
 
 
@@ -261,6 +262,7 @@ def _log(msg: str) -> None:
     print(f"[evaluate] {msg}", file=sys.stderr, flush=True)
 
 
+@cli_main
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if not args.weights and not args.random_weights:
@@ -275,6 +277,11 @@ def main(argv=None) -> int:
     if args.source == "tfds" and args.annotations:
         _log("--annotations applies to --source files (a TFDS dataset carries its own index)")
         return 2
+    # optional packages before any work: a missing one is one line (cli_main)
+    from co3d_jax.data.video import resolve_backend
+    decoder = resolve_backend(args.decoder)
+    if args.source == "tfds":
+        require("tensorflow_datasets", "tfds", "--source tfds")
 
     import jax
 
@@ -288,7 +295,6 @@ def main(argv=None) -> int:
     import co3d_jax
     from co3d_jax.data import ClipSpec, iterate_samples, label_rank, open_dataset
     from co3d_jax.data.loader import default_workers, resolve_loader
-    from co3d_jax.data.video import resolve_backend
     from co3d_jax.predictions import PREDICTIONS, prediction_files, read_predictions, repair_tail
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
@@ -333,7 +339,6 @@ def main(argv=None) -> int:
     if len(index.classes) < model.num_classes and args.dataset == "kinetics400":
         _log(f"warning: {len(index.classes)} classes present, model has {model.num_classes}: labels index the "
              "sorted present classes (reference behaviour); use --classes shipped for the full list")
-    decoder = resolve_backend(args.decoder)
     spec = ClipSpec(num_frames=protocol.num_frames, sampling_rate=protocol.sampling_rate,
                     image_size=model.image_size, mean=tuple(model.normalisation[0]),
                     std=tuple(model.normalisation[1]), decoder=decoder, drop_first=protocol.drop_first,

@@ -39,6 +39,7 @@ import time
 
 import numpy as np
 
+from co3d_jax.extras import cli_main
 from experiments._cli import atomic_write, file_sha256, model_args
 
 METRICS = "metrics.jsonl"
@@ -141,6 +142,7 @@ def read_metrics(path: str, upto: int) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- main
+@cli_main
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.steps < 1 or args.batch_size < 1 or args.save_every < 1 or args.keep < 1 or args.log_every < 1:

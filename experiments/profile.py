@@ -23,6 +23,7 @@ import platform
 import sys
 import time
 
+from co3d_jax.extras import cli_main
 from experiments._cli import atomic_write
 
 def paper_batch(name: str) -> int:
@@ -171,6 +172,7 @@ def merge(paths: list[str], out: str) -> int:
     return 0
 
 
+@cli_main
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m experiments.profile", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -20,6 +20,8 @@ import time
 
 import numpy as np
 
+from co3d_jax.extras import cli_main
+
 
 def prepare(frames: np.ndarray, image_size: int, mean, std) -> np.ndarray:
     """uint8 ``(T, H, W, 3)`` -> float32 ``(T, S, S, 3)``: short-side resize, center crop, normalise."""
@@ -43,6 +45,7 @@ def class_names(num_classes: int) -> list[str]:
     return [f"class_{i}" for i in range(num_classes)]
 
 
+@cli_main
 def main(argv=None) -> int:
     from co3d_jax.models import names_help
 
