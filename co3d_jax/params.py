@@ -8,12 +8,13 @@ extra. Problems raise :class:`ParamsError` with one message listing the keys.
 from __future__ import annotations
 
 import os
-import tempfile
 import zipfile
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from .fileio import atomic_write
 
 
 class ParamsError(ValueError):
@@ -47,17 +48,7 @@ def save_params(path: str, params, metadata: dict | None = None) -> None:
     flat = {k: np.asarray(v) for k, v in flatten(params).items()}
     if metadata:
         flat.update({f"__meta__/{k}": np.asarray(str(v)) for k, v in metadata.items()})
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, suffix=".npz.tmp")
-    os.close(fd)
-    try:
-        with open(tmp, "wb") as f:
-            np.savez(f, **flat)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_write(path, lambda f: np.savez(f, **flat))
 
 
 def read_npz(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:

@@ -17,6 +17,7 @@ import subprocess
 import sys
 
 from co3d_jax.extras import cli_main, require
+from experiments._cli import atomic_write
 
 TARGETS = {  # the project's throughput targets on one H100 (frames/s)
     ("stream", "cox3d_s_64", "fp32"): 30000, ("stream", "cox3d_m_64", "fp32"): 15000,
@@ -85,11 +86,9 @@ def main(argv=None) -> int:
             require(module, "bench", "the PyTorch side of benchmark_compare")
         torch_res = _run("experiments.benchmark_torch", args.out + "_torch.json", args.torch_args.split())
         jax_res = _run("experiments.benchmark_jax", args.out + "_jax.json", args.jax_args.split())
-    with open(args.out + ".json", "w") as f:
-        json.dump({"jax": jax_res, "torch": torch_res}, f, indent=1)
+    atomic_write(args.out + ".json", json.dumps({"jax": jax_res, "torch": torch_res}, indent=1))
     md = table(jax_res, torch_res)
-    with open(args.out + ".md", "w") as f:
-        f.write(md + "\n")
+    atomic_write(args.out + ".md", md + "\n")
     print(md)
     return 0
 

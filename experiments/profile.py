@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime
+import io
 import json
 import os
 import platform
@@ -129,11 +130,11 @@ def write_tables(rows: list[dict], env: dict, dtypes: list[str], out: str) -> No
     cols = ["model", "kind", "input", "params", "gmacs_paper", "gmacs_paper_avg", "gflops_xla", "per", "delay", "receptive_field",
             "memory_mb", "batch"] + [f"throughput_{d}" for d in dtypes] + ["throughput_unit", "reported_top1",
                                                                            "reported_gflops"]
-    with open(os.path.join(out, "profile.csv.tmp"), "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
-    os.replace(os.path.join(out, "profile.csv.tmp"), os.path.join(out, "profile.csv"))
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write(os.path.join(out, "profile.csv"), buf.getvalue())
     plot(rows, os.path.join(out, "accuracy_vs_flops.png"))
 
     print(f"\n{env['device']} · jax {env['jax']} · {env['date']}")

@@ -155,9 +155,9 @@ def main(argv=None) -> int:
     print(f"step latency: median {np.median(lat):.2f} ms, p90 {np.percentile(lat, 90):.2f} ms over {len(lat)} frames "
           f"(batch {b}, {jax.devices()[0].platform})")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"model": model.name, "videos": names, "delay": model.delay, "frames": records,
-                       "latency_ms": latencies}, f)
+        from experiments._cli import atomic_write
+        atomic_write(args.json, json.dumps({"model": model.name, "videos": names, "delay": model.delay,
+                                            "frames": records, "latency_ms": latencies}))
     return 0
 
 
