@@ -33,6 +33,7 @@ import re
 import signal
 import sys
 import time
+import warnings
 
 import numpy as np
 
@@ -294,6 +295,7 @@ def main(argv=None) -> int:
 
     import co3d_jax
     from co3d_jax.data import ClipSpec, iterate_samples, label_rank, open_dataset
+    from co3d_jax.data.datasets import ClassCountWarning
     from co3d_jax.data.loader import default_workers, resolve_loader
     from co3d_jax.predictions import PREDICTIONS, prediction_files, read_predictions, repair_tail
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -329,7 +331,9 @@ def main(argv=None) -> int:
 
     # ---------------- data
     try:
-        index = open_dataset(args.dataset, args.root, args.split, args.annotations, args.classes, args.source)
+        with warnings.catch_warnings():  # said once below, with the model's class count
+            warnings.simplefilter("ignore", ClassCountWarning)
+            index = open_dataset(args.dataset, args.root, args.split, args.annotations, args.classes, args.source)
     except (FileNotFoundError, ValueError, KeyError, RuntimeError) as e:
         _log(f"cannot read the dataset: {e}")
         return 2
