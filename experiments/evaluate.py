@@ -443,9 +443,9 @@ def main(argv=None) -> int:
         raise KeyboardInterrupt
 
     try:
-        signal.signal(signal.SIGTERM, _stop)
+        old_sigterm = signal.signal(signal.SIGTERM, _stop)
     except ValueError:  # not the main thread
-        pass
+        old_sigterm = None
     t0 = time.time()
     bar = None
     if not args.no_progress and pid == 0:
@@ -490,6 +490,8 @@ def main(argv=None) -> int:
             close = getattr(sample_iter, "close", None)
             if close is not None:
                 close()
+            if old_sigterm is not None:  # a SIGTERM after main returns is the caller's again
+                signal.signal(signal.SIGTERM, old_sigterm)
     t_end = time.time()
     elapsed = t_end - t0
     if interrupted:
