@@ -4,6 +4,7 @@ messages, duplicated warnings, user-facing help, the main job's output folder.""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import warnings
 
@@ -87,12 +88,13 @@ def test_stream_with_random_bytes_as_weights(files, capsys):
 
 
 # ----------------------------------------------------------------------------- evaluate
-def test_evaluate_says_the_class_count_warning_once(tmp_path, capsys):
+def test_evaluate_says_the_class_count_warning_once_and_restores_sigterm(tmp_path, capsys):
     pytest.importorskip("av")
     from experiments import evaluate as E
     from helpers import write_video
     (tmp_path / "data" / "validate" / "archery").mkdir(parents=True)
     write_video(str(tmp_path / "data" / "validate" / "archery" / "aaaaaaaaaaa_000000_000010.mp4"), 40)
+    before = signal.getsignal(signal.SIGTERM)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         rc = E.main(["--model", "x3d_xs", "--random-weights", "--model-arg", "image_size=32", "--model-arg",
@@ -102,6 +104,9 @@ def test_evaluate_says_the_class_count_warning_once(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("classes present") == 1, err
     assert not [w for w in caught if "classes" in str(w.message)]
+    # the SIGTERM handler (stop cleanly) is evaluate's only while it runs: a later SIGTERM to the
+    # process (e.g. a test worker being shut down) must not raise KeyboardInterrupt somewhere else
+    assert signal.getsignal(signal.SIGTERM) is before
 
 
 # ----------------------------------------------------------------------------- leftovers
