@@ -39,7 +39,7 @@ import time
 
 import numpy as np
 
-from co3d_jax.extras import cli_main
+from co3d_jax.extras import cli_main, require
 from experiments._cli import atomic_write, file_sha256, model_args
 
 METRICS = "metrics.jsonl"
@@ -148,6 +148,10 @@ def main(argv=None) -> int:
     if args.steps < 1 or args.batch_size < 1 or args.save_every < 1 or args.keep < 1 or args.log_every < 1:
         _log("--steps, --batch-size, --save-every, --keep and --log-every must be >= 1")
         return 2
+    from co3d_jax.data.video import resolve_backend
+    resolve_backend()   # missing optional packages are one line before any work (cli_main)
+    if args.source == "tfds":
+        require("tensorflow_datasets", "tfds", "--source tfds")
 
     import jax
 

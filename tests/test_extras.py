@@ -78,6 +78,16 @@ def test_stream_without_a_decoder(monkeypatch, capsys, tmp_path):
     assert _one_error_line(err, "av", "data")
 
 
+def test_finetune_without_a_decoder(monkeypatch, capsys, tmp_path):
+    from experiments import finetune
+    _without(monkeypatch, "av", "cv2")
+    rc = finetune.main(["--model", "x3d_xs", "--from-scratch", "--data", str(tmp_path), "--steps", "1",
+                        "--out", str(tmp_path / "run")])
+    assert rc == 2
+    _one_error_line(capsys.readouterr().err, "av", "data")
+    assert not os.path.exists(tmp_path / "run")
+
+
 def test_tfds_build_without_tfds(monkeypatch, capsys, tmp_path):
     from co3d_jax.data.tfds.__main__ import main
     _without(monkeypatch, "tensorflow_datasets")
