@@ -29,6 +29,15 @@ def cast_tree(tree, dtype):
     return jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
 
 
+def memory_mb(compiled) -> float | None:
+    """Arguments, outputs and temporaries of a compiled executable, less what it aliases (MiB)."""
+    mem = compiled.memory_analysis()
+    if mem is None:
+        return None
+    return (mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
+            - getattr(mem, "alias_size_in_bytes", 0)) / 2 ** 20
+
+
 def bench_model(name: str, depthwise: str = "auto", **options):
     """``create_model(name, **options)``; ``depthwise`` (X3D/CoX3D's ``depthwise_impl``) is passed
     only when it is not ``auto``, so every registry model can be benchmarked."""
@@ -40,7 +49,7 @@ def bench_model(name: str, depthwise: str = "auto", **options):
 def bench_stream(name: str, batch: int, dtype: str, chunk: int, repeats: int, unroll: int = 1,
                  depthwise: str = "auto", image_size: int | None = None) -> dict:
     """Frames/s of ``stream`` over ``chunk``-frame calls for ``batch`` streams (BN folded, params,
-    state and frames in ``dtype``, state donated between calls)."""
+    state and frames in ``dtype``, state donated between calls); ``memory_mb`` of the executable."""
     model = bench_model(name, depthwise, **({"image_size": image_size} if image_size else {}))
     params = model.init(jax.random.key(0))
     model, params = model.fold_batchnorm(params)
@@ -50,6 +59,7 @@ def bench_stream(name: str, batch: int, dtype: str, chunk: int, repeats: int, un
     frames = jax.random.normal(jax.random.key(1), (batch, chunk, *model.frame_shape), dt)
     state = model.init_state(batch, dt)
     t0 = time.perf_counter()
+    fn = fn.lower(params, state, frames).compile()
     state, out = fn(params, state, frames)
     jax.block_until_ready(out)
     compile_s = time.perf_counter() - t0
@@ -63,12 +73,14 @@ def bench_stream(name: str, batch: int, dtype: str, chunk: int, repeats: int, un
     sec = median_time(run, repeats)
     return {"kind": "stream", "model": name, "batch": batch, "dtype": dtype, "chunk": chunk, "unroll": unroll,
             "depthwise": depthwise, "seconds_per_chunk": sec, "frames_per_s": batch * chunk / sec,
-            "compile_s": compile_s}
+            "compile_s": compile_s, "memory_mb": memory_mb(fn)}
 
 
-def bench_clip(name: str, batch: int, dtype: str, repeats: int, depthwise: str = "auto") -> dict:
-    """Clips/s of ``forward`` on ``batch`` clips (BN folded, params and clips in ``dtype``)."""
-    model = bench_model(name, depthwise)
+def bench_clip(name: str, batch: int, dtype: str, repeats: int, depthwise: str = "auto",
+               image_size: int | None = None) -> dict:
+    """Clips/s of ``forward`` on ``batch`` clips (BN folded, params and clips in ``dtype``);
+    ``memory_mb`` of the executable."""
+    model = bench_model(name, depthwise, **({"image_size": image_size} if image_size else {}))
     params = model.init(jax.random.key(0))
     model, params = model.fold_batchnorm(params)
     dt = jnp.bfloat16 if dtype == "bf16" else jnp.float32
@@ -76,8 +88,9 @@ def bench_clip(name: str, batch: int, dtype: str, repeats: int, depthwise: str =
     fn = jax.jit(model.forward)
     clip = jax.random.normal(jax.random.key(1), (batch, model.clip_length, *model.frame_shape), dt)
     t0 = time.perf_counter()
+    fn = fn.lower(params, clip).compile()
     jax.block_until_ready(fn(params, clip))
     compile_s = time.perf_counter() - t0
     sec = median_time(lambda: jax.block_until_ready(fn(params, clip)), repeats)
     return {"kind": "clip", "model": name, "batch": batch, "dtype": dtype, "depthwise": depthwise,
-            "seconds_per_batch": sec, "clips_per_s": batch / sec, "compile_s": compile_s}
+            "seconds_per_batch": sec, "clips_per_s": batch / sec, "compile_s": compile_s, "memory_mb": memory_mb(fn)}

@@ -8,12 +8,13 @@ extra. Problems raise :class:`ParamsError` with one message listing the keys.
 from __future__ import annotations
 
 import os
-import tempfile
 import zipfile
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from .fileio import atomic_write
 
 
 class ParamsError(ValueError):
@@ -47,28 +48,63 @@ def save_params(path: str, params, metadata: dict | None = None) -> None:
     flat = {k: np.asarray(v) for k, v in flatten(params).items()}
     if metadata:
         flat.update({f"__meta__/{k}": np.asarray(str(v)) for k, v in metadata.items()})
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, suffix=".npz.tmp")
-    os.close(fd)
-    try:
-        with open(tmp, "wb") as f:
-            np.savez(f, **flat)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_write(path, lambda f: np.savez(f, **flat))
+
+
+WHAT_PARAMS_ARE = ("a params file is an .npz archive of named arrays written by co3d_jax.save_params "
+                   "or python -m weight_port convert")
+
+
+def _not_params(path: str) -> ParamsError:
+    """What ``path`` is, when it is not an ``.npz`` of arrays, and what to do about it."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if size == 0:
+        return ParamsError(f"{path}: empty file; {WHAT_PARAMS_ARE}")
+    if head.startswith(b"PK"):
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
+        except zipfile.BadZipFile:
+            return ParamsError(f"{path}: truncated or damaged .npz ({size:,} bytes, its zip index is missing or "
+                               "unreadable): save or download it again")
+        if any(n.endswith("data.pkl") for n in names):
+            return ParamsError(f"{path}: a PyTorch checkpoint, not a params file: convert it first with "
+                               f"python -m weight_port convert {path} --arch NAME --out WEIGHTS.npz")
+        return ParamsError(f"{path}: a zip archive without readable arrays; {WHAT_PARAMS_ARE}")
+    if head.startswith(b"\x93NUMPY"):
+        return ParamsError(f"{path}: a single NumPy array (.npy), not a params file; {WHAT_PARAMS_ARE}")
+    if head[:1] == b"\x80":
+        return ParamsError(f"{path}: a pickle (e.g. a legacy PyTorch checkpoint); params files are never unpickled: "
+                           "convert a PyTorch checkpoint with python -m weight_port convert")
+    return ParamsError(f"{path}: not a params file (it starts with bytes {head[:4].hex(' ')}); {WHAT_PARAMS_ARE}")
 
 
 def read_npz(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """Read a params file: ``(flat arrays, metadata)``; a clear error for bad files."""
+    """Read a params file: ``(flat arrays, metadata)``; a clear error for bad files, which are never
+    unpickled (object arrays are refused)."""
     if not os.path.isfile(path):
         raise ParamsError(f"{path}: no such file")
     try:
-        with np.load(path, allow_pickle=False) as z:
+        z = np.load(path, allow_pickle=False)
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError):
+        raise _not_params(path) from None
+    if not isinstance(z, np.lib.npyio.NpzFile) or not all(n.endswith(".npy") for n in z.zip.namelist()):
+        if hasattr(z, "close"):
+            z.close()
+        raise _not_params(path)   # a .npy, or a zip of other things (a PyTorch checkpoint)
+    try:
+        with z:
             flat = {k: z[k] for k in z.files}
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
-        raise ParamsError(f"{path}: not a readable .npz params file ({type(e).__name__}: {e})") from None
+    except ValueError as e:
+        if "allow_pickle" in str(e):
+            raise ParamsError(f"{path}: holds object (pickled) arrays, which are never loaded; "
+                              f"{WHAT_PARAMS_ARE}") from None
+        raise ParamsError(f"{path}: truncated or damaged .npz ({e}): save or download it again") from None
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        raise ParamsError(f"{path}: truncated or damaged .npz ({type(e).__name__}: {e}): "
+                          "save or download it again") from None
     meta = {k.split("/", 1)[1]: str(v) for k, v in flat.items() if k.startswith("__meta__/")}
     return {k: v for k, v in flat.items() if not k.startswith("__meta__/")}, meta
 

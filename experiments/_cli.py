@@ -6,7 +6,8 @@ import hashlib
 import json
 import math
 import os
-import tempfile
+
+from co3d_jax.fileio import atomic_write  # noqa: F401  (the commands' results writer)
 
 
 def parse_options(items: list[str], flag: str = "--model-arg") -> dict:
@@ -40,23 +41,6 @@ def add_benchmark_args(ap, out: str, repeats: int, sections: str) -> None:
     ap.add_argument("--dtypes", default="fp32,bf16")
     ap.add_argument("--models", default="", help="comma-separated subset of model names (default: all)")
     ap.add_argument("--sections", default=sections, help="comma-separated parts to run")
-
-
-def atomic_write(path: str, text: str) -> None:
-    """Write ``text`` to ``path`` through a synced temporary file and a rename, so a reader (or a
-    crash) never sees a half-written file. Creates the parent folder."""
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def file_sha256(path: str) -> str:

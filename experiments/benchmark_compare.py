@@ -5,7 +5,7 @@
 Runs :mod:`experiments.benchmark_torch` then :mod:`experiments.benchmark_jax` in separate
 processes (so neither framework's allocator sees the other), merges both into
 ``OUT.json`` and writes ``OUT.md``: a table of throughput per model and dtype with the JAX/torch
-ratio, and the targets of issue 10.
+ratio, and the project's throughput targets on one H100 (frames/s).
 """
 
 from __future__ import annotations
@@ -16,7 +16,10 @@ import os
 import subprocess
 import sys
 
-TARGETS = {  # issue 10 targets on one H100
+from co3d_jax.extras import cli_main, require
+from experiments._cli import atomic_write
+
+TARGETS = {  # the project's throughput targets on one H100 (frames/s)
     ("stream", "cox3d_s_64", "fp32"): 30000, ("stream", "cox3d_m_64", "fp32"): 15000,
     ("stream", "cox3d_l_64", "fp32"): 4500,
 }
@@ -63,6 +66,7 @@ def table(jax_res: dict, torch_res: dict) -> str:
     return "\n".join(lines)
 
 
+@cli_main
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m experiments.benchmark_compare", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -78,13 +82,13 @@ def main(argv=None) -> int:
         with open(args.out + "_jax.json") as f:
             jax_res = json.load(f)
     else:
+        for module in ("torch", "continual", "pytorchvideo"):  # before anything runs
+            require(module, "bench", "the PyTorch side of benchmark_compare")
         torch_res = _run("experiments.benchmark_torch", args.out + "_torch.json", args.torch_args.split())
         jax_res = _run("experiments.benchmark_jax", args.out + "_jax.json", args.jax_args.split())
-    with open(args.out + ".json", "w") as f:
-        json.dump({"jax": jax_res, "torch": torch_res}, f, indent=1)
+    atomic_write(args.out + ".json", json.dumps({"jax": jax_res, "torch": torch_res}, indent=1))
     md = table(jax_res, torch_res)
-    with open(args.out + ".md", "w") as f:
-        f.write(md + "\n")
+    atomic_write(args.out + ".md", md + "\n")
     print(md)
     return 0
 

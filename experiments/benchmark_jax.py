@@ -23,6 +23,7 @@ import time
 
 import numpy as np
 
+from co3d_jax.extras import cli_main
 from experiments._cli import ResultsFile, add_benchmark_args
 
 # paper batch sizes (reference §5.5)
@@ -89,6 +90,7 @@ def environment() -> dict:
             "xla_flags": os.environ.get("XLA_FLAGS", "")}
 
 
+@cli_main
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m experiments.benchmark_jax", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -18,6 +18,7 @@ import time
 
 import numpy as np
 
+from co3d_jax.extras import cli_main, require
 from experiments._cli import ResultsFile, add_benchmark_args
 from experiments.benchmark_jax import CLIP, CONTINUAL
 
@@ -85,6 +86,7 @@ def bench_clip(name, batch, dtype, repeats, dev):
             "clips_per_s": batch / sec}
 
 
+@cli_main
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m experiments.benchmark_torch", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -92,9 +94,9 @@ def main(argv=None) -> int:
     ap.add_argument("--frames", type=int, default=32, help="frames per timed repeat (stream)")
     args = ap.parse_args(argv)
 
-    import torch
+    torch = require("torch", "bench", "the PyTorch benchmark")
+    continual = require("continual", "bench", "the PyTorch benchmark")
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    import continual
     env = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
            "device": torch.cuda.get_device_name() if dev.type == "cuda" else platform.processor(),
            "torch": torch.__version__, "continual_inference": continual.__version__,

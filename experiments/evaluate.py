@@ -30,13 +30,14 @@ import functools
 import io
 import json
 import os
-import re
 import signal
 import sys
 import time
+import warnings
 
 import numpy as np
 
+from co3d_jax.extras import cli_main, require
 from experiments._cli import (CliError, atomic_write, compile_responsive, dumps, file_sha256, make_out_dir,
                               model_args, read_run_config)
 
@@ -273,6 +274,7 @@ def _log(msg: str) -> None:
     print(f"[evaluate] {msg}", file=sys.stderr, flush=True)
 
 
+@cli_main
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if not args.weights and not args.random_weights:
@@ -290,6 +292,11 @@ def main(argv=None) -> int:
     if args.source == "tfds" and args.annotations:
         _log("--annotations applies to --source files (a TFDS dataset carries its own index)")
         return 2
+    # optional packages before any work: a missing one is one line (cli_main)
+    from co3d_jax.data.video import resolve_backend
+    decoder = resolve_backend(args.decoder)
+    if args.source == "tfds":
+        require("tensorflow_datasets", "tfds", "--source tfds")
 
     import jax
 
@@ -302,8 +309,8 @@ def main(argv=None) -> int:
 
     import co3d_jax
     from co3d_jax.data import ClipSpec, iterate_samples, label_rank, open_dataset
+    from co3d_jax.data.datasets import ClassCountWarning
     from co3d_jax.data.loader import default_workers, resolve_loader
-    from co3d_jax.data.video import resolve_backend
     from co3d_jax.predictions import PREDICTIONS, prediction_files, read_predictions, repair_tail
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
@@ -338,7 +345,9 @@ def main(argv=None) -> int:
 
     # ---------------- data
     try:
-        index = open_dataset(args.dataset, args.root, args.split, args.annotations, args.classes, args.source)
+        with warnings.catch_warnings():  # said once below, with the model's class count
+            warnings.simplefilter("ignore", ClassCountWarning)
+            index = open_dataset(args.dataset, args.root, args.split, args.annotations, args.classes, args.source)
     except (FileNotFoundError, ValueError, KeyError, RuntimeError) as e:
         _log(f"cannot read the dataset: {e}")
         return 2
@@ -348,7 +357,6 @@ def main(argv=None) -> int:
     if len(index.classes) < model.num_classes and args.dataset == "kinetics400":
         _log(f"warning: {len(index.classes)} classes present, model has {model.num_classes}: labels index the "
              "sorted present classes (reference behaviour); use --classes shipped for the full list")
-    decoder = resolve_backend(args.decoder)
     spec = ClipSpec(num_frames=protocol.num_frames, sampling_rate=protocol.sampling_rate,
                     image_size=model.image_size, mean=tuple(model.normalisation[0]),
                     std=tuple(model.normalisation[1]), decoder=decoder, drop_first=protocol.drop_first,
@@ -456,9 +464,9 @@ def main(argv=None) -> int:
         raise KeyboardInterrupt
 
     try:
-        signal.signal(signal.SIGTERM, _stop)
+        old_sigterm = signal.signal(signal.SIGTERM, _stop)
     except ValueError:  # not the main thread
-        pass
+        old_sigterm = None
     t0 = time.time()
     bar = None
     if not args.no_progress and pid == 0:
@@ -505,6 +513,8 @@ def main(argv=None) -> int:
             close = getattr(sample_iter, "close", None)
             if close is not None:
                 close()
+            if old_sigterm is not None:  # a SIGTERM after main returns is the caller's again
+                signal.signal(signal.SIGTERM, old_sigterm)
     t_end = time.time()
     elapsed = t_end - t0
     if interrupted:

@@ -39,6 +39,7 @@ import time
 
 import numpy as np
 
+from co3d_jax.extras import cli_main, require
 from experiments._cli import (CliError, Interrupted, atomic_write, compile_responsive, dumps, file_sha256,
                               make_out_dir, model_args, read_run_config)
 
@@ -146,6 +147,7 @@ def read_metrics(path: str, upto: int) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- main
+@cli_main
 def main(argv=None) -> int:
     # Ctrl-C / SIGTERM only ask the run to stop (it stops at the next safe point: during the first
     # compile at once, later after the update under way, with a checkpoint)
@@ -167,6 +169,10 @@ def _main(argv, stop: dict) -> int:
     if args.steps < 1 or args.batch_size < 1 or args.save_every < 1 or args.keep < 1 or args.log_every < 1:
         _log("--steps, --batch-size, --save-every, --keep and --log-every must be >= 1")
         return 2
+    from co3d_jax.data.video import resolve_backend
+    resolve_backend()   # missing optional packages are one line before any work (cli_main)
+    if args.source == "tfds":
+        require("tensorflow_datasets", "tfds", "--source tfds")
 
     import jax
 

@@ -29,6 +29,7 @@ import time
 
 import numpy as np
 
+from co3d_jax.extras import cli_main
 from experiments._cli import atomic_write
 
 CLASSES = ("archery", "bowling", "capoeira", "dancing ballet")
@@ -159,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+@cli_main
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.precision != "default":

@@ -20,6 +20,8 @@ import time
 
 import numpy as np
 
+from co3d_jax.extras import cli_main
+
 
 def prepare(frames: np.ndarray, image_size: int, mean, std) -> np.ndarray:
     """uint8 ``(T, H, W, 3)`` -> float32 ``(T, S, S, 3)``: short-side resize, center crop, normalise."""
@@ -36,6 +38,25 @@ def load_video(path: str, frame_rate: int) -> np.ndarray:
     return frames[idx]
 
 
+def frames_needed(model) -> tuple[int, int, float]:
+    """Before its first prediction a continual model takes ``delay + 1`` sampled frames:
+    ``(sampled frames, frames of a 30 fps video = delay * stride + 1, seconds)``, where the stride
+    (``model.frame_rate``) scales with a video's frame rate."""
+    source = model.delay * model.frame_rate + 1
+    return model.delay + 1, source, source / 30.0
+
+
+def first_prediction_help(name: str) -> str:
+    """How much video ``name`` needs before it predicts anything (for ``--help``)."""
+    import co3d_jax
+    model = co3d_jax.create_model(name)
+    sampled, source, seconds = frames_needed(model)
+    return (f"A continual model predicts nothing until it has seen delay + 1 sampled frames, i.e. delay x stride + 1 "
+            f"frames of the video: {name} (the default) has delay {model.delay} and takes one frame "
+            f"in {model.frame_rate} at 30 fps, so it needs {sampled} sampled frames = {source} frames of a "
+            f"30 fps video ({seconds:.1f} s). A shorter video prints only '(warming up)' and a warning at the end.")
+
+
 def class_names(num_classes: int) -> list[str]:
     if num_classes == 400:
         from co3d_jax.data.datasets import shipped_kinetics400_classes
@@ -43,21 +64,27 @@ def class_names(num_classes: int) -> list[str]:
     return [f"class_{i}" for i in range(num_classes)]
 
 
+@cli_main
 def main(argv=None) -> int:
+    import textwrap
+
     from co3d_jax.models import names_help
 
+    default = "cox3d_s_13"
     ap = argparse.ArgumentParser(prog="python -m experiments.stream", description=__doc__,
+                                 epilog="\n".join(textwrap.wrap(first_prediction_help(default), 96)),
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="cox3d_s_13", help=f"registry name of a continual model ({names_help()})")
+    ap.add_argument("--model", default=default, help=f"registry name of a continual model ({names_help()})")
     ap.add_argument("--weights", help="ported .npz weights (random weights if omitted)")
     ap.add_argument("--video", action="append", default=[], help="a video file (repeat for more streams)")
     ap.add_argument("--frames", type=int, default=0, help="frames per stream (default: whole video; generated: delay+8)")
     ap.add_argument("--image-size", type=int, default=None, help="override the model's crop size")
     ap.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                     help="model option, e.g. temporal_fill=replicate or num_classes=10 (repeatable)")
-    ap.add_argument("--top", type=int, default=5)
+    ap.add_argument("--top", type=int, default=5, help="classes printed (and written to --json) per stream and frame")
     ap.add_argument("--json", help="write per-frame results (top-k, latency) to this JSON file")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0,
+                    help="seed of the random weights (without --weights) and of the generated video (without --video)")
     ap.add_argument("--render", metavar="OUT.mp4", help="write the video(s) with each frame's top-k and a strip chart "
                                                         "of the top classes over time (co3d_jax.render)")
     args = ap.parse_args(argv)
@@ -68,7 +95,7 @@ def main(argv=None) -> int:
     import co3d_jax
     from co3d_jax.data.synthetic import moving_pattern
     from co3d_jax.data.video import VideoError
-    from experiments._cli import CliError, check_out_file, parse_options
+    from experiments._cli import CliError, atomic_write, check_out_file, dumps, parse_options
     from co3d_jax.params import ParamsError
 
     if args.json:
@@ -147,6 +174,7 @@ def main(argv=None) -> int:
     print(f"{model.name}: {b} stream(s), {length} frames, delay {model.delay}, compiled in {time.perf_counter() - t0:.1f} s")
 
     records, latencies, history = [], [], []
+    predicted = np.zeros(b, bool)
     for t in range(length):
         x, v = jnp.asarray(frames[:, t]), jnp.asarray(present[:, t])
         t0 = time.perf_counter()
@@ -157,6 +185,7 @@ def main(argv=None) -> int:
         history.append((scores, valid))
         latencies.append(ms)
         parts = []
+        predicted |= valid
         for i in range(b):
             if not valid[i]:
                 continue
@@ -174,10 +203,14 @@ def main(argv=None) -> int:
         traces = [StreamTrace(videos[i][: len(c)], sc[i, : len(c)], va[i, : len(c)], names[i]) for i, c in enumerate(clips)]
         n, h, w = render_streams(args.render, traces, labels, fps=30 / model.frame_rate, top=args.top)
         print(f"rendered {n} frames ({w}x{h}) to {args.render}")
+    sampled, _, seconds = frames_needed(model)
+    for i in np.flatnonzero(~predicted):
+        print(f"warning: stream [{i}] {names[i]} produced no prediction: it gave {len(clips[i])} sampled frames "
+              f"({len(clips[i]) * model.frame_rate / 30:.1f} s of video) and {model.name} needs {sampled} "
+              f"(delay {model.delay} + 1, one frame in {model.frame_rate} at 30 fps: {seconds:.1f} s)", file=sys.stderr)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"model": model.name, "videos": names, "failed": failed, "delay": model.delay, "frames": records,
-                       "latency_ms": latencies}, f)
+        atomic_write(args.json, dumps({"model": model.name, "videos": names, "failed": failed, "delay": model.delay,
+                                       "frames": records, "latency_ms": latencies}))
     if failed:
         print(f"{len(failed)} of {len(failed) + len(names)} videos could not be streamed: "
               + "; ".join(f"{v}: {e}" for v, e in failed.items()), file=sys.stderr)

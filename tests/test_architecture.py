@@ -204,3 +204,35 @@ def test_co3d_jax_imports_neither_torch_nor_weight_port():
                      [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
             bad += [f"{m}:{node.lineno} imports {n}" for n in names if n.split(".")[0] in forbidden]
     assert not bad, bad
+
+
+# The parts of the project in tiers (docs/architecture.md): a part imports only parts of lower
+# tiers; the library's services (tier 4) may also import each other. A module belongs to the first
+# part whose name is a prefix of its own.
+TIERS = (
+    ("co3d_jax.layers", "co3d_jax.normalisation", "co3d_jax.fileio", "co3d_jax.extras"),  # leaves
+    ("co3d_jax.stream", "co3d_jax.data"),                    # scan driver; datasets, decoding (no models)
+    ("co3d_jax.model",),                                     # the Model object
+    ("co3d_jax.models",),                                    # family specs, registry, checkpoint tables
+    ("co3d_jax",),                                           # services: params, flops, train, live, export, nnx, ...
+    ("weight_port",),                                        # the porter (the only part importing torch)
+    ("experiments",),                                        # user commands
+)
+
+
+def part_of(module: str) -> tuple[int, str]:
+    """``(tier, part)`` of a module: the longest part name that is a prefix of it."""
+    best = max(((t, p) for t, parts in enumerate(TIERS) for p in parts if module == p or module.startswith(p + ".")),
+               key=lambda tp: len(tp[1]))
+    return best if best[1] != "co3d_jax" else (best[0], module)
+
+
+def test_parts_import_only_lower_tiers():
+    bad = []
+    for m, edges in import_graph().items():
+        tier, part = part_of(m)
+        for target, line in edges.items():
+            t_tier, t_part = part_of(target)
+            if t_part != part and not (t_tier < tier or t_tier == tier == 4):
+                bad.append(f"{MODULES[m]}:{line}: {m} (tier {tier}) imports {target} (tier {t_tier})")
+    assert not bad, "imports against the layering of docs/architecture.md:\n" + "\n".join(bad)

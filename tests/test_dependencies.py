@@ -110,3 +110,25 @@ def test_the_test_extra_installs_every_extra():
     test = {_dist(r).lower() for r in extras["test"]}
     missing = {k: sorted({_dist(r).lower() for r in v} - test) for k, v in extras.items() if k != "test"}
     assert not any(missing.values()), f"packages of extras missing from [test]: {missing}"
+
+
+def test_missing_package_errors_name_an_extra_that_installs_it():
+    """``co3d_jax.extras``: every ``require("module", "extra")`` in the code, and every entry of
+    ``EXTRA_OF`` (what ``cli_main`` reports for an unguarded import), names an extra that installs
+    the module, so the one-line error's ``pip install -e '.[extra]'`` fixes it."""
+    from co3d_jax.extras import EXTRA_OF as RUNTIME_EXTRA_OF
+    extras = {k: {import_name(_dist(r)) for r in v} for k, v in _project()["optional-dependencies"].items()}
+    calls = [(module, extra, "co3d_jax/extras.py EXTRA_OF") for module, extra in RUNTIME_EXTRA_OF.items()]
+    for pkg in PACKAGES:
+        for dirpath, dirnames, filenames in os.walk(os.path.join(REPO, pkg)):
+            for name in (n for n in filenames if n.endswith(".py")):
+                path = os.path.join(dirpath, name)
+                for node in ast.walk(ast.parse(open(path, encoding="utf-8").read(), path)):
+                    if (isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", None)) == "require"
+                            and len(node.args) >= 2 and all(isinstance(a, ast.Constant) for a in node.args[:2])):
+                        calls.append((node.args[0].value, node.args[1].value,
+                                      f"{os.path.relpath(path, REPO)}:{node.lineno}"))
+    assert len(calls) > len(RUNTIME_EXTRA_OF)
+    wrong = [f"{where}: {module!r} is not installed by [{extra}]" for module, extra, where in calls
+             if module.split(".")[0] not in extras.get(extra, set())]
+    assert not wrong, "\n".join(wrong)

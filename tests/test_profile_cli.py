@@ -45,3 +45,60 @@ def test_profile_merges_partial_runs(tmp_path):
     other["env"]["device"] = "another device"
     (tmp_path / "other.json").write_text(json.dumps(other))
     assert profile.main(["--merge", parts[0], str(tmp_path / "other.json"), "--out", str(tmp_path / "x")]) == 2
+
+
+def test_default_cpu_run_times_every_model_and_says_how(tmp_path, capsys):
+    """The README's main job on a CPU: every model timed at a small input (no '-' without a
+    reason), the settings in the table, CSV and JSON, the model being timed named in the progress
+    bar, models without a reported accuracy listed under the plot, files readable by the group."""
+    import os
+    import stat
+    names = ["cox3d_xs", "x3d_xs", "coslow_8_charades"]
+    old = os.umask(0o022)
+    try:
+        assert profile.main(["--out", str(tmp_path), "--models", ",".join(names)]) == 0
+    finally:
+        os.umask(old)
+    out, err = capsys.readouterr()
+    data = json.loads((tmp_path / "profile.json").read_text())
+    assert data["env"]["measurement"] == {"size": 64, "batch": 1, "dtypes": ["fp32"], "chunk": 4, "repeats": 2}
+    for r in data["rows"]:
+        assert r["measured_size"] == 64 and r["batch"] == 1 and r["throughput_fp32"] > 0 and r["memory_mb"] > 0
+        assert not r["input"].endswith("x64x64")   # the counted FLOPs stay at the model's own size
+    assert "timed at 64x64 px input (each model's clip length), batch 1, fp32" in out
+    table = out[out.index("model "):]
+    assert " - " not in table.split("\nGMACs:")[0]   # every row complete
+    for name in names:
+        assert f"{name}: compiling and timing" in err
+    assert "measured_size" in (tmp_path / "profile.csv").read_text().splitlines()[0]
+    for f in ("profile.json", "profile.csv", "accuracy_vs_flops.png"):
+        assert stat.S_IMODE(os.stat(tmp_path / f).st_mode) == 0o644
+
+
+def test_plot_lists_omitted_models_and_keeps_labels_apart(tmp_path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rows = [dict(model=f"m{i}", kind="clip", gmacs_paper=50 + i, reported_top1=67.4 + 0.05 * i,
+                 throughput_fp32=1.5, throughput_unit="clips/s", device="cpu") for i in range(3)]
+    rows.append(dict(model="no_accuracy", kind="continual", gmacs_paper=1.0, reported_top1=None, device="cpu"))
+    texts = []
+    real_savefig = plt.Figure.savefig
+
+    def spy(fig, path, **kw):
+        renderer = fig.canvas.get_renderer()
+        ax = fig.axes[0]
+        texts.extend(t.get_window_extent(renderer) for t in ax.texts)
+        texts.append(" ".join(t.get_text() for t in fig.texts))
+        return real_savefig(fig, path, **kw)
+
+    plt.Figure.savefig = spy
+    try:
+        profile.plot(rows, str(tmp_path / "p.png"), "64x64 px input, batch 1")
+    finally:
+        plt.Figure.savefig = real_savefig
+    *boxes, caption = texts
+    assert len(boxes) == 3
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    assert "Not shown (no Kinetics-400 accuracy reported): no_accuracy." in caption
+    assert "Throughput: 64x64 px input, batch 1." in caption

@@ -91,6 +91,10 @@ def normalise_label(name: str) -> str:
     return " ".join(name.strip().strip('"').replace("_", " ").split()).lower()
 
 
+class ClassCountWarning(UserWarning):
+    """A Kinetics split has fewer (or more) classes than the full dataset: indices follow the labels present."""
+
+
 def class_list(labels, classes: str | list, dataset: str) -> list[str]:
     """The class list: ``classes`` itself (a list), the sorted labels present (``"dataset"``, the
     reference's rule) or the shipped Kinetics-400 names (``"shipped"``)."""
@@ -100,7 +104,8 @@ def class_list(labels, classes: str | list, dataset: str) -> list[str]:
     if classes == "dataset":
         if dataset == "kinetics400" and present and len(present) not in (400, 600, 700):
             warnings.warn(f"found {len(present)} classes in the split (expected 400): class indices follow the "
-                          "sorted labels present, as in the reference; pass classes='shipped' to use the full list")
+                          "sorted labels present, as in the reference; pass classes='shipped' to use the full list",
+                          ClassCountWarning)
         return present
     if classes == "shipped":
         return shipped_kinetics400_classes()

@@ -122,12 +122,14 @@ def resolve_backend(backend: str = "auto") -> str:
     avail = available_backends()
     if backend == "auto":
         if not avail:
-            raise RuntimeError("no video decoder: install PyAV (pip install av) or opencv-python-headless")
+            from ..extras import MissingExtra
+            raise MissingExtra("av", "data", "decoding video (PyAV, or OpenCV as a fallback)")
         return avail[0]
     if backend not in ("pyav", "opencv"):
         raise ValueError(f"unknown decoder {backend!r} (pyav, opencv or auto)")
     if backend not in avail:
-        raise RuntimeError(f"decoder {backend!r} is not installed")
+        from ..extras import MissingExtra
+        raise MissingExtra("av" if backend == "pyav" else "cv2", "data", f"the decoder {backend!r}")
     return backend
 
 

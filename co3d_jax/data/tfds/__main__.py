@@ -10,6 +10,7 @@ import json
 import os
 import sys
 
+from ...extras import cli_main, require
 from . import DATASETS
 
 
@@ -28,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def build(dataset: str, manual_dir: str, data_dir: str, splits=()) -> dict:
     """Prepare ``dataset`` from ``manual_dir`` into ``data_dir``; returns where and how many."""
-    import tensorflow_datasets as tfds
+    tfds = require("tensorflow_datasets", "tfds", "building a TFDS dataset")
 
     from .builders import Co3dCharades, Co3dKinetics400
 
@@ -43,13 +44,11 @@ def build(dataset: str, manual_dir: str, data_dir: str, splits=()) -> dict:
                 skipped={k: v for k, v in skipped.items() if v})
 
 
+@cli_main
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         out = build(args.dataset, args.manual_dir, args.data_dir, args.splits)
-    except ImportError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     except (FileNotFoundError, ValueError, AssertionError) as e:  # TFDS asserts on an empty manual dir
         print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 2

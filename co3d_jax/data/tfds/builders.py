@@ -19,11 +19,9 @@ import warnings
 
 import numpy as np
 
-try:
-    import tensorflow_datasets as tfds
-except ImportError as e:  # pragma: no cover - exercised only without the extra
-    raise ImportError("the TFDS builders need tensorflow-datasets and array-record: "
-                      "pip install 'co3d-jax[tfds]'") from e
+from ...extras import require
+
+tfds = require("tensorflow_datasets", "tfds", "the TFDS builders")
 
 from ..datasets import (SPLIT_ALIASES, DatasetIndex, canonical_split, charades, charades_frame_root, charades_split,
                         kinetics_csv, kinetics_folder, label_indexer, shipped_kinetics400_classes)

@@ -15,6 +15,7 @@ import os
 
 from ..datasets import (DatasetIndex, TfdsRef, VideoRecord, canonical_split, charades_split, class_list,
                         label_indexer)
+from ...extras import require
 from . import DATASETS
 
 
@@ -23,12 +24,7 @@ class TfdsDatasetError(ValueError):
 
 
 def _tfds():
-    try:
-        import tensorflow_datasets as tfds
-    except ImportError:
-        raise RuntimeError("reading a TFDS dataset needs tensorflow-datasets and array-record: "
-                           "pip install 'co3d-jax[tfds]'") from None
-    return tfds
+    return require("tensorflow_datasets", "tfds", "reading a TFDS dataset")
 
 
 def _version_key(name: str):
