@@ -33,8 +33,9 @@ def load_torch_file(path: str) -> Any:
                         f"it starts with {head!r})")
     import pickle
 
-    import torch
+    from co3d_jax.extras import require
 
+    torch = require("torch", "port", f"reading the PyTorch checkpoint {os.path.basename(path)}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:

@@ -1,6 +1,8 @@
 """Command line: ``python -m weight_port {convert,download,list} ...``.
 
-Failures print one ``error: ...`` line on stderr and exit with status 2 (no traceback).
+Failures print one ``error: ...`` line on stderr and exit with status 2 (no traceback), a missing
+optional package (torch, pytorchvideo, torchvision) too, naming the ``[port]`` extra
+(:func:`co3d_jax.extras.cli_main`).
 """
 
 from __future__ import annotations
@@ -8,6 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 from typing import Sequence
+
+from co3d_jax.extras import cli_main
 
 from .errors import PortError, VerificationError, one_line
 
@@ -34,10 +38,12 @@ def _options(args: argparse.Namespace) -> dict:
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    from .convert import convert_file, save_conversion, verify_fn
+    from .convert import convert_file, require_verify, save_conversion, verify_fn
 
     if not args.out.endswith(".npz"):
         raise PortError(f"--out {args.out}: the output must be a .npz file")
+    if args.verify:
+        require_verify(args.arch)  # before any work: a missing reference package is one line
     conv = convert_file(args.src, args.arch, layout=args.layout, **_options(args))
     n_arrays = sum(1 for _ in _leaves(conv.params))
     n_values = sum(a.size for a in _leaves(conv.params))
@@ -143,8 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@cli_main
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; returns the exit status (0 ok, 2 error)."""
+    """Run the CLI; returns the exit status (0 ok, 2 error; a missing optional package, e.g. torch
+    or pytorchvideo, is one ``error:`` line naming it and the ``[port]`` extra, status 2)."""
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
