@@ -311,6 +311,47 @@ def test_one_message_lists_all_problems(sf_small, capsys, tmp_path):
                      r"1 mis-shaped: s5\.pathway0_res6\.branch2\.c\.weight \(192, 432, 3, 1, 1\)", err), err
 
 
+def test_cli_non_checkpoint_inputs_say_what_the_file_is(files, sf_small, capsys, tmp_path):
+    """An already converted .npz, another .npz, another zip, random bytes (with and without a
+    pickle-like first byte), an empty file and a truncated zip: one line each saying what the file
+    is (or is not), never torch's internals (hasRecord("version"), PytorchStreamReader)."""
+    import zipfile
+
+    converted = str(tmp_path / "x3d_s.npz")
+    save_conversion(convert_state_dict(sf_small[1], "x3d_s"), converted, "x3d_s.pyth")
+    np.savez(tmp_path / "other.npz", a=np.zeros(3))
+    with zipfile.ZipFile(tmp_path / "docs.zip", "w") as z:
+        z.writestr("readme.txt", "hello")
+    rng = np.random.default_rng(0)
+    (tmp_path / "random.pyth").write_bytes(b"\x13" + rng.bytes(4095))
+    (tmp_path / "random_pickle.pyth").write_bytes(b"\x80" + rng.bytes(4095))     # byte 2 is no protocol
+    (tmp_path / "random_pickle2.pyth").write_bytes(b"\x80\x02" + rng.bytes(4094))  # protocol 2, then junk
+    (tmp_path / "empty.pyth").write_bytes(b"")
+    raw = open(files["sf"], "rb").read()
+    (tmp_path / "cut.pyth").write_bytes(raw[: len(raw) // 3])
+    cases = {
+        converted: r"x3d_s\.npz: this is already a converted co3d_jax params file for x3d_s \(\.npz\), not a "
+                   r"PyTorch checkpoint: load it with co3d_jax\.load_params",
+        str(tmp_path / "other.npz"): r"a numpy \.npz archive \(1 arrays\), not a PyTorch checkpoint",
+        str(tmp_path / "docs.zip"): r"a zip archive but not a torch\.save file",
+        str(tmp_path / "random.pyth"): r"not a PyTorch checkpoint \(neither a torch\.save zip archive nor a pickle",
+        str(tmp_path / "random_pickle.pyth"): r"random_pickle\.pyth: not a PyTorch checkpoint \(its first byte",
+        str(tmp_path / "random_pickle2.pyth"): r"random_pickle2\.pyth: not a readable PyTorch checkpoint, truncated "
+                                               r"or corrupt\? \(the pickle does not parse",
+        str(tmp_path / "empty.pyth"): r"empty file, not a PyTorch checkpoint",
+        str(tmp_path / "cut.pyth"): r"cut\.pyth: not a readable PyTorch checkpoint, truncated or corrupt\?",
+    }
+    for src, pattern in cases.items():
+        out = tmp_path / "out.npz"
+        assert cli.main(["convert", src, "--arch", "x3d_s", "--out", str(out)]) == 2, src
+        err = capsys.readouterr().err
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+        assert re.search(pattern, lines[0]), lines[0]
+        assert "hasRecord" not in err and "PytorchStreamReader" not in err, err
+        assert not out.exists()
+
+
 # ----------------------------------------------------------------------------- (d) CLI, subprocesses
 def _run_cli(args: list[str]) -> subprocess.CompletedProcess:
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": REPO}

@@ -6,6 +6,7 @@ torch is imported lazily, only here and by the ``--verify`` references.
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 import numpy as np
@@ -31,6 +32,12 @@ def load_torch_file(path: str) -> Any:
     if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
         raise PortError(f"{path}: not a PyTorch checkpoint (neither a torch.save zip archive nor a pickle; "
                         f"it starts with {head!r})")
+    if head[:1] == b"\x80" and head[1:2] not in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        # torch.save's legacy format is a pickle of protocol 2..5 (0x80, protocol, ...)
+        raise PortError(f"{path}: not a PyTorch checkpoint (its first byte looks like a pickle's but no pickle "
+                        f"protocol follows; it starts with {head!r})")
+    if head.startswith(b"PK\x03\x04"):
+        _check_torch_zip(path)
     import pickle
 
     from co3d_jax.extras import require
@@ -40,6 +47,10 @@ def load_torch_file(path: str) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         msg = str(e)
+        detail = re.search(r"WeightsUnpickler error:\s*(.+)", msg)
+        if detail and "global" not in detail[1].lower():  # not a refused class: a damaged or non-torch pickle
+            raise PortError(f"{path}: not a readable PyTorch checkpoint, truncated or corrupt? (the pickle does "
+                            f"not parse: {one_line(detail[1])[:120]})") from None
         if "weights_only" in msg or "Weights only load failed" in msg:
             raise PortError(f"{path}: the checkpoint contains objects other than tensors and plain containers; "
                             "refusing to unpickle it (torch.load weights_only=True)") from None
@@ -50,6 +61,42 @@ def load_torch_file(path: str) -> Any:
         first = first.split(". ")[0][:160]  # torch appends long advice after the first sentence
         raise PortError(f"{path}: not a readable PyTorch checkpoint, truncated or corrupt? "
                         f"({type(e).__name__}: {first})") from None
+
+
+def _check_torch_zip(path: str) -> None:
+    """A zip archive that is not a ``torch.save`` file (no ``<name>/data.pkl``), read with
+    :mod:`zipfile` (no torch): a numpy ``.npz`` (a co3d_jax params file, i.e. already converted,
+    or another numpy archive) or another zip gets a :class:`PortError` saying what it is.
+    A damaged archive (a cut-off download) is reported as truncated or corrupt."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+    except (zipfile.BadZipFile, EOFError, ValueError):
+        raise PortError(f"{path}: not a readable PyTorch checkpoint, truncated or corrupt? (a zip archive without "
+                        f"an intact table of contents, as a cut-off download leaves it: fetch or copy it again)"
+                        ) from None
+    except OSError:
+        return
+    if any(n == "data.pkl" or n.endswith("/data.pkl") for n in names):
+        return
+    if names and all(n.endswith(".npy") for n in names):
+        if any(n.startswith("__meta__/") for n in names):
+            try:
+                from co3d_jax.params import read_npz
+
+                meta = read_npz(path)[1]
+            except Exception:  # noqa: BLE001 - only to name the arch; the message stands without it
+                meta = {}
+            arch = f" for {meta['arch']}" if meta.get("arch") else ""
+            raise PortError(f"{path}: this is already a converted co3d_jax params file{arch} (.npz), not a PyTorch "
+                            f"checkpoint: load it with co3d_jax.load_params(path, model) or pass it as --weights; "
+                            f"convert reads the original .pyth/.pth/.pkl checkpoint")
+        raise PortError(f"{path}: a numpy .npz archive ({len(names)} arrays), not a PyTorch checkpoint: convert "
+                        f"reads torch.save files (.pyth/.pth/.pt) and Caffe2 .pkl files")
+    raise PortError(f"{path}: a zip archive but not a torch.save file (no data.pkl among its "
+                    f"{len(names)} entries), so not a PyTorch checkpoint")
 
 
 def extract_state_dict(obj: Any, path: str = "checkpoint") -> tuple[dict[str, np.ndarray], str]:
