@@ -535,6 +535,96 @@ def test_download_failures_leave_no_partial(http_server, tmp_path, capsys):
     assert "HTTP 404" in capsys.readouterr().err and sorted(os.listdir(out)) == []
 
 
+def test_download_offline_leaves_no_folder(tmp_path, capsys):
+    """Connection refused, or a server that closes without answering: one error line, and the
+    output folder (which did not exist) is not created."""
+    import socket
+    import socketserver
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        refused = s.getsockname()[1]
+
+    class _Close(socketserver.BaseRequestHandler):
+        def handle(self):
+            self.request.close()
+
+    closer = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _Close)
+    threading.Thread(target=closer.serve_forever, daemon=True).start()
+    try:
+        for url in (f"http://127.0.0.1:{refused}/x3d_s.pyth", f"http://127.0.0.1:{closer.server_address[1]}/x3d_s.pyth"):
+            out = tmp_path / "weights"
+            assert cli.main(["download", "x3d_s", "--out", str(out), "--url", url, "--no-progress"]) == 2
+            err = capsys.readouterr().err
+            lines = err.strip().splitlines()
+            assert len(lines) == 1 and lines[0].startswith(f"error: download of {url} failed"), err
+            assert not out.exists(), url
+    finally:
+        closer.shutdown()
+        closer.server_close()
+
+
+def test_list_has_a_header(capsys):
+    assert cli.main(["list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert re.match(r"NAME\s+LAYOUT\s+DEFAULT ARCH\s+URL\s+SHA256$", lines[0]), lines[0]
+    assert lines[1].startswith("x3d_xs ") and "weights.lock.json" in lines[-1]
+
+
+def test_download_lock_file_records_then_verifies(http_server, tmp_path, files, capsys):
+    """No row pins a digest: the first verified download records its sha256 in DIR/weights.lock.json;
+    later downloads (here: a committed lock in a fresh folder, and a reused file) must match it."""
+    import json
+    import shutil
+
+    server, base = http_server
+    data = server.files["x3d_s.pyth"]
+    sd = torch.load(files["sf"], weights_only=True)
+    other = tmp_path / "other.pyth"
+    torch.save({**sd, "epoch": 301}, other)  # loads and converts like the first, other bytes
+    server.files["other.pyth"] = other.read_bytes()
+    out = tmp_path / "w"
+    assert cli.main(["download", "x3d_s", "--out", str(out), "--url", f"{base}/x3d_s.pyth", "--no-progress"]) == 0
+    assert "recorded sha256" in capsys.readouterr().out
+    lock = json.loads((out / "weights.lock.json").read_text())
+    entry = lock["files"]["x3d_s"]
+    assert entry["sha256"] == hashlib.sha256(data).hexdigest() and entry["size"] == len(data)
+    assert entry["file"] == "x3d_s.pyth" and lock["version"] == 1
+    # the lock committed and used in a fresh folder: other bytes are refused and removed
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    shutil.copy(out / "weights.lock.json", fresh / "weights.lock.json")
+    assert cli.main(["download", "x3d_s", "--out", str(fresh), "--url", f"{base}/other.pyth", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "sha256 mismatch" in err and "recorded in" in err, err
+    assert "weights.lock.json" in err and sorted(os.listdir(fresh)) == ["weights.lock.json"]
+    # the same bytes pass, and say so
+    assert cli.main(["download", "x3d_s", "--out", str(fresh), "--url", f"{base}/x3d_s.pyth", "--no-progress"]) == 0
+    assert "sha256 matches" in capsys.readouterr().out
+    # a reused file that changed on disk is refused
+    (fresh / "x3d_s.pyth").write_bytes(server.files["other.pyth"])
+    assert cli.main(["download", "x3d_s", "--out", str(fresh), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "exists but its sha256 does not match" in err and "recorded in" in err
+    # --sha256 contradicting the recorded digest; an unreadable lock: one line each
+    assert cli.main(["download", "x3d_s", "--out", str(out), "--sha256", "a" * 64, "--no-progress"]) == 2
+    assert "contradicts the digest" in capsys.readouterr().err
+    (fresh / "weights.lock.json").write_text("{not json")
+    assert cli.main(["download", "x3d_s", "--out", str(fresh), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "lock file" in err and "unreadable" in err
+    # --lock PATH: the lock lives where the user says (e.g. in the repository), not in DIR
+    mine = tmp_path / "repo" / "weights.lock.json"
+    assert cli.main(["download", "x3d_s", "--out", str(tmp_path / "w2"), "--url", f"{base}/x3d_s.pyth",
+                     "--lock", str(mine), "--no-progress"]) == 0
+    assert json.loads(mine.read_text())["files"]["x3d_s"]["sha256"] == entry["sha256"]
+    assert not (tmp_path / "w2" / "weights.lock.json").exists()
+    # --no-lock: neither read nor written
+    assert cli.main(["download", "x3d_s", "--out", str(tmp_path / "w3"), "--url", f"{base}/other.pyth",
+                     "--no-lock", "--no-progress"]) == 0
+    assert not (tmp_path / "w3" / "weights.lock.json").exists()
+
+
 # ----------------------------------------------------------------------------- slow: full sizes
 FULL = {"x3d_s": dict(frames=13, image_size=160), "x3d_m": dict(frames=16, image_size=224),
         "x3d_l": dict(frames=16, image_size=312, depth_factor=5.0)}
