@@ -352,6 +352,81 @@ def test_cli_non_checkpoint_inputs_say_what_the_file_is(files, sf_small, capsys,
         assert not out.exists()
 
 
+# PySlowFast's checkpoint["cfg"] is cfg.dump(): yacs YAML, keys sorted, lists as block items
+PYSLOWFAST_CFG = """\
+DATA:
+  DECODING_BACKEND: pyav
+  INPUT_CHANNEL_NUM:
+  - 3
+  MEAN:
+  - 0.45
+  - 0.45
+  - 0.45
+  NUM_FRAMES: {frames}
+  PATH_LABEL_SEPARATOR: ' '
+  SAMPLING_RATE: {rate}
+  TEST_CROP_SIZE: {crop}
+  TRAIN_CROP_SIZE: {crop}
+  TRAIN_JITTER_SCALES:
+  - 182
+  - 228
+MODEL:
+  ARCH: {arch}
+  MODEL_NAME: X3D
+  NUM_CLASSES: 400
+TRAIN:
+  CHECKPOINT_PERIOD: 10
+X3D:
+  BN_LIN5: false
+  BOTTLENECK_FACTOR: 2.25
+  CHANNELWISE_3x3x3: true
+  DEPTH_FACTOR: 2.2
+  DIM_C1: 12
+  DIM_C5: 2048
+  WIDTH_FACTOR: 2.0
+"""
+
+
+def test_recorded_config_of_another_size_warns(sf_small, tmp_path, capsys):
+    """X3D-S and X3D-M weights have the same shapes: a PySlowFast checkpoint whose recorded cfg
+    (cfg.dump(), or a dict) describes X3D-M converts for --arch x3d_s with a one-line warning on
+    stderr; the matching arch converts silently."""
+    from weight_port.checkpoint import parse_config_text
+    from weight_port.pipeline import RecordedConfigWarning
+
+    m_cfg = PYSLOWFAST_CFG.format(frames=16, rate=5, crop=224, arch="x3d")
+    parsed = parse_config_text(m_cfg)
+    assert parsed["DATA"]["NUM_FRAMES"] == 16 and parsed["X3D"]["DEPTH_FACTOR"] == 2.2
+    assert parsed["MODEL"]["ARCH"] == "x3d" and parsed["DATA"]["PATH_LABEL_SEPARATOR"] == " "
+    sd = tensors(sf_small[1])
+    m_file = save_ckpt(tmp_path / "x3d_m.pyth", {"epoch": 300, "model_state": sd, "optimizer_state": {},
+                                                 "cfg": m_cfg})
+    assert cli.main(["convert", m_file, "--arch", "x3d_s", "--out", str(tmp_path / "s.npz")]) == 0
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("warning: "), err
+    assert re.search(r"recorded config \(DATA\.NUM_FRAMES 16, DATA\.SAMPLING_RATE 5, DATA\.TRAIN_CROP_SIZE 224, "
+                     r"X3D\.DEPTH_FACTOR 2\.2\) describes X3D-M, but --arch x3d_s is X3D-S \(13 frames", lines[0])
+    assert "for X3D-M weights: x3d_m" in lines[0] and "wrote" in out and (tmp_path / "s.npz").exists()
+    for arch in ("x3d_m", "cox3d_m_64"):  # the size the config describes: no warning
+        assert cli.main(["convert", m_file, "--arch", arch, "--out", str(tmp_path / f"{arch}.npz")]) == 0
+        assert "warning" not in capsys.readouterr().err
+    # a cfg stored as a dict, a continual arch, and the Python API (a RecordedConfigWarning)
+    d_file = save_ckpt(tmp_path / "dict.pyth", {"model_state": sd, "cfg": parsed})
+    with pytest.warns(RecordedConfigWarning, match=r"describes X3D-M, but --arch cox3d_s_64 is X3D-S.*cox3d_m_\*"):
+        conv = convert_file(d_file, "cox3d_s_64")
+    assert len(conv.warnings) == 1
+    # another MODEL.ARCH; and a cfg that describes no size (e.g. "TRAIN: ...") says nothing
+    a_file = save_ckpt(tmp_path / "slow.pyth", {"model_state": sd, "cfg": PYSLOWFAST_CFG.format(
+        frames=13, rate=6, crop=160, arch="slow")})
+    assert cli.main(["convert", a_file, "--arch", "x3d_s", "--out", str(tmp_path / "a.npz")]) == 0
+    assert "names MODEL.ARCH 'slow', but --arch x3d_s is X3D" in capsys.readouterr().err
+    for cfg in ("TRAIN: ...", "not yaml at all", PYSLOWFAST_CFG.format(frames=8, rate=6, crop=160, arch="x3d")):
+        q_file = save_ckpt(tmp_path / "q.pyth", {"model_state": sd, "cfg": cfg})
+        assert cli.main(["convert", q_file, "--arch", "x3d_s", "--out", str(tmp_path / "q.npz")]) == 0
+        assert "warning" not in capsys.readouterr().err
+
+
 # ----------------------------------------------------------------------------- (d) CLI, subprocesses
 def _run_cli(args: list[str]) -> subprocess.CompletedProcess:
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": REPO}
@@ -623,6 +698,17 @@ def test_download_lock_file_records_then_verifies(http_server, tmp_path, files, 
     assert cli.main(["download", "x3d_s", "--out", str(tmp_path / "w3"), "--url", f"{base}/other.pyth",
                      "--no-lock", "--no-progress"]) == 0
     assert not (tmp_path / "w3" / "weights.lock.json").exists()
+
+
+def test_download_warns_on_a_recorded_config_of_another_size(http_server, sf_small, tmp_path, capsys):
+    server, base = http_server
+    m_file = save_ckpt(tmp_path / "x3d_m.pyth", {"model_state": tensors(sf_small[1]),
+                                                 "cfg": PYSLOWFAST_CFG.format(frames=16, rate=5, crop=224, arch="x3d")})
+    server.files["m.pyth"] = open(m_file, "rb").read()
+    assert cli.main(["download", "x3d_s", "--out", str(tmp_path / "w"), "--url", f"{base}/m.pyth",
+                     "--no-progress"]) == 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("warning: ") and "describes X3D-M" in err, err
 
 
 # ----------------------------------------------------------------------------- slow: full sizes

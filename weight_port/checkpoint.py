@@ -129,6 +129,71 @@ def extract_state_dict(obj: Any, path: str = "checkpoint") -> tuple[dict[str, np
     return state, where
 
 
-def read_checkpoint(path: str) -> tuple[dict[str, np.ndarray], str]:
-    """Load ``path`` and return ``(state dict as numpy, container)``; see :func:`extract_state_dict`."""
-    return extract_state_dict(load_torch_file(path), path)
+def read_checkpoint(path: str, with_config: bool = False):
+    """Load ``path`` and return ``(state dict as numpy, container)``; see :func:`extract_state_dict`.
+    ``with_config``: ``(state, container, recorded config)``, the last from
+    :func:`recorded_config` (``None`` if the file records none)."""
+    obj = load_torch_file(path)
+    state, container = extract_state_dict(obj, path)
+    return (state, container, recorded_config(obj)) if with_config else (state, container)
+
+
+# ------------------------------------------------------------------------------------ recorded config
+CONFIG_KEYS = ("cfg",)
+"""Top-level checkpoint entries holding the training config: PySlowFast saves
+``{"epoch", "model_state", "optimizer_state", "cfg": cfg.dump()}`` (a YAML string)."""
+
+
+def recorded_config(obj: Any) -> dict | None:
+    """The training config a checkpoint records (a top-level ``cfg``: a YAML string as PySlowFast's
+    ``cfg.dump()`` writes it, or a dict) as nested dicts of scalars, ``None`` if it has none."""
+    if not isinstance(obj, dict):
+        return None
+    for key in CONFIG_KEYS:
+        value = obj.get(key)
+        if isinstance(value, dict):
+            return value
+        if isinstance(value, str):
+            parsed = parse_config_text(value)
+            if parsed:
+                return parsed
+    return None
+
+
+def _scalar(text: str) -> Any:
+    text = text.strip()
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+        return text[1:-1]
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False, "null": None, "~": None}.get(text.lower(), text)
+
+
+def parse_config_text(text: str) -> dict:
+    """The block mappings of a YAML config dump (``KEY:`` nested by indentation, ``KEY: scalar``)
+    as nested dicts: enough to read a PySlowFast ``cfg.dump()`` without a YAML dependency. List
+    items, flow collections and anything else it does not understand are skipped, never guessed."""
+    root: dict = {}
+    stack: list[tuple[int, dict]] = [(-1, root)]
+    for raw in text.splitlines():
+        line = raw.split(" #", 1)[0].rstrip()
+        if not line.strip() or line.lstrip().startswith(("#", "-")):
+            continue
+        m = re.match(r"^( *)([A-Za-z_][\w.-]*):(?:\s+(.*))?$", line)
+        if not m:
+            continue
+        indent, key, value = len(m[1]), m[2], m[3]
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        if not stack:
+            return root
+        parent = stack[-1][1]
+        if value is None or value == "":
+            parent[key] = child = {}
+            stack.append((indent, child))
+        elif not value.startswith(("[", "{", "&", "*", "|", ">")):
+            parent[key] = _scalar(value)
+    return root

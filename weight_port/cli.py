@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from typing import Sequence
 
 from co3d_jax.extras import cli_main
@@ -39,17 +40,22 @@ def _options(args: argparse.Namespace) -> dict:
 
 def _cmd_convert(args: argparse.Namespace) -> int:
     from .convert import convert_file, require_verify, save_conversion, verify_fn
+    from .pipeline import RecordedConfigWarning
 
     if not args.out.endswith(".npz"):
         raise PortError(f"--out {args.out}: the output must be a .npz file")
     if args.verify:
         require_verify(args.arch)  # before any work: a missing reference package is one line
-    conv = convert_file(args.src, args.arch, layout=args.layout, **_options(args))
+    with warnings.catch_warnings():  # printed below as warning: lines
+        warnings.simplefilter("ignore", RecordedConfigWarning)
+        conv = convert_file(args.src, args.arch, layout=args.layout, **_options(args))
     n_arrays = sum(1 for _ in _leaves(conv.params))
     n_values = sum(a.size for a in _leaves(conv.params))
     print(f"read {args.src}: {conv.layout} layout ({conv.container}), {len(conv.source)} tensors")
     for note in conv.notes:
         print(f"  note: {note}")
+    for w in conv.warnings:
+        print(f"warning: {w}", file=sys.stderr)
     if args.verify:
         verify = verify_fn(conv.arch)
         result = verify(conv, image_size=args.verify_image_size, frames=args.verify_frames, seed=args.seed)

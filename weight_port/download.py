@@ -27,6 +27,7 @@ import re
 import sys
 import urllib.error
 import urllib.request
+import warnings
 from typing import Callable
 
 from .errors import PortError
@@ -290,15 +291,18 @@ def _expected_digest(row: WeightSource, sha256: str | None, locked: dict | None,
 
 def download(name: str, out_dir: str, *, arch: str | None = None, url: str | None = None,
              sha256: str | None = None, progress: bool = True, restart: bool = False,
-             log: Callable[[str], None] = print, lock: str | None | bool = True) -> str:
+             log: Callable[[str], None] = print, lock: str | None | bool = True,
+             warn: Callable[[str], None] = lambda line: print(line, file=sys.stderr)) -> str:
     """Download table row ``name`` into ``out_dir`` and convert it to ``out_dir/<arch>.npz``.
 
     Returns the ``.npz`` path. An already present, verified ``out_dir/<filename>`` is reused.
     ``lock``: the lock file (``True``: ``out_dir/weights.lock.json``; ``False``/``None``: none).
     The first verified download of a row records its sha256 there; later downloads (and a
-    reused file) must match it, else one error line and the file is removed.
+    reused file) must match it, else one error line and the file is removed. ``warn`` gets a
+    ``warning: ...`` line for each thing the file's recorded config says against ``arch``.
     """
     from .convert import convert_state_dict, read_source, save_conversion
+    from .pipeline import RecordedConfigWarning
 
     row = find_source(name)
     src_url = resolve_url(row, url)
@@ -318,9 +322,11 @@ def download(name: str, out_dir: str, *, arch: str | None = None, url: str | Non
         def check_structure(path: str) -> None:
             # Always run; without a pinned digest it is the integrity check (load + strict convert).
             try:
-                state, container = read_source(path, row.arch, row.layout)
-                checked[row.arch] = convert_state_dict(state, row.arch, layout=row.layout, source_label=dest,
-                                                       container=container)
+                state, container, recorded = read_source(path, row.arch, row.layout, with_config=True)
+                with warnings.catch_warnings():  # reported below, for the arch converted to
+                    warnings.simplefilter("ignore", RecordedConfigWarning)
+                    checked[row.arch] = convert_state_dict(state, row.arch, layout=row.layout, source_label=dest,
+                                                           container=container, recorded=recorded)
             except PortError as e:
                 raise PortError(f"the downloaded file is not the expected {row.layout}-layout {row.arch} checkpoint "
                                 f"(removed {path}): {e}") from None
@@ -337,8 +343,13 @@ def download(name: str, out_dir: str, *, arch: str | None = None, url: str | Non
     target = arch or row.arch
     conv = checked.get(target)
     if conv is None:
-        state, container = read_source(dest, target, row.layout)
-        conv = convert_state_dict(state, target, layout=row.layout, source_label=dest, container=container)
+        state, container, recorded = read_source(dest, target, row.layout, with_config=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RecordedConfigWarning)
+            conv = convert_state_dict(state, target, layout=row.layout, source_label=dest, container=container,
+                                      recorded=recorded)
+    for w in conv.warnings:
+        warn(f"warning: {w}")
     npz = os.path.join(out_dir, f"{target}.npz")
     save_conversion(conv, npz, dest)
     log(f"wrote {npz} ({target}, {row.layout} layout)")
