@@ -125,8 +125,12 @@ def test_python_m_exits_2_with_one_line(tmp_path):
 
 
 def _zip_file(path) -> str:
-    """A file that passes the porter's header check as a torch.save zip archive."""
-    path.write_bytes(b"PK\x03\x04" + b"\x00" * 60)
+    """A file laid out as a torch.save zip archive (``archive/data.pkl``), written without torch."""
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("archive/data.pkl", b"\x80\x02}q\x00.")
+        z.writestr("archive/version", "3\n")
     return str(path)
 
 
