@@ -68,8 +68,14 @@ class LiveStep:
         """A fresh packed state for ``batch_size`` streams."""
         return jax.tree.map(jnp.copy, self._fresh)
 
-    def _check(self, frame, valid):
+    def _check(self, frame, valid, state=None):
         want = (self.batch_size, *self.model.frame_shape)
+        if state is not None:
+            self._check_state(state)
+        if frame.ndim == len(want) and tuple(frame.shape[1:]) == want[1:] and frame.shape[0] != self.batch_size:
+            raise ValueError(f"{self.model.name}: this LiveStep is for {self.batch_size} stream(s) (batch_size="
+                             f"{self.batch_size}) but the frame has batch size {frame.shape[0]}; expected a frame "
+                             f"of shape {want}")
         if tuple(frame.shape) != want:
             raise ValueError(f"{self.model.name}: expected a frame of shape {want}, got {tuple(frame.shape)}")
         if not jnp.issubdtype(frame.dtype, jnp.floating):
@@ -82,15 +88,30 @@ class LiveStep:
                              f"{valid.shape} {valid.dtype}")
         return valid
 
+    def _check_state(self, state):
+        """A packed state of another LiveStep (another batch size): one ``ValueError`` naming both."""
+        try:
+            have = tuple(tuple(np.shape(a)) for a in state)
+        except TypeError:
+            have = None
+        want = tuple(a.shape for a in self._fresh)
+        if have == want:
+            return
+        per = [math.prod(s) // self.batch_size if self.batch_size else 0 for s in want]
+        sizes = {n[0] // p for n, p in zip(have or (), per) if p and len(n) == 1 and n[0] % p == 0}
+        got = f"{sizes.pop()} stream(s)" if have and len(have) == len(want) and len(sizes) == 1 else f"shapes {have}"
+        raise ValueError(f"{self.model.name}: the state is for {got} but this LiveStep is for {self.batch_size} "
+                         f"(batch_size={self.batch_size}); pass a state from its init()")
+
     def __call__(self, state, frame, valid=None):
         """Advance every stream by one frame: ``(state, StepOutput(scores (B, K), valid (B,)))``,
         as :meth:`co3d_jax.Model.step` returns."""
-        valid = self._check(frame, valid)
+        valid = self._check(frame, valid, state)
         return self._step(state, frame.astype(self.dtype), valid)
 
     def peek(self, state, frame, valid=None):
         """The ``StepOutput`` of the next step without advancing ``state``."""
-        valid = self._check(frame, valid)
+        valid = self._check(frame, valid, state)
         return self._peek(state, frame.astype(self.dtype), valid)
 
     def _reset_impl(self, state, mask):
@@ -99,6 +120,7 @@ class LiveStep:
     def reset(self, state, mask):
         """Restart the streams where ``mask`` ``(B,)`` is True; the others continue untouched
         (:func:`co3d_jax.stream.reset_state` on the unpacked state)."""
+        self._check_state(state)
         return self._reset(state, jnp.asarray(mask))
 
 

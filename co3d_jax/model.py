@@ -107,6 +107,7 @@ class Model:
         """
         self._check(frame, clip=False)
         b = frame.shape[0]
+        self._check_batch(state, b, "frame")
         if valid is None:
             valid = jnp.ones((b,), bool)
         elif valid.shape != (b,) or valid.dtype != jnp.bool_:
@@ -126,6 +127,7 @@ class Model:
         :meth:`stream_fn`) for speed.
         """
         self._check(frames, clip=True)
+        self._check_batch(state, frames.shape[0], "frames")
         return scan_stream(self.step, params, state, frames, valid, unroll)
 
     def prefill(self, params, clip: jax.Array, dtype=jnp.float32):
@@ -178,6 +180,18 @@ class Model:
         return reset_state(state, fresh, mask, name=self.name)
 
     # ------------------------------------------------------------------ checks
+    def _check_batch(self, state, b: int, what: str) -> None:
+        """A state for another number of streams than ``what`` has: one ``ValueError`` naming
+        both batch sizes (shapes only: checked while tracing, no cost at run time)."""
+        batches = {a.shape[0] if a.ndim else None for a in jax.tree.leaves(state)}
+        if len(batches) > 1:
+            raise ValueError(f"{self.name}: the state is not one init_state(...): its arrays have leading "
+                             f"(batch) sizes {sorted(batches, key=str)}")
+        if batches and batches != {b}:
+            (have,) = batches
+            raise ValueError(f"{self.name}: the state is for {have} stream(s) (init_state(batch_size={have})) "
+                             f"but the {what} has batch size {b}; use one batch size for both")
+
     def _check(self, x: jax.Array, *, clip: bool) -> None:
         rank = 5 if clip else 4
         what = "clip (B, T, H, W, 3)" if clip else "frame (B, H, W, 3)"

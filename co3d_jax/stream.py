@@ -55,6 +55,7 @@ def reset_state(state, fresh, mask, *, name: str | None = None):
     batch = {a.shape[0] for a in jax.tree.leaves(state)}
     want = batch.pop() if len(batch) == 1 else "B"
     if mask.ndim != 1 or mask.dtype != jnp.bool_ or (want != "B" and mask.shape[0] != want):
-        raise ValueError(f"{name + ': ' if name else ''}reset mask must be a ({want},) bool array, got "
+        streams = f" (the state is for {want} stream(s))" if want != "B" else ""
+        raise ValueError(f"{name + ': ' if name else ''}reset mask must be a ({want},) bool array{streams}, got "
                          f"{mask.shape} {mask.dtype}")
     return jax.tree.map(lambda new, old: jnp.where(bcast(mask, old), new, old), fresh, state)

@@ -122,3 +122,50 @@ def test_python_m_exits_2_with_one_line(tmp_path):
                        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 2, p.stderr
     _one_error_line(p.stderr, "av", "data")
+
+
+def _zip_file(path) -> str:
+    """A file laid out as a torch.save zip archive (``archive/data.pkl``), written without torch."""
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("archive/data.pkl", b"\x80\x02}q\x00.")
+        z.writestr("archive/version", "3\n")
+    return str(path)
+
+
+def test_weight_port_convert_without_torch(monkeypatch, capsys, tmp_path):
+    from weight_port import cli
+    src = _zip_file(tmp_path / "x3d_s.pyth")
+    _without(monkeypatch, "torch")
+    rc = cli.main(["convert", src, "--arch", "x3d_s", "--out", str(tmp_path / "x3d_s.npz")])
+    assert rc == 2
+    line = _one_error_line(capsys.readouterr().err, "torch", "port")
+    assert "x3d_s.pyth" in line
+    assert not (tmp_path / "x3d_s.npz").exists()
+
+
+@pytest.mark.parametrize("arch, package", [("x3d_s", "pytorchvideo"), ("slow_8x8_r50", "pytorchvideo"),
+                                           ("r2plus1d_18_16", "torchvision")])
+def test_weight_port_verify_without_its_reference(monkeypatch, capsys, tmp_path, arch, package):
+    """--verify names the package of the family's reference and the [port] extra, before any work
+    (the source is not even read)."""
+    from weight_port import cli
+    _without(monkeypatch, package)
+    rc = cli.main(["convert", str(tmp_path / "absent.pyth"), "--arch", arch, "--out", str(tmp_path / "o.npz"),
+                   "--verify"])
+    assert rc == 2
+    line = _one_error_line(capsys.readouterr().err, package, "port")
+    assert line.startswith(f"error: --verify for {arch} needs")
+
+
+def test_python_m_weight_port_without_torch(tmp_path):
+    """What the user runs: ``python -m weight_port convert ...`` on a machine without torch."""
+    src = _zip_file(tmp_path / "x3d_s.pyth")
+    env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
+    code = ("import sys, runpy; sys.modules.update(torch=None); "
+            "sys.argv = ['weight_port'] + sys.argv[1:]; runpy.run_module('weight_port', run_name='__main__')")
+    p = subprocess.run([sys.executable, "-c", code, "convert", src, "--arch", "x3d_s", "--out",
+                        str(tmp_path / "o.npz")], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2, p.stderr
+    _one_error_line(p.stderr, "torch", "port")

@@ -90,6 +90,35 @@ def test_live_step_rejects_bad_input(tiny):
         live(state, jnp.zeros((2, 32, 32, 3)), valid=jnp.array([1, 0]))
 
 
+def test_state_and_frame_batch_mismatch_is_one_clear_error(tiny):
+    """A state for 2 streams and a frame for 3: one ValueError at the model boundary naming both
+    batch sizes (not a traceback from inside the layers), eagerly and under jit (trace time)."""
+    model, params, _, _ = tiny
+    state = model.init_state(2)
+    frame = jnp.zeros((3, 32, 32, 3))
+    pattern = r"cox3d_s_13: the state is for 2 stream\(s\).*frame has batch size 3"
+    with pytest.raises(ValueError, match=pattern):
+        model.step(params, state, frame)
+    with pytest.raises(ValueError, match=pattern):
+        jax.jit(model.step)(params, state, frame)
+    with pytest.raises(ValueError, match=pattern):
+        model.peek(params, state, frame)
+    with pytest.raises(ValueError, match=r"state is for 2 stream\(s\).*frames has batch size 3"):
+        model.stream_fn()(params, state, jnp.zeros((3, 4, 32, 32, 3)))
+    with pytest.raises(ValueError, match=r"reset mask must be a \(2,\) bool array \(the state is for 2 stream"):
+        model.reset(state, jnp.array([True, False, True]))
+    # LiveStep: a frame for another batch size, and a packed state of another LiveStep
+    live2, live3 = LiveStep(model, params, batch_size=2), LiveStep(model, params, batch_size=3)
+    with pytest.raises(ValueError, match=r"LiveStep is for 2 stream\(s\).*frame has batch size 3"):
+        live2(live2.init(), frame)
+    with pytest.raises(ValueError, match=r"the state is for 2 stream\(s\) but this LiveStep is for 3"):
+        live3(live2.init(), frame)
+    with pytest.raises(ValueError, match=r"the state is for 2 stream\(s\) but this LiveStep is for 3"):
+        live3.peek(live2.init(), frame)
+    with pytest.raises(ValueError, match=r"the state is for 2 stream\(s\) but this LiveStep is for 3"):
+        live3.reset(live2.init(), jnp.array([True, False, True]))
+
+
 def _drift_net() -> Sequential:
     """A small CoX3D-like stack: temporal convs, residual with SE, a 13-frame head pool."""
     return Sequential.of(

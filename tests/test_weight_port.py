@@ -311,6 +311,122 @@ def test_one_message_lists_all_problems(sf_small, capsys, tmp_path):
                      r"1 mis-shaped: s5\.pathway0_res6\.branch2\.c\.weight \(192, 432, 3, 1, 1\)", err), err
 
 
+def test_cli_non_checkpoint_inputs_say_what_the_file_is(files, sf_small, capsys, tmp_path):
+    """An already converted .npz, another .npz, another zip, random bytes (with and without a
+    pickle-like first byte), an empty file and a truncated zip: one line each saying what the file
+    is (or is not), never torch's internals (hasRecord("version"), PytorchStreamReader)."""
+    import zipfile
+
+    converted = str(tmp_path / "x3d_s.npz")
+    save_conversion(convert_state_dict(sf_small[1], "x3d_s"), converted, "x3d_s.pyth")
+    np.savez(tmp_path / "other.npz", a=np.zeros(3))
+    with zipfile.ZipFile(tmp_path / "docs.zip", "w") as z:
+        z.writestr("readme.txt", "hello")
+    rng = np.random.default_rng(0)
+    (tmp_path / "random.pyth").write_bytes(b"\x13" + rng.bytes(4095))
+    (tmp_path / "random_pickle.pyth").write_bytes(b"\x80" + rng.bytes(4095))     # byte 2 is no protocol
+    (tmp_path / "random_pickle2.pyth").write_bytes(b"\x80\x02" + rng.bytes(4094))  # protocol 2, then junk
+    (tmp_path / "empty.pyth").write_bytes(b"")
+    raw = open(files["sf"], "rb").read()
+    (tmp_path / "cut.pyth").write_bytes(raw[: len(raw) // 3])
+    cases = {
+        converted: r"x3d_s\.npz: this is already a converted co3d_jax params file for x3d_s \(\.npz\), not a "
+                   r"PyTorch checkpoint: load it with co3d_jax\.load_params",
+        str(tmp_path / "other.npz"): r"a numpy \.npz archive \(1 arrays\), not a PyTorch checkpoint",
+        str(tmp_path / "docs.zip"): r"a zip archive but not a torch\.save file",
+        str(tmp_path / "random.pyth"): r"not a PyTorch checkpoint \(neither a torch\.save zip archive nor a pickle",
+        str(tmp_path / "random_pickle.pyth"): r"random_pickle\.pyth: not a PyTorch checkpoint \(its first byte",
+        str(tmp_path / "random_pickle2.pyth"): r"random_pickle2\.pyth: not a readable PyTorch checkpoint, truncated "
+                                               r"or corrupt\? \(the pickle does not parse",
+        str(tmp_path / "empty.pyth"): r"empty file, not a PyTorch checkpoint",
+        str(tmp_path / "cut.pyth"): r"cut\.pyth: not a readable PyTorch checkpoint, truncated or corrupt\?",
+    }
+    for src, pattern in cases.items():
+        out = tmp_path / "out.npz"
+        assert cli.main(["convert", src, "--arch", "x3d_s", "--out", str(out)]) == 2, src
+        err = capsys.readouterr().err
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+        assert re.search(pattern, lines[0]), lines[0]
+        assert "hasRecord" not in err and "PytorchStreamReader" not in err, err
+        assert not out.exists()
+
+
+# PySlowFast's checkpoint["cfg"] is cfg.dump(): yacs YAML, keys sorted, lists as block items
+PYSLOWFAST_CFG = """\
+DATA:
+  DECODING_BACKEND: pyav
+  INPUT_CHANNEL_NUM:
+  - 3
+  MEAN:
+  - 0.45
+  - 0.45
+  - 0.45
+  NUM_FRAMES: {frames}
+  PATH_LABEL_SEPARATOR: ' '
+  SAMPLING_RATE: {rate}
+  TEST_CROP_SIZE: {crop}
+  TRAIN_CROP_SIZE: {crop}
+  TRAIN_JITTER_SCALES:
+  - 182
+  - 228
+MODEL:
+  ARCH: {arch}
+  MODEL_NAME: X3D
+  NUM_CLASSES: 400
+TRAIN:
+  CHECKPOINT_PERIOD: 10
+X3D:
+  BN_LIN5: false
+  BOTTLENECK_FACTOR: 2.25
+  CHANNELWISE_3x3x3: true
+  DEPTH_FACTOR: 2.2
+  DIM_C1: 12
+  DIM_C5: 2048
+  WIDTH_FACTOR: 2.0
+"""
+
+
+def test_recorded_config_of_another_size_warns(sf_small, tmp_path, capsys):
+    """X3D-S and X3D-M weights have the same shapes: a PySlowFast checkpoint whose recorded cfg
+    (cfg.dump(), or a dict) describes X3D-M converts for --arch x3d_s with a one-line warning on
+    stderr; the matching arch converts silently."""
+    from weight_port.checkpoint import parse_config_text
+    from weight_port.pipeline import RecordedConfigWarning
+
+    m_cfg = PYSLOWFAST_CFG.format(frames=16, rate=5, crop=224, arch="x3d")
+    parsed = parse_config_text(m_cfg)
+    assert parsed["DATA"]["NUM_FRAMES"] == 16 and parsed["X3D"]["DEPTH_FACTOR"] == 2.2
+    assert parsed["MODEL"]["ARCH"] == "x3d" and parsed["DATA"]["PATH_LABEL_SEPARATOR"] == " "
+    sd = tensors(sf_small[1])
+    m_file = save_ckpt(tmp_path / "x3d_m.pyth", {"epoch": 300, "model_state": sd, "optimizer_state": {},
+                                                 "cfg": m_cfg})
+    assert cli.main(["convert", m_file, "--arch", "x3d_s", "--out", str(tmp_path / "s.npz")]) == 0
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("warning: "), err
+    assert re.search(r"recorded config \(DATA\.NUM_FRAMES 16, DATA\.SAMPLING_RATE 5, DATA\.TRAIN_CROP_SIZE 224, "
+                     r"X3D\.DEPTH_FACTOR 2\.2\) describes X3D-M, but --arch x3d_s is X3D-S \(13 frames", lines[0])
+    assert "for X3D-M weights: x3d_m" in lines[0] and "wrote" in out and (tmp_path / "s.npz").exists()
+    for arch in ("x3d_m", "cox3d_m_64"):  # the size the config describes: no warning
+        assert cli.main(["convert", m_file, "--arch", arch, "--out", str(tmp_path / f"{arch}.npz")]) == 0
+        assert "warning" not in capsys.readouterr().err
+    # a cfg stored as a dict, a continual arch, and the Python API (a RecordedConfigWarning)
+    d_file = save_ckpt(tmp_path / "dict.pyth", {"model_state": sd, "cfg": parsed})
+    with pytest.warns(RecordedConfigWarning, match=r"describes X3D-M, but --arch cox3d_s_64 is X3D-S.*cox3d_m_\*"):
+        conv = convert_file(d_file, "cox3d_s_64")
+    assert len(conv.warnings) == 1
+    # another MODEL.ARCH; and a cfg that describes no size (e.g. "TRAIN: ...") says nothing
+    a_file = save_ckpt(tmp_path / "slow.pyth", {"model_state": sd, "cfg": PYSLOWFAST_CFG.format(
+        frames=13, rate=6, crop=160, arch="slow")})
+    assert cli.main(["convert", a_file, "--arch", "x3d_s", "--out", str(tmp_path / "a.npz")]) == 0
+    assert "names MODEL.ARCH 'slow', but --arch x3d_s is X3D" in capsys.readouterr().err
+    for cfg in ("TRAIN: ...", "not yaml at all", PYSLOWFAST_CFG.format(frames=8, rate=6, crop=160, arch="x3d")):
+        q_file = save_ckpt(tmp_path / "q.pyth", {"model_state": sd, "cfg": cfg})
+        assert cli.main(["convert", q_file, "--arch", "x3d_s", "--out", str(tmp_path / "q.npz")]) == 0
+        assert "warning" not in capsys.readouterr().err
+
+
 # ----------------------------------------------------------------------------- (d) CLI, subprocesses
 def _run_cli(args: list[str]) -> subprocess.CompletedProcess:
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": REPO}
@@ -492,6 +608,107 @@ def test_download_failures_leave_no_partial(http_server, tmp_path, capsys):
     # HTTP error
     assert cli.main(["download", "x3d_m", "--out", str(out), "--url", f"{base}/nope.pyth", "--no-progress"]) == 2
     assert "HTTP 404" in capsys.readouterr().err and sorted(os.listdir(out)) == []
+
+
+def test_download_offline_leaves_no_folder(tmp_path, capsys):
+    """Connection refused, or a server that closes without answering: one error line, and the
+    output folder (which did not exist) is not created."""
+    import socket
+    import socketserver
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        refused = s.getsockname()[1]
+
+    class _Close(socketserver.BaseRequestHandler):
+        def handle(self):
+            self.request.close()
+
+    closer = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _Close)
+    threading.Thread(target=closer.serve_forever, daemon=True).start()
+    try:
+        for url in (f"http://127.0.0.1:{refused}/x3d_s.pyth", f"http://127.0.0.1:{closer.server_address[1]}/x3d_s.pyth"):
+            out = tmp_path / "weights"
+            assert cli.main(["download", "x3d_s", "--out", str(out), "--url", url, "--no-progress"]) == 2
+            err = capsys.readouterr().err
+            lines = err.strip().splitlines()
+            assert len(lines) == 1 and lines[0].startswith(f"error: download of {url} failed"), err
+            assert not out.exists(), url
+    finally:
+        closer.shutdown()
+        closer.server_close()
+
+
+def test_list_has_a_header(capsys):
+    assert cli.main(["list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert re.match(r"NAME\s+LAYOUT\s+DEFAULT ARCH\s+URL\s+SHA256$", lines[0]), lines[0]
+    assert lines[1].startswith("x3d_xs ") and "weights.lock.json" in lines[-1]
+
+
+def test_download_lock_file_records_then_verifies(http_server, tmp_path, files, capsys):
+    """No row pins a digest: the first verified download records its sha256 in DIR/weights.lock.json;
+    later downloads (here: a committed lock in a fresh folder, and a reused file) must match it."""
+    import json
+    import shutil
+
+    server, base = http_server
+    data = server.files["x3d_s.pyth"]
+    sd = torch.load(files["sf"], weights_only=True)
+    other = tmp_path / "other.pyth"
+    torch.save({**sd, "epoch": 301}, other)  # loads and converts like the first, other bytes
+    server.files["other.pyth"] = other.read_bytes()
+    out = tmp_path / "w"
+    assert cli.main(["download", "x3d_s", "--out", str(out), "--url", f"{base}/x3d_s.pyth", "--no-progress"]) == 0
+    assert "recorded sha256" in capsys.readouterr().out
+    lock = json.loads((out / "weights.lock.json").read_text())
+    entry = lock["files"]["x3d_s"]
+    assert entry["sha256"] == hashlib.sha256(data).hexdigest() and entry["size"] == len(data)
+    assert entry["file"] == "x3d_s.pyth" and lock["version"] == 1
+    # the lock committed and used in a fresh folder: other bytes are refused and removed
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    shutil.copy(out / "weights.lock.json", fresh / "weights.lock.json")
+    assert cli.main(["download", "x3d_s", "--out", str(fresh), "--url", f"{base}/other.pyth", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "sha256 mismatch" in err and "recorded in" in err, err
+    assert "weights.lock.json" in err and sorted(os.listdir(fresh)) == ["weights.lock.json"]
+    # the same bytes pass, and say so
+    assert cli.main(["download", "x3d_s", "--out", str(fresh), "--url", f"{base}/x3d_s.pyth", "--no-progress"]) == 0
+    assert "sha256 matches" in capsys.readouterr().out
+    # a reused file that changed on disk is refused
+    (fresh / "x3d_s.pyth").write_bytes(server.files["other.pyth"])
+    assert cli.main(["download", "x3d_s", "--out", str(fresh), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "exists but its sha256 does not match" in err and "recorded in" in err
+    # --sha256 contradicting the recorded digest; an unreadable lock: one line each
+    assert cli.main(["download", "x3d_s", "--out", str(out), "--sha256", "a" * 64, "--no-progress"]) == 2
+    assert "contradicts the digest" in capsys.readouterr().err
+    (fresh / "weights.lock.json").write_text("{not json")
+    assert cli.main(["download", "x3d_s", "--out", str(fresh), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "lock file" in err and "unreadable" in err
+    # --lock PATH: the lock lives where the user says (e.g. in the repository), not in DIR
+    mine = tmp_path / "repo" / "weights.lock.json"
+    assert cli.main(["download", "x3d_s", "--out", str(tmp_path / "w2"), "--url", f"{base}/x3d_s.pyth",
+                     "--lock", str(mine), "--no-progress"]) == 0
+    assert json.loads(mine.read_text())["files"]["x3d_s"]["sha256"] == entry["sha256"]
+    assert not (tmp_path / "w2" / "weights.lock.json").exists()
+    # --no-lock: neither read nor written
+    assert cli.main(["download", "x3d_s", "--out", str(tmp_path / "w3"), "--url", f"{base}/other.pyth",
+                     "--no-lock", "--no-progress"]) == 0
+    assert not (tmp_path / "w3" / "weights.lock.json").exists()
+
+
+def test_download_warns_on_a_recorded_config_of_another_size(http_server, sf_small, tmp_path, capsys):
+    server, base = http_server
+    m_file = save_ckpt(tmp_path / "x3d_m.pyth", {"model_state": tensors(sf_small[1]),
+                                                 "cfg": PYSLOWFAST_CFG.format(frames=16, rate=5, crop=224, arch="x3d")})
+    server.files["m.pyth"] = open(m_file, "rb").read()
+    assert cli.main(["download", "x3d_s", "--out", str(tmp_path / "w"), "--url", f"{base}/m.pyth",
+                     "--no-progress"]) == 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("warning: ") and "describes X3D-M" in err, err
 
 
 # ----------------------------------------------------------------------------- slow: full sizes

@@ -1,13 +1,18 @@
 """Command line: ``python -m weight_port {convert,download,list} ...``.
 
-Failures print one ``error: ...`` line on stderr and exit with status 2 (no traceback).
+Failures print one ``error: ...`` line on stderr and exit with status 2 (no traceback), a missing
+optional package (torch, pytorchvideo, torchvision) too, naming the ``[port]`` extra
+(:func:`co3d_jax.extras.cli_main`).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from typing import Sequence
+
+from co3d_jax.extras import cli_main
 
 from .errors import PortError, VerificationError, one_line
 
@@ -34,16 +39,23 @@ def _options(args: argparse.Namespace) -> dict:
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    from .convert import convert_file, save_conversion, verify_fn
+    from .convert import convert_file, require_verify, save_conversion, verify_fn
+    from .pipeline import RecordedConfigWarning
 
     if not args.out.endswith(".npz"):
         raise PortError(f"--out {args.out}: the output must be a .npz file")
-    conv = convert_file(args.src, args.arch, layout=args.layout, **_options(args))
+    if args.verify:
+        require_verify(args.arch)  # before any work: a missing reference package is one line
+    with warnings.catch_warnings():  # printed below as warning: lines
+        warnings.simplefilter("ignore", RecordedConfigWarning)
+        conv = convert_file(args.src, args.arch, layout=args.layout, **_options(args))
     n_arrays = sum(1 for _ in _leaves(conv.params))
     n_values = sum(a.size for a in _leaves(conv.params))
     print(f"read {args.src}: {conv.layout} layout ({conv.container}), {len(conv.source)} tensors")
     for note in conv.notes:
         print(f"  note: {note}")
+    for w in conv.warnings:
+        print(f"warning: {w}", file=sys.stderr)
     if args.verify:
         verify = verify_fn(conv.arch)
         result = verify(conv, image_size=args.verify_image_size, frames=args.verify_frames, seed=args.seed)
@@ -69,16 +81,19 @@ def _cmd_download(args: argparse.Namespace) -> int:
     from .download import download
 
     download(args.name, args.out, arch=args.arch, url=args.url, sha256=args.sha256,
-             progress=not args.no_progress, restart=args.restart)
+             progress=not args.no_progress, restart=args.restart, lock=False if args.no_lock else (args.lock or True))
     return 0
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
     from .download import SOURCES, resolve_url
 
+    print(f"{'NAME':22s} {'LAYOUT':13s}    {'DEFAULT ARCH':21s} {'URL'}  SHA256")
     for row in SOURCES:
         print(f"{row.name:22s} {row.layout:13s} -> {row.arch:21s} {resolve_url(row)}  "
               f"sha256={row.sha256 or 'unpinned'}")
+    print("(unpinned: the first verified download records its sha256 in DIR/weights.lock.json; "
+          "later downloads must match it)")
     return 0
 
 
@@ -125,15 +140,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("download", help="download a public checkpoint and convert it",
                        description="Download a checkpoint from the URL table (see `list`), resuming a partial "
-                                   "DIR/<file>.part, verify it (sha256 when pinned, else that it loads and converts "
-                                   f"strictly) and convert it to DIR/<arch>.npz. ${MIRROR_ENV}=BASE_URL replaces the "
-                                   "table's base URL.")
+                                   "DIR/<file>.part, verify it (that it loads and converts strictly, and its sha256: "
+                                   "--sha256, else the digest recorded in the lock file by the first verified "
+                                   "download) and convert it to DIR/<arch>.npz. The first verified download of a row "
+                                   "records its sha256 in the lock file (default DIR/weights.lock.json; commit it). "
+                                   f"${MIRROR_ENV}=BASE_URL replaces the table's base URL.")
     d.add_argument("name", metavar="NAME", help="table row: x3d_xs, x3d_s, x3d_m, x3d_l, pytorchvideo_x3d_s, ..., "
                                                 "slow_8x8_r50, slow_8x8_r50_charades, i3d_r50, pytorchvideo_i3d_r50")
     d.add_argument("--out", required=True, metavar="DIR", help="directory for the checkpoint and the .npz")
     d.add_argument("--arch", default=None, help="convert for this co3d_jax model (default: the row's arch)")
     d.add_argument("--url", default=None, help="download from this URL instead of the table's")
     d.add_argument("--sha256", default=None, metavar="HEX", help="require this sha256 digest")
+    d.add_argument("--lock", default=None, metavar="PATH",
+                   help="lock file of recorded digests (default DIR/weights.lock.json): the first verified download "
+                        "of a row records its sha256, later ones must match it")
+    d.add_argument("--no-lock", action="store_true", help="neither read nor write a lock file")
     d.add_argument("--restart", action="store_true", help="discard a partial or existing file and start over")
     d.add_argument("--no-progress", action="store_true", help="no progress bar")
     d.set_defaults(func=_cmd_download)
@@ -143,8 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@cli_main
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; returns the exit status (0 ok, 2 error)."""
+    """Run the CLI; returns the exit status (0 ok, 2 error; a missing optional package, e.g. torch
+    or pytorchvideo, is one ``error:`` line naming it and the ``[port]`` extra, status 2)."""
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

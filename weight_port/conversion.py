@@ -20,7 +20,8 @@ class Conversion:
     naming (``"slowfast"``, ``"pytorchvideo"``, ``"caffe2"``, ``"torchvision"``); ``source``: the
     source state dict after prefix stripping (torch layout, kept for ``--verify``); ``notes``:
     human-readable remarks (prefixes stripped, identity BNs, ...); ``container``: where the
-    weights sat in the file (``"model_state"``, ``"bare"``, ``"caffe2"``, ...).
+    weights sat in the file (``"model_state"``, ``"bare"``, ``"caffe2"``, ...); ``warnings``: what
+    the checkpoint's recorded training config says against ``arch`` (the CLI prints them).
     """
 
     params: dict
@@ -30,6 +31,7 @@ class Conversion:
     source: dict[str, np.ndarray]
     notes: list[str]
     container: str = "bare"
+    warnings: list[str] = dataclasses.field(default_factory=list)
 
     def metadata(self, source_path: str | None = None) -> dict[str, str]:
         meta = {"arch": self.arch, "layout": self.layout, "container": self.container,

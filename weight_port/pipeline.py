@@ -2,10 +2,11 @@
 :class:`~co3d_jax.models.checkpoints.CheckpointSpec` (``family_of(arch).checkpoints``):
 
 read (``torch.load(weights_only=True)``, or the restricted Caffe2 unpickler for a family with a
-blob layout) -> strip a shared ``module.``/``model.`` prefix -> detect the layout from the key
+blob layout; with the training config the file records, PySlowFast's ``cfg``) -> strip a shared ``module.``/``model.`` prefix -> detect the layout from the key
 names -> name every JAX param in the checkpoint's naming -> strict fill
 (:func:`weight_port.strict.port_strict`: every parameter filled with the right shape, every tensor
-consumed, else one :class:`~weight_port.errors.CheckpointMismatchError`) -> :class:`Conversion`.
+consumed, else one :class:`~weight_port.errors.CheckpointMismatchError`) -> the family's
+``recorded`` check of the recorded config against ``arch`` (warnings) -> :class:`Conversion`.
 Verification and saving follow in :mod:`weight_port.convert`.
 
 Nothing here names a family: what differs between families is data in their spec.
@@ -13,6 +14,7 @@ Nothing here names a family: what differs between families is data in their spec
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Mapping
 
 import numpy as np
@@ -31,6 +33,11 @@ from .strict import cached_target_shapes, create_model, port_strict, resolve_lay
 from .tensors import RELAYOUT, RESHAPING, identity_bn_params, spec_torch_shape
 
 PREFIXES = ("module.", "model.")
+
+
+class RecordedConfigWarning(UserWarning):
+    """The training config a checkpoint records names another model than ``--arch`` (e.g. X3D-M
+    weights converted as X3D-S: the same tensor shapes, so only the config tells them apart)."""
 
 # The families the porter handles: those whose spec declares checkpoints, in registry order.
 FAMILIES: tuple[FamilySpec, ...] = tuple(f for f in _ALL_FAMILIES if f.checkpoints is not None)
@@ -59,15 +66,17 @@ def family_of(arch: str, family: str | None = None) -> FamilySpec:
 
 
 # ------------------------------------------------------------------------------------ reading
-def read_source(path: str, arch: str, layout: str = "auto", family: str | None = None
-                ) -> tuple[dict[str, np.ndarray], str]:
+def read_source(path: str, arch: str, layout: str = "auto", family: str | None = None, with_config: bool = False):
     """Read a checkpoint file for ``arch``: ``(state dict as numpy, container)``. A ``.pkl`` file
     (or ``layout`` a blob layout) of a family with a Caffe2 layout is read as Caffe2 blobs
-    (container ``"caffe2"``), anything else as a torch checkpoint (``weights_only=True``)."""
+    (container ``"caffe2"``), anything else as a torch checkpoint (``weights_only=True``).
+    ``with_config``: ``(state, container, recorded config or None)`` (the training config the
+    file records, :func:`weight_port.checkpoint.recorded_config`)."""
     spec = family_of(arch, family).checkpoints
     if layout in spec.blob_layouts or (layout == "auto" and spec.blob_layouts and path.endswith(".pkl")):
-        return load_caffe2_blobs(path), "caffe2"
-    return read_checkpoint(path)
+        blobs = load_caffe2_blobs(path)
+        return (blobs, "caffe2", None) if with_config else (blobs, "caffe2")
+    return read_checkpoint(path, with_config)
 
 
 def strip_prefixes(state: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], list[str]]:
@@ -88,10 +97,13 @@ def strip_prefixes(state: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarra
 # ------------------------------------------------------------------------------------ conversion
 def convert_state_dict(state: Mapping[str, np.ndarray], arch: str, *, layout: str = "auto",
                        source_label: str = "checkpoint", container: str = "bare", family: str | None = None,
-                       **model_options: Any) -> Conversion:
+                       recorded: Mapping[str, Any] | None = None, **model_options: Any) -> Conversion:
     """Convert a torch-layout state dict (numpy arrays; Caffe2 blobs for a blob layout) for
     ``create_model(arch, **model_options)``. ``layout``: ``"auto"`` (detect from the key names) or
-    one of the family's layouts; ``family``: refuse an ``arch`` of another family. Raises
+    one of the family's layouts; ``family``: refuse an ``arch`` of another family; ``recorded``:
+    the training config the checkpoint records (nested dicts), which the family's
+    ``CheckpointSpec.recorded`` compares with ``arch``: what it finds (another size of the same
+    shapes) becomes ``Conversion.warnings`` and a :class:`RecordedConfigWarning`. Raises
     :class:`CheckpointMismatchError` (strictness) or :class:`PortError`."""
     fam = family_of(arch, family)
     spec = fam.checkpoints
@@ -130,8 +142,16 @@ def convert_state_dict(state: Mapping[str, np.ndarray], arch: str, *, layout: st
         reshaped = sum(np.shape(state[key(p)]) != torch_shape(p, s) for p, s in targets.items() if p not in filled)
         if reshaped:
             notes.append(f"reshaped {reshaped} Caffe2 blobs that lacked trailing singleton dims")
+    warned = []
+    if recorded:
+        try:
+            warned = [f"{source_label}: {w}" for w in spec.recorded(recorded, source)]
+        except (TypeError, ValueError, KeyError, AttributeError):  # a config of another shape: no claim
+            warned = []
+        for w in warned:
+            warnings.warn(RecordedConfigWarning(w), stacklevel=2)
     return Conversion(params=unflatten(flat), arch=arch, model_options=dict(model_options), layout=layout,
-                      source=state, notes=notes, container=container)
+                      source=state, notes=notes, container=container, warnings=warned)
 
 
 def _checked(naming: Naming):
@@ -147,9 +167,9 @@ def _checked(naming: Naming):
 def convert_file(src: str, arch: str, *, layout: str = "auto", family: str | None = None,
                  **model_options: Any) -> Conversion:
     """Read a checkpoint file (:func:`read_source`) and convert it; see :func:`convert_state_dict`."""
-    state, container = read_source(src, arch, layout, family)
+    state, container, recorded = read_source(src, arch, layout, family, with_config=True)
     return convert_state_dict(state, arch, layout=layout, source_label=src, container=container, family=family,
-                              **model_options)
+                              recorded=recorded, **model_options)
 
 
 def model_config(conv: Conversion):
@@ -157,5 +177,5 @@ def model_config(conv: Conversion):
     return create_model(conv.arch, **conv.model_options).config
 
 
-__all__ = ["FAMILIES", "convert_file", "convert_state_dict", "family_of", "handled", "model_config",
+__all__ = ["FAMILIES", "RecordedConfigWarning", "convert_file", "convert_state_dict", "family_of", "handled", "model_config",
            "read_source", "strip_prefixes"]

@@ -13,6 +13,9 @@ from .errors import PortError
 from .pipeline import model_config
 from .verification import VerifyResult, compare, load_reference_weights, logit_outputs
 
+REFERENCE_PACKAGE = "torchvision"
+"""The package ``verify`` builds its torch reference with (checked before any work by ``--verify``)."""
+
 convert_state_dict = functools.partial(pipeline.convert_state_dict, family="r2plus1d")
 convert_file = functools.partial(pipeline.convert_file, family="r2plus1d")
 

@@ -20,6 +20,9 @@ from .strict import cached_target_shapes
 from .tensors import params_to_torch, torch_shape
 from .verification import VerifyResult, compare, head_activation_outputs, jax_forward_fn, load_reference_weights
 
+REFERENCE_PACKAGE = "pytorchvideo"
+"""The package ``verify`` builds its torch reference with (checked before any work by ``--verify``)."""
+
 __all__ = ["VerifyResult", "build_torch_reference", "jax_forward_fn", "params_to_state_dict", "pytorchvideo_state",
            "verify"]
 

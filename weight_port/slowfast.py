@@ -20,6 +20,9 @@ from .errors import PortError
 from .pipeline import model_config
 from .verification import VerifyResult, compare, head_activation_outputs, load_reference_weights
 
+REFERENCE_PACKAGE = "pytorchvideo"
+"""The package ``verify`` builds its torch reference with (checked before any work by ``--verify``)."""
+
 convert_state_dict = functools.partial(pipeline.convert_state_dict, family="slowfast")
 convert_file = functools.partial(pipeline.convert_file, family="slowfast")
 

@@ -26,6 +26,9 @@ from .pipeline import model_config
 from .tensors import BN_EPS, params_to_torch
 from .verification import VerifyResult, compare, head_activation_outputs, jax_forward_fn, load_reference_weights
 
+REFERENCE_PACKAGE = "pytorchvideo"
+"""The package ``verify`` builds its torch reference with (checked before any work by ``--verify``)."""
+
 __all__ = ["VerifyResult", "build_torch_reference", "jax_forward_fn", "jax_params_to_state_dict", "verify"]
 
 

@@ -83,7 +83,10 @@ class CheckpointSpec:
       blobs consumed and ignored;
     * ``optional_bns``: layout -> ``fn(targets) -> [JAX BN module paths]`` that checkpoints of
       that layout may lack entirely; the porter fills an absent one with an exact identity BN;
-    * ``hints(source, key) -> [str]``: why a checkpoint may not fit (another size, class count).
+    * ``hints(source, key) -> [str]``: why a checkpoint may not fit (another size, class count);
+    * ``recorded(config, source) -> [str]``: warnings when the training config a checkpoint records
+      (PySlowFast's ``cfg`` as nested dicts, e.g. ``config["DATA"]["NUM_FRAMES"]``) describes
+      another model than ``source.arch`` although the tensors fit (X3D-S and X3D-M share shapes).
     """
 
     label: str
@@ -97,6 +100,7 @@ class CheckpointSpec:
     optional_bns: Mapping[str, Callable[[Mapping[str, Shape]], Iterable[str]]] = dataclasses.field(
         default_factory=dict)
     hints: Callable[[Source, Callable[[str], str]], list[str]] = lambda source, key: []
+    recorded: Callable[[Mapping[str, Any], Source], list[str]] = lambda config, source: []
 
     def relayout_rule(self, layout: str) -> str:
         return self.relayout.get(layout, "torch")

@@ -264,6 +264,58 @@ def _hints(src, key) -> list[str]:
     return hints + class_hint(src, key("head/projection/kernel"))
 
 
+# PySlowFast's recorded config (checkpoint["cfg"], cfg.dump()): the entries that tell the sizes
+# apart. XS/S/M share every tensor shape, so a file's own config is the only thing that can say
+# "these are X3D-M weights" when --arch says x3d_s.
+_RECORDED = {"frames": ("DATA", "NUM_FRAMES"), "frame_rate": ("DATA", "SAMPLING_RATE"),
+             "image_size": ("DATA", "TRAIN_CROP_SIZE"), "depth_factor": ("X3D", "DEPTH_FACTOR")}
+
+
+def _size_profile(size: str) -> dict:
+    """What PySlowFast's config of X3D-``size`` records (frames, stride, train crop, depth factor)."""
+    s = X3D_SIZES[size]
+    return {"frames": s["window"], "frame_rate": s["frame_rate"], "image_size": s["image_size"],
+            "depth_factor": s.get("depth_factor", X3DConfig.depth_factor)}
+
+
+def _recorded(config, src) -> list[str]:
+    """Warnings when a checkpoint's recorded config names another architecture than ``src.arch``:
+    ``MODEL.ARCH`` other than x3d, or the frames, stride, crop and depth factor of another X3D size."""
+    def get(*path):
+        node = config
+        for p in path:
+            node = node.get(p) if isinstance(node, dict) else None
+        return node
+
+    out = []
+    arch = get("MODEL", "ARCH")
+    if isinstance(arch, str) and arch.lower() != "x3d":
+        out.append(f"the checkpoint's recorded config names MODEL.ARCH {arch!r}, but --arch {src.arch} is X3D; "
+                   "check that these are X3D weights")
+    have = {k: v for k, p in _RECORDED.items()
+            if isinstance(v := get(*p), (int, float)) and not isinstance(v, bool)}
+    opts = FAMILY.options(src.arch)
+    size = opts.get("size") if opts else None
+    if not have or size not in X3D_SIZES:
+        return out
+    want = {**_size_profile(size), "image_size": src.config.image_size, "depth_factor": src.config.depth_factor,
+            "frame_rate": src.config.frame_rate}
+    if all(float(want[k]) == float(v) for k, v in have.items()):
+        return out
+    sizes = [s for s in X3D_SIZES if all(float(_size_profile(s)[k]) == float(v) for k, v in have.items())]
+    if not sizes:  # e.g. fine-tuned with other clips: no other size named, no claim
+        return out
+    recorded = ", ".join(f"{'.'.join(_RECORDED[k])} {v:g}" for k, v in have.items())
+    named = "/".join(f"X3D-{s.upper()}" for s in sizes)
+    prefix = "cox3d" if opts.get("continual") else "x3d"
+    suggest = " or ".join(f"{prefix}_{s}" + ("_*" if prefix == "cox3d" and s != "xs" else "") for s in sizes)
+    out.append(f"the checkpoint's recorded config ({recorded}) describes {named}, but --arch {src.arch} is "
+               f"X3D-{size.upper()} ({want['frames']} frames at stride {want['frame_rate']}, {want['image_size']} px, "
+               f"depth factor {want['depth_factor']:g}); the tensor shapes are the same, so the weights convert: "
+               f"check --arch (for {named} weights: {suggest})")
+    return out
+
+
 CHECKPOINTS = CheckpointSpec(
     label="X3D/CoX3D",
     layouts=("slowfast", "pytorchvideo"),
@@ -276,6 +328,7 @@ CHECKPOINTS = CheckpointSpec(
     linear=("head/projection",),
     optional_bns={"pytorchvideo": _shortcut_bns},
     hints=_hints,
+    recorded=_recorded,
 )
 # ------------------------------------------------------------------------------------ end of torch checkpoints
 
