@@ -18,6 +18,8 @@ from typing import Sequence
 
 import numpy as np
 
+from .extras import require
+
 PANEL_WIDTH = 320       # width of one stream's column (pixels, even)
 TEXT_HEIGHT = 112       # the top-k block under the frame
 CHART_HEIGHT = 96       # the strip chart under it
@@ -37,7 +39,7 @@ class StreamTrace:
 
 
 def _text(img, s: str, org, scale: float = 0.4, colour=(255, 255, 255), thickness: int = 1) -> None:
-    import cv2
+    cv2 = require("cv2", "data", "drawing a rendered stream (--render)")
     cv2.putText(img, s, org, cv2.FONT_HERSHEY_SIMPLEX, scale, colour, thickness, cv2.LINE_AA)
 
 
@@ -52,7 +54,7 @@ def chart_classes(scores: np.ndarray, valid: np.ndarray, n: int) -> list[int]:
 def render_panel(trace: StreamTrace, t: int, labels: Sequence[str], top: int = 5, classes: Sequence[int] = (),
                  width: int = PANEL_WIDTH) -> np.ndarray:
     """One stream's column at frame ``t``: uint8 ``(H', width, 3)``."""
-    import cv2
+    cv2 = require("cv2", "data", "drawing a rendered stream (--render)")
 
     frame = trace.frames[min(t, len(trace.frames) - 1)]
     h = int(round(frame.shape[0] * width / frame.shape[1] / 2)) * 2
