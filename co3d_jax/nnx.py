@@ -1,15 +1,22 @@
 """Flax NNX front end: every model and layer as an ``nnx.Module``, with no second implementation.
 
-A :class:`Continual` module holds a functional layer (static configuration), its params as Flax
-variables mirroring the functional params tree (``m.vars``; state paths ``vars/s1/conv/kernel``)
-and its stream state as :class:`StreamState` variables; every method calls the functional code
-with the variables' values and writes the results back. Variable types:
+A :class:`Continual` module holds a functional layer (static configuration) and three
+tree-valued Flax variables; every method calls the functional code with their values and writes
+the results back:
 
-* ``nnx.Param``: learnable weights (everything but batch-norm running statistics), exactly what
-  ``nnx.state(m, nnx.Param)`` and ``nnx.Optimizer(m, tx, wrt=nnx.Param)`` see;
-* ``nnx.BatchStat``: the ``mean``/``var`` leaves of every :class:`~co3d_jax.layers.BatchNorm`;
-* :class:`StreamState`: the continual state (buffers and counters), created by
-  :meth:`Continual.init_stream` and advanced by :meth:`Continual.step` / :meth:`Continual.stream`.
+* ``m.vars``, one ``nnx.Param``: the trainable params tree (the functional params without the
+  batch-norm running statistics), exactly what ``nnx.state(m, nnx.Param)`` and
+  ``nnx.Optimizer(m, tx, wrt=nnx.Param)`` see;
+* ``m.stats``, one ``nnx.BatchStat``: the ``mean``/``var`` leaves of every
+  :class:`~co3d_jax.layers.BatchNorm` (``None`` without batch norm);
+* ``m.stream_state``, one :class:`StreamState`: the continual state tree (buffers and counters),
+  created by :meth:`Continual.init_stream` and advanced by :meth:`Continual.step` /
+  :meth:`Continual.stream`.
+
+Whole trees in a few variables, not one variable per array: NNX transforms walk every variable on
+every call, so this keeps ``nnx.jit``'s host cost small and independent of depth.
+:meth:`Continual.step_fn` / :meth:`Continual.stream_fn` (:class:`FastCall`) skip ``nnx.jit``'s
+graph traversal altogether for live loops.
 
 Batch norm starts in eval mode (running statistics, as the ported checkpoints are used);
 ``m.train()`` switches clip mode to batch statistics with ``BatchStat`` updates
