@@ -2,10 +2,11 @@
 
 * Batch-1 step latency (median seconds per call, output ready): the functional
   :class:`co3d_jax.live.LiveStep` (weights baked in, packed donated state), ``jax.jit(model.step)``
-  (params and state as arguments), and the NNX module's ``step`` under ``nnx.jit`` and under
-  ``nnx.cached_partial`` (Flax's way to skip the per-call graph traversal).
+  (params and state as arguments), and the NNX module's ``step`` under ``nnx.jit``, under
+  ``nnx.cached_partial`` (Flax's way to skip the per-call graph traversal) and through the
+  module's fast path ``m.step_fn()`` (:class:`co3d_jax.nnx.FastCall`).
 * Batch-``B`` throughput (frames/s over ``--frames`` frames per stream, one ``lax.scan``):
-  ``model.stream_fn()`` against ``nnx.jit(lambda m, f: m.stream(f))``.
+  ``model.stream_fn()`` against ``nnx.jit(lambda m, f: m.stream(f))`` and ``m.stream_fn()``.
 
 Random weights (timing does not depend on them). Writes JSON with the device, versions, date and
 command line.
@@ -113,6 +114,10 @@ def main(argv=None) -> dict:
     cached = nnx.cached_partial(nnx_step, m)
     latency["nnx_cached_partial_step"] = median_call(lambda: cached(frame).scores, args.steps, args.warmup)
 
+    m.init_stream(1)
+    fast_step = m.step_fn()
+    latency["nnx_step_fn"] = median_call(lambda: fast_step(frame).scores, args.steps, args.warmup)
+
     # ---------------------------------------------------------------- batch-B throughput
     frames = jax.random.normal(key, (args.batch, args.frames, *model.frame_shape))
     n = args.batch * args.frames
@@ -124,6 +129,9 @@ def main(argv=None) -> dict:
     m.init_stream(args.batch)
     nnx_stream = nnx.jit(lambda m, f: m.stream(f))
     throughput["nnx_jit_stream"] = n / median_call(lambda: nnx_stream(m, frames).scores, args.repeats, 1)
+    m.init_stream(args.batch)
+    fast_stream = m.stream_fn()
+    throughput["nnx_stream_fn"] = n / median_call(lambda: fast_stream(frames).scores, args.repeats, 1)
 
     result = {
         "command": " ".join([sys.executable.rsplit("/", 1)[-1], *sys.argv]),
@@ -135,8 +143,13 @@ def main(argv=None) -> dict:
         "nnx_over_functional": {
             "latency_jit": latency["nnx_jit_step"] / latency["functional_jit_step"],
             "latency_cached_partial_vs_livestep": latency["nnx_cached_partial_step"] / latency["functional_livestep"],
+            "latency_step_fn_vs_jit": latency["nnx_step_fn"] / latency["functional_jit_step"],
+            "latency_step_fn_vs_livestep": latency["nnx_step_fn"] / latency["functional_livestep"],
             "throughput": throughput["nnx_jit_stream"] / throughput["functional_stream_fn"],
+            "throughput_stream_fn": throughput["nnx_stream_fn"] / throughput["functional_stream_fn"],
         },
+        "nnx_jit_step_overhead_us": 1e6 * (latency["nnx_jit_step"] - latency["functional_jit_step"]),
+        "nnx_step_fn_overhead_us": 1e6 * (latency["nnx_step_fn"] - latency["functional_jit_step"]),
     }
     with open(args.out, "w") as fh:
         json.dump(result, fh, indent=1)

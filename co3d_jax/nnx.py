@@ -1,15 +1,22 @@
 """Flax NNX front end: every model and layer as an ``nnx.Module``, with no second implementation.
 
-A :class:`Continual` module holds a functional layer (static configuration), its params as Flax
-variables mirroring the functional params tree (``m.vars``; state paths ``vars/s1/conv/kernel``)
-and its stream state as :class:`StreamState` variables; every method calls the functional code
-with the variables' values and writes the results back. Variable types:
+A :class:`Continual` module holds a functional layer (static configuration) and three
+tree-valued Flax variables; every method calls the functional code with their values and writes
+the results back:
 
-* ``nnx.Param``: learnable weights (everything but batch-norm running statistics), exactly what
-  ``nnx.state(m, nnx.Param)`` and ``nnx.Optimizer(m, tx, wrt=nnx.Param)`` see;
-* ``nnx.BatchStat``: the ``mean``/``var`` leaves of every :class:`~co3d_jax.layers.BatchNorm`;
-* :class:`StreamState`: the continual state (buffers and counters), created by
-  :meth:`Continual.init_stream` and advanced by :meth:`Continual.step` / :meth:`Continual.stream`.
+* ``m.vars``, one ``nnx.Param``: the trainable params tree (the functional params without the
+  batch-norm running statistics), exactly what ``nnx.state(m, nnx.Param)`` and
+  ``nnx.Optimizer(m, tx, wrt=nnx.Param)`` see;
+* ``m.stats``, one ``nnx.BatchStat``: the ``mean``/``var`` leaves of every
+  :class:`~co3d_jax.layers.BatchNorm` (``None`` without batch norm);
+* ``m.stream_state``, one :class:`StreamState`: the continual state tree (buffers and counters),
+  created by :meth:`Continual.init_stream` and advanced by :meth:`Continual.step` /
+  :meth:`Continual.stream`.
+
+Whole trees in a few variables, not one variable per array: NNX transforms walk every variable on
+every call, so this keeps ``nnx.jit``'s host cost small and independent of depth.
+:meth:`Continual.step_fn` / :meth:`Continual.stream_fn` (:class:`FastCall`) skip ``nnx.jit``'s
+graph traversal altogether for live loops.
 
 Batch norm starts in eval mode (running statistics, as the ported checkpoints are used);
 ``m.train()`` switches clip mode to batch statistics with ``BatchStat`` updates
@@ -30,6 +37,7 @@ Under ``nnx.jit`` call :meth:`init_stream` outside the jitted function (it creat
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -43,7 +51,7 @@ from .params import check_against, flatten
 from .stream import reset_state, scan_stream
 from .train import param_labels
 
-__all__ = ["StreamState", "Continual", "ContinualModel", "create_model", "from_params", "wrap", "to_params"]
+__all__ = ["StreamState", "Continual", "ContinualModel", "FastCall", "create_model", "from_params", "wrap", "to_params"]
 
 
 @nnx.register_variable_name("stream_state")
@@ -53,45 +61,65 @@ class StreamState(nnx.Variable):
     through ``flax.nnx.bridge``."""
 
 
-def _is_variable(x) -> bool:
-    return isinstance(x, nnx.Variable)
-
-
-def _values(tree):
-    """The arrays of a tree of variables (the same array objects: no copy)."""
-    return jax.tree.map(lambda v: v.get_value(), tree, is_leaf=_is_variable)
-
-
-def _assign(tree, values, kind=nnx.Variable) -> None:
-    """Write ``values`` into the variables of ``tree`` that are instances of ``kind``."""
-    def put(v, a):
-        if isinstance(v, kind):
-            v.set_value(a)
-    jax.tree.map(put, tree, values, is_leaf=_is_variable)
-
-
 def _shape(s):
     """``in_shape`` as nested tuples (hashable: it is static module data)."""
     return tuple(_shape(a) if isinstance(a, (tuple, list)) else int(a) for a in s)
 
 
-def _param_variables(params):
-    """Functional params -> the same tree of ``nnx.BatchStat`` (BN mean/var) and ``nnx.Param``."""
-    if params is None:
-        return None
-    labels = param_labels(params)
-    return jax.tree.map(lambda a, lbl: (nnx.BatchStat if lbl == "stats" else nnx.Param)(a), params, labels)
+def _split_params(params):
+    """Functional params -> ``(trainable, stats)``: the same nested dicts without the BN running
+    statistics (every other node kept, empty dicts included), and the BN ``mean``/``var`` leaves
+    alone (only the dicts that lead to one; ``{}`` when there are none). The arrays are not copied."""
+    def visit(p, lbl):
+        trainable, stats = {}, {}
+        for k, v in p.items():
+            if isinstance(v, dict):
+                trainable[k], s = visit(v, lbl[k])
+                if s:
+                    stats[k] = s
+            elif lbl[k] == "stats":
+                stats[k] = v
+            else:
+                trainable[k] = v
+        return trainable, stats
+    return visit(params, param_labels(params))
+
+
+def _tree(variable):
+    """A tree-valued variable's value, with any ``nnx.State`` in it as plain dicts (``nnx.update``
+    from nested dicts, as the Linen bridge does, stores ``State`` mappings; the functional code and
+    its pytree structures expect dicts)."""
+    value = variable.get_value()
+    return value.to_pure_dict() if isinstance(value, nnx.State) else value
+
+
+def _merge_params(trainable, stats):
+    """Inverse of :func:`_split_params`: the functional params tree as plain nested dicts (the
+    inputs may be any mappings, e.g. the ``nnx.State`` values ``nnx.update`` leaves from the Linen
+    bridge). No array is copied; under ``jit`` this runs at trace time only."""
+    out = {k: _merge_params(v, {}) if isinstance(v, Mapping) else v for k, v in trainable.items()}
+    for k, v in stats.items():
+        out[k] = _merge_params(trainable.get(k, {}), v) if isinstance(v, Mapping) else v
+    return out
 
 
 class Continual(nnx.Module):
     """A functional layer or container as an NNX module (build with :func:`wrap`).
 
     Attributes: ``layer`` (the functional layer, static), ``in_shape`` (per-frame input shape),
-    ``vars`` (variables mirroring the functional params tree), ``stream_state`` (``None`` until
+    ``vars`` (one ``nnx.Param`` whose value is the trainable params tree: the functional params
+    without the BN running statistics), ``stats`` (one ``nnx.BatchStat`` whose value is the tree of
+    BN ``mean``/``var`` leaves; ``None`` for a layer without batch norm), ``stream_state`` (one
+    :class:`StreamState` whose value is the functional state tree; ``None`` until
     :meth:`init_stream`), ``use_running_average`` (batch-norm mode; see ``train()``/``eval()``).
+
+    A handful of variables holding whole trees, not one variable per array: ``nnx.jit`` and the
+    other NNX transforms walk every variable on every call, so their host cost stays small and
+    independent of the network's depth.
     """
 
     vars: Any = nnx.data()
+    stats: Any = nnx.data()
     stream_state: Any = nnx.data()
 
     def __init__(self, layer: Layer, params, in_shape, *, use_running_average: bool = True):
@@ -99,9 +127,16 @@ class Continual(nnx.Module):
             raise TypeError(f"expected a co3d_jax.layers.Layer, got {type(layer).__name__}")
         self.layer = layer
         self.in_shape = _shape(in_shape)
-        self.vars = _param_variables(params)
+        trainable, stats = _split_params(params)
+        self.vars = nnx.Param(trainable)
+        self.stats = nnx.BatchStat(stats) if stats else None
         self.stream_state = None
         self.use_running_average = use_running_average
+
+    def _params(self):
+        """The functional params tree (the variables' arrays, not copied)."""
+        trainable = _tree(self.vars)
+        return trainable if self.stats is None else _merge_params(trainable, _tree(self.stats))
 
     # ------------------------------------------------------------------ metadata
     @property
@@ -153,46 +188,97 @@ class Continual(nnx.Module):
         (``use_running_average=False``, or after ``train()``): ``forward_train`` (batch
         statistics), and the ``BatchStat`` variables take the updated running statistics."""
         ura = self.use_running_average if use_running_average is None else use_running_average
-        params = _values(self.vars)
+        params = self._params()
         if ura:
             return self._forward(params, x)
         y, new = self._forward_train(params, x)
-        _assign(self.vars, new, nnx.BatchStat)
+        if self.stats is not None:
+            self.stats.set_value(_split_params(new)[1])
         return y
 
     # ------------------------------------------------------------------ continual mode
     def init_stream(self, batch_size: int, dtype=jnp.float32) -> None:
         """Start ``batch_size`` fresh streams (replaces any current stream state)."""
-        state = self._init_state(batch_size, dtype)
-        self.stream_state = jax.tree.map(StreamState, state)
+        self.stream_state = StreamState(self._init_state(batch_size, dtype))
 
     def _state(self):
         if self.stream_state is None:
             raise RuntimeError(f"{type(self).__name__}: no stream state; call init_stream(batch_size) first")
-        return _values(self.stream_state)
+        return _tree(self.stream_state)
 
     def step(self, frame, valid: jax.Array | None = None):
         """Consume one frame per stream and advance the stream state. Returns the functional
         step's :class:`~co3d_jax.layers.Out` (``y``, ``valid``; for a model the
         :class:`co3d_jax.StepOutput`, whose ``scores`` are ``(B, K)``)."""
-        state, out = self._step(_values(self.vars), self._state(), frame, valid)
-        _assign(self.stream_state, state)
+        state, out = self._step(self._params(), self._state(), frame, valid)
+        self.stream_state.set_value(state)
         return out
 
     def peek(self, frame, valid: jax.Array | None = None):
         """The output :meth:`step` would give, without advancing the stream state."""
-        return self._step(_values(self.vars), self._state(), frame, valid)[1]
+        return self._step(self._params(), self._state(), frame, valid)[1]
 
     def stream(self, frames, valid: jax.Array | None = None, unroll: int = 1):
         """Feed ``frames`` ``(B, T, ...)`` as one ``lax.scan`` (wrap the call in ``nnx.jit``);
         outputs gain a time axis ``(B, T, ...)``. Same outputs as ``T`` calls of :meth:`step`."""
-        state, out = self._stream(_values(self.vars), self._state(), frames, valid, unroll)
-        _assign(self.stream_state, state)
+        state, out = self._stream(self._params(), self._state(), frames, valid, unroll)
+        self.stream_state.set_value(state)
         return out
 
     def reset(self, mask: jax.Array) -> None:
         """Restart the streams where ``mask`` ``(B,)`` is True; the others continue."""
-        _assign(self.stream_state, self._reset(self._state(), mask))
+        self.stream_state.set_value(self._reset(self._state(), mask))
+
+    # ------------------------------------------------------------------ fast paths
+    def step_fn(self, *, donate: bool = False) -> "FastCall":
+        """A compiled :meth:`step` for live loops: ``fn(frame, valid=None)`` returns what
+        ``nnx.jit(lambda m, x, v: m.step(x, v))(m, frame, valid)`` returns and advances this
+        module's stream state the same way, bit for bit, at the host cost of
+        ``jax.jit(model.step)``. See :class:`FastCall`."""
+        return FastCall(self, "step", donate=donate)
+
+    def stream_fn(self, unroll: int = 1, *, donate: bool = False) -> "FastCall":
+        """A compiled :meth:`stream`: ``fn(frames, valid=None)``, as :meth:`step_fn`."""
+        return FastCall(self, "stream", unroll=unroll, donate=donate)
+
+
+class FastCall:
+    """A jitted :meth:`Continual.step` / :meth:`Continual.stream` bound to one module (made by
+    :meth:`Continual.step_fn` / :meth:`Continual.stream_fn`).
+
+    ``nnx.jit`` splits the module's graph and rebuilds it on every call, and returns every
+    variable's value, the unchanged params included (the compiled call writes a copy of all the
+    weights every time). This callable does neither: it is one ``jax.jit`` of the functional
+    ``step``/``stream`` taking the module's current params trees, stream state and frames, and
+    writes the new state back into the module's :class:`StreamState`. The module stays the one
+    source of truth: params are read on every call (optimizer updates are seen, nothing is
+    recompiled), and ``m.step``, ``m.reset``, ``init_stream`` and this callable mix freely.
+    Outputs and state are bit for bit those of ``nnx.jit`` and of the functional API.
+
+    ``donate=True`` donates the old state buffers to each call (one allocation less per call; do
+    not keep references to old state arrays). For the lowest batch-1 latency with fixed weights,
+    :class:`co3d_jax.live.LiveStep` (weights baked in, packed state) remains the functional option.
+    """
+
+    def __init__(self, module: Continual, method: str, *, unroll: int = 1, donate: bool = False):
+        if method not in ("step", "stream"):
+            raise ValueError(f"FastCall: method must be 'step' or 'stream', got {method!r}")
+        self.module, self.method, self.unroll, self.donate = module, method, unroll, donate
+
+        def call(trainable, stats, state, x, valid):
+            params = trainable if stats is None else _merge_params(trainable, stats)
+            if method == "step":
+                return module._step(params, state, x, valid)
+            return module._stream(params, state, x, valid, unroll)
+
+        self._fn = jax.jit(call, donate_argnums=(2,) if donate else ())
+
+    def __call__(self, x, valid: jax.Array | None = None):
+        m = self.module
+        state = m._state()
+        state, out = self._fn(_tree(m.vars), None if m.stats is None else _tree(m.stats), state, x, valid)
+        m.stream_state.set_value(state)
+        return out
 
 
 class ContinualModel(Continual):
@@ -269,5 +355,6 @@ def wrap(layer: Layer, *, rngs: nnx.Rngs | None = None, in_shape, params=None) -
 
 
 def to_params(m: Continual):
-    """The functional params of ``m`` (the arrays it holds, bit for bit)."""
-    return _values(m.vars)
+    """The functional params of ``m`` (the arrays it holds, bit for bit): its ``nnx.Param`` and
+    ``nnx.BatchStat`` trees merged."""
+    return m._params()

@@ -129,12 +129,17 @@ def test_round_trip_variable_types_split_merge():
     stats = {k for k in flat if k.rsplit("/", 1)[1] in ("mean", "var")}
 
     def paths(filt):
-        return {"/".join(map(str, p[1:])) for p, _ in nnx.to_flat_state(nnx.state(m, filt))}
-    assert paths(nnx.Param) == set(flat) - stats and stats
-    assert paths(nnx.BatchStat) == stats
-    assert paths(cnx.StreamState) and not paths(cnx.StreamState) & set(flat)
+        """The leaf paths inside the one variable of type ``filt`` (a tree-valued variable)."""
+        (path, var), = nnx.to_flat_state(nnx.state(m, filt))
+        assert type(var) is filt and len(path) == 1
+        return set(co3d_jax.params.flatten(var.get_value())), path[0]
+    assert paths(nnx.Param) == (set(flat) - stats, "vars") and stats
+    assert paths(nnx.BatchStat) == (stats, "stats")
+    assert paths(cnx.StreamState)[0] and not paths(cnx.StreamState)[0] & set(flat)
+    equal_trees(stream_values(m), model.init_state(2))
     every = nnx.to_flat_state(nnx.state(m))
-    assert len(every) == len(flat) + len(paths(cnx.StreamState))
+    assert len(every) == 3                                  # three tree-valued variables, not one per array
+    assert len(jax.tree.leaves(nnx.state(m))) == len(flat) + len(paths(cnx.StreamState)[0])
 
     graphdef, state = nnx.split(m)
     m2 = nnx.merge(graphdef, state)
@@ -223,6 +228,7 @@ def test_optimizer_training_reduces_loss():
         loss, grads = train_step(m, opt, clips, labels)
         losses.append(float(loss))
         if i == 0:
+            assert set(grads.to_pure_dict()) == {"vars"}          # only the nnx.Param variable
             g = grads.to_pure_dict()["vars"]
             assert "mean" not in g["s1"]["bn"] and set(g["s1"]["bn"]) == {"scale", "bias"}
             for key in ("s1", "conv", "kernel"), ("head", "projection", "kernel"):
@@ -302,9 +308,12 @@ def test_wrapped_layer_in_user_module_and_nnx_scan():
         np.testing.assert_array_equal(scores, net.head(ref.y.mean(axis=(1, 2))))
     assert bool(v.all())
 
-    trainable = {"/".join(map(str, p)) for p, _ in nnx.to_flat_state(nnx.state(net, nnx.Param))}
-    assert trainable == {"block/vars/conv/kernel", "block/vars/bn/scale",
-                         "block/vars/bn/bias", "head/kernel", "head/bias"}
+    trainable = {"/".join(map(str, p)): v for p, v in nnx.to_flat_state(nnx.state(net, nnx.Param))}
+    assert set(trainable) == {"block/vars", "head/kernel", "head/bias"}
+    assert set(co3d_jax.params.flatten(trainable["block/vars"].get_value())) == {"conv/kernel", "bn/scale", "bn/bias"}
+    stats = nnx.to_flat_state(nnx.state(net, nnx.BatchStat))
+    assert [("/".join(p), set(co3d_jax.params.flatten(v.get_value()))) for p, v in stats] == \
+        [("block/stats", {"bn/mean", "bn/var"})]
 
     # nnx.scan over frames == the wrapped layer's stream == the functional stream driver
     net.block.init_stream(2)
@@ -340,15 +349,78 @@ def test_linen_bridge():
     clip = normal(7, (2, 5, 8, 8, 3))
     variables = lm.init(jax.random.key(0), clip)
     assert set(variables) == {"params", "batch_stats", "stream_state"}
-    params = {k: {**v, **variables["batch_stats"]["vars"].get(k, {})} for k, v in variables["params"]["vars"].items()}
+    params = {k: {**v, **variables["batch_stats"]["stats"].get(k, {})} for k, v in variables["params"]["vars"].items()}
     np.testing.assert_array_equal(lm.apply(variables, clip), layer.forward(params, clip))
 
     y, upd = lm.apply(variables, clip, use_running_average=False, mutable=["batch_stats"])
     y_ref, new = layer.forward_train(params, clip)
     np.testing.assert_array_equal(y, y_ref)
-    np.testing.assert_array_equal(upd["batch_stats"]["vars"]["bn"]["mean"], new["bn"]["mean"])
+    np.testing.assert_array_equal(upd["batch_stats"]["stats"]["bn"]["mean"], new["bn"]["mean"])
 
     out, upd = lm.apply(variables, clip[:, 0], nnx_method="step", mutable=["stream_state"])
     state, ref = layer.step(params, layer.init_state(2, (8, 8, 3)), clip[:, 0], jnp.ones((2,), bool))
     np.testing.assert_array_equal(out.valid, ref.valid)
     equal_trees(upd["stream_state"]["stream_state"], state)
+
+
+# ----------------------------------------------------------------------------- per-call overhead
+def test_few_variables_independent_of_depth():
+    """Each module holds three tree-valued variables (Param, BatchStat, StreamState), whatever its
+    depth: ``nnx.jit`` walks that many variables per call, not one per array."""
+    counts = []
+    for options in (TINY_X3D, SMALL["cox3d_s_13"]):
+        model, params = built("cox3d_s_13", **options)
+        m = cnx.from_params(model, params)
+        m.init_stream(1)
+        _, state = nnx.split(m)
+        variables = nnx.to_flat_state(state)
+        assert sorted(type(v).__name__ for _, v in variables) == ["BatchStat", "Param", "StreamState"]
+        counts.append((len(variables), len(jax.tree.leaves(params))))
+    assert counts[0][0] == counts[1][0] == 3 and counts[0][1] < counts[1][1]
+    # no batch norm: no BatchStat variable
+    m = cnx.wrap(L.Sequential.of(("conv", L.Conv(3, 4, (3, 1, 1), 1, (0, 0, 0)))), rngs=nnx.Rngs(0),
+                 in_shape=(4, 4, 3))
+    assert m.stats is None and len(nnx.to_flat_state(nnx.state(m))) == 1
+    m.init_stream(1)
+    assert [type(v) for _, v in nnx.to_flat_state(nnx.state(m))] in ([nnx.Param, cnx.StreamState],
+                                                                     [cnx.StreamState, nnx.Param])
+
+
+def test_step_fn_stream_fn_fast_paths():
+    """``m.step_fn()`` / ``m.stream_fn()`` give nnx.jit's outputs and state bit for bit, mix with
+    ``m.reset``, and see new params."""
+    model, params = built("cox3d_s_13", **TINY_X3D)
+    m = cnx.from_params(model, params)
+    frames = normal(8, (2, model.delay + 3, *model.frame_shape))
+    f_step, state = jax.jit(model.step), model.init_state(2)
+    m.init_stream(2)
+    fast = m.step_fn(donate=True)
+    for t in range(frames.shape[1]):
+        if t == 2:
+            m.reset(jnp.array([True, False]))
+            state = model.reset(state, jnp.array([True, False]))
+        out = fast(frames[:, t])
+        state, ref = f_step(params, state, frames[:, t])
+        np.testing.assert_array_equal(out.scores, ref.scores)
+        np.testing.assert_array_equal(out.valid, ref.valid)
+    assert bool(ref.valid.all())
+    equal_trees(stream_values(m), state)
+
+    m.init_stream(2)
+    out = m.stream_fn()(frames, jnp.ones(frames.shape[:2], bool))
+    state, ref = jax.jit(model.stream)(params, model.init_state(2), frames)
+    np.testing.assert_array_equal(out.scores, ref.scores)
+    equal_trees(stream_values(m), state)
+
+    doubled = jax.tree.map(lambda a: 2 * a, m.vars.get_value())   # new weights: the callable sees them
+    m.vars.set_value(doubled)
+    outs = []
+    for call in (fast, lambda x: step_fn(m, x)):
+        m.init_stream(2)
+        for t in range(model.delay + 1):
+            out = call(frames[:, t])
+        outs.append(out)
+    assert bool(outs[0].valid.all())
+    np.testing.assert_array_equal(outs[0].scores, outs[1].scores)
+    _, ref = jax.jit(model.stream)(params, model.init_state(2), frames[:, :model.delay + 1])
+    assert not np.array_equal(outs[0].scores, ref.scores[:, -1])
