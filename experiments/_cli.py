@@ -6,6 +6,7 @@ import hashlib
 import json
 import math
 import os
+import sys
 
 from co3d_jax.fileio import atomic_write  # noqa: F401  (the commands' results writer)
 
@@ -131,6 +132,24 @@ class Interrupted(Exception):
     """A stop was asked for (a signal) while :func:`compile_responsive` waited."""
 
 
+COMPILE_THREAD = "xla-compile"
+
+
+def exit_process(code: int):
+    """End a command's process with ``code`` (its ``__main__``). A compile abandoned by
+    :func:`compile_responsive` (the run was stopped by a signal) still runs in its daemon thread, and
+    tearing that thread down at interpreter shutdown aborts the process (``FATAL: exception not
+    rethrown``: glibc unwinds the thread through XLA's C++), so then the process ends at once with
+    ``os._exit`` after flushing its output."""
+    import threading
+
+    if any(t.name == COMPILE_THREAD and t.is_alive() for t in threading.enumerate()):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 def compile_responsive(jitted, *args, stop=lambda: False, poll_s: float = 0.1):
     """``jitted.lower(*args).compile()`` in a worker thread, the main thread polling every
     ``poll_s`` so Python signal handlers run while XLA compiles (a handler that raises, e.g.
@@ -147,7 +166,7 @@ def compile_responsive(jitted, *args, stop=lambda: False, poll_s: float = 0.1):
         except BaseException as e:  # re-raised in the caller
             box["error"] = e
 
-    t = threading.Thread(target=work, name="xla-compile", daemon=True)
+    t = threading.Thread(target=work, name=COMPILE_THREAD, daemon=True)
     t.start()
     while t.is_alive():
         t.join(poll_s)

@@ -38,8 +38,8 @@ import warnings
 import numpy as np
 
 from co3d_jax.extras import cli_main, require
-from experiments._cli import (CliError, atomic_write, compile_responsive, dumps, file_sha256, make_out_dir,
-                              model_args, read_run_config)
+from experiments._cli import (CliError, atomic_write, compile_responsive, dumps, exit_process, file_sha256,
+                              make_out_dir, model_args, read_run_config)
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -542,4 +542,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

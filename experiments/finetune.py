@@ -40,8 +40,8 @@ import time
 import numpy as np
 
 from co3d_jax.extras import cli_main, require
-from experiments._cli import (CliError, Interrupted, atomic_write, compile_responsive, dumps, file_sha256,
-                              make_out_dir, model_args, read_run_config)
+from experiments._cli import (CliError, Interrupted, atomic_write, compile_responsive, dumps, exit_process,
+                              file_sha256, make_out_dir, model_args, read_run_config)
 
 METRICS = "metrics.jsonl"
 CHECKPOINTS = "checkpoints"
@@ -457,4 +457,4 @@ def _main(argv, stop: dict) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import co3d_jax
 from co3d_jax.flops import paper_macs
 
 
@@ -102,3 +103,19 @@ def make_mini_charades(root):
             lines.append(f'{vid} {v} {i} {vid}/{vid}-{i + 1:06d}.jpg "{labs[i % len(labs)]}"')
     (root / "splits" / "val.csv").write_text("\n".join(lines) + "\n")
     return root
+
+
+def rel_err(a, b) -> float:
+    """Normwise relative error ``max|a - b| / max|b|`` (``max|b|`` floored at 1e-12; shapes must agree)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.shape != b.shape:
+        raise AssertionError(f"shape mismatch {a.shape} vs {b.shape}")
+    if a.size == 0:
+        return 0.0
+    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-12))
+
+
+def param_shapes(name: str, **options):
+    """The params tree of registry model ``name`` as shapes (abstract: nothing is allocated)."""
+    return jax.tree.map(lambda a: a.shape, jax.eval_shape(co3d_jax.create_model(name, **options).init,
+                                                          jax.random.key(0)))

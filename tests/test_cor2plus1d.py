@@ -28,21 +28,13 @@ torch.set_num_threads(1)
 from test_r2plus1d import make_torch_model, numpy_sd  # noqa: E402
 from weight_port import verify  # noqa: E402
 from weight_port.r2plus1d import convert_state_dict  # noqa: E402
+from helpers import param_shapes, rel_err  # noqa: E402
 
 RTOL = 1e-5
 PARAMS = 31_505_325
 SIZE = 32
 # name -> (window T, delay, receptive field, padding, stride)
 META = {"cor2plus1d_18_8": (8, 54, 109, 54, 8), "cor2plus1d_18_16": (16, 62, 117, 54, 8)}
-
-
-def rel_err(a, b) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
-
-
-def _shapes(name, **kw):
-    return jax.tree.map(lambda a: a.shape, jax.eval_shape(co3d_jax.create_model(name, **kw).init, jax.random.key(0)))
 
 
 # ----------------------------------------------------------------------------- structure
@@ -58,7 +50,7 @@ def test_metadata(name):
 
 def test_same_weights_as_the_clip_model():
     for t in (8, 16):
-        assert _shapes(f"cor2plus1d_18_{t}") == _shapes(f"r2plus1d_18_{t}") == _shapes("r2plus1d_18_8")
+        assert param_shapes(f"cor2plus1d_18_{t}") == param_shapes(f"r2plus1d_18_{t}") == param_shapes("r2plus1d_18_8")
         m = co3d_jax.create_model(f"cor2plus1d_18_{t}")
         assert count_params(jax.eval_shape(m.init, jax.random.key(0))) == PARAMS
     assert co3d_jax.create_model("cor2plus1d_18_32").delay == 54 + 8 * 3

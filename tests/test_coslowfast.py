@@ -32,6 +32,7 @@ torch.set_num_threads(1)
 from test_slowfast import ARCHS, make_pytorchvideo, numpy_sd  # noqa: E402
 from weight_port import verify  # noqa: E402
 from weight_port.slowfast import convert_state_dict  # noqa: E402
+from helpers import param_shapes, rel_err  # noqa: E402
 
 RTOL = 1e-5
 SIZE = 32
@@ -39,15 +40,6 @@ SIZE = 32
 META = {"coslowfast_8x8_r50": ("slowfast_8x8_r50", 4, 32, 76, 125, 48),
         "coslowfast_4x16_r50": ("slowfast_4x16_r50", 8, 32, 112, 196, 83)}
 CI_WINDOW = {"coslowfast_8x8_r50": 16, "coslowfast_4x16_r50": 32}
-
-
-def rel_err(a, b) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
-
-
-def _shapes(name, **kw):
-    return jax.tree.map(lambda a: a.shape, jax.eval_shape(co3d_jax.create_model(name, **kw).init, jax.random.key(0)))
 
 
 # ----------------------------------------------------------------------------- structure
@@ -58,7 +50,7 @@ def test_metadata_and_weights(name):
     assert m.continual and (m.clip_length, m.image_size, m.frame_rate, m.config.window) == (32, 256, 2, window)
     assert (m.delay, m.receptive_field, m.padding, m.stride) == (delay, rf, pad, alpha)
     assert name in co3d_jax.list_models()
-    assert _shapes(name) == _shapes(arch)
+    assert param_shapes(name) == param_shapes(arch)
     assert count_params(jax.eval_shape(m.init, jax.random.key(0))) == ARCHS[arch][3]
     # a longer head window only delays the output (T - 32 more frames)
     assert co3d_jax.create_model(f"{name}_64").delay == delay + 32 == co3d_jax.create_model(name, window=64).delay
@@ -117,7 +109,7 @@ def check_stream(name, window, size, seed, chunks=3):
     model = make_pytorchvideo(arch, window, size, seed=seed)
     conv = convert_state_dict(numpy_sd(model), arch, image_size=size, clip_length=window)
     m = co3d_jax.create_model(name, image_size=size, window=window, head_activation="identity")
-    assert _shapes(name, image_size=size, window=window) == jax.tree.map(np.shape, conv.params)
+    assert param_shapes(name, image_size=size, window=window) == jax.tree.map(np.shape, conv.params)
     delay, rf = m.delay, m.receptive_field
     length = -(-3 * rf // (chunks * alpha)) * chunks * alpha  # >= 3 x RF, chunks a multiple of alpha
     frames = np.random.default_rng(seed + 1).standard_normal((1, length, size, size, 3)).astype(np.float32)

@@ -29,7 +29,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from co3d_jax import create_model  # noqa: E402
-from helpers import random_params  # noqa: E402
+from helpers import random_params, rel_err  # noqa: E402
 
 # continual's flattened state_dict calls nn.Module.state_dict with positional args (torch FutureWarning).
 pytestmark = pytest.mark.filterwarnings("ignore:Positional args are being deprecated:FutureWarning")
@@ -122,11 +122,6 @@ def torch_stream(tmodel, frames: np.ndarray):
     finally:
         torch.set_num_threads(threads)
     return outs
-
-
-def rel_err(a, b) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
 
 
 def compare_streams(ours_scores, ours_valid, torch_outs):

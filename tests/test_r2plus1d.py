@@ -30,6 +30,7 @@ from co3d_jax.models.r2plus1d import jax_to_torchvision  # noqa: E402
 from weight_port.r2plus1d import convert_file, convert_state_dict  # noqa: E402
 
 from torch_utils import randomize_model_bn_  # noqa: E402
+from helpers import rel_err  # noqa: E402
 
 RTOL = 1e-5
 SMALL = dict(image_size=32, clip_length=8)
@@ -37,11 +38,6 @@ PARAMS = 31_505_325
 # paper_macs at 112 px (analytic); equals ptflops 0.7.5 on torchvision's model + 400 (softmax),
 # see test_full_size_parity_and_ptflops
 GMACS = {8: 20_384_452_364, 16: 40_768_699_128}
-
-
-def rel_err(a, b) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
 
 
 def make_torch_model(seed: int = 0, num_classes: int = 400):

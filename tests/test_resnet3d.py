@@ -25,7 +25,7 @@ import pytest
 
 from co3d_jax import create_model, list_models
 from co3d_jax.flops import count_params, paper_macs, paper_step_macs
-from helpers import assert_paper_macs, random_params  # noqa: E402
+from helpers import assert_paper_macs, random_params, rel_err  # noqa: E402
 
 # ----------------------------------------------------------------------------- metadata (no compute)
 
@@ -131,11 +131,6 @@ def test_coi3d_emitting_and_skipped_steps():
 
 CI = dict(image_size=64, width=16, head_activation="identity")
 B = 2
-
-
-def rel_err(a, b) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
 
 
 @pytest.fixture(scope="module", params=["coslow_8", "coi3d_8"])

@@ -36,6 +36,7 @@ from co3d_jax.models.slowfast import caffe2_to_slowfast, jax_to_slowfast, slowfa
 from weight_port.slowfast import convert_state_dict  # noqa: E402
 
 from torch_utils import randomize_model_bn_  # noqa: E402
+from helpers import rel_err  # noqa: E402
 
 RTOL = 1e-5
 # arch -> (alpha, fusion kernel, CI fast frames, parameters, paper_macs at 256 px / 32 frames)
@@ -45,11 +46,6 @@ ARCHS = {
 }
 SIZE = 64
 DEPTHS = (3, 4, 6, 3)
-
-
-def rel_err(a, b) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
 
 
 def make_pytorchvideo(arch: str, frames: int, size: int, seed: int = 0):

@@ -36,6 +36,7 @@ from weight_port.tensors import IDENTITY_BN_VAR  # noqa: E402
 from weight_port.x3d import jax_forward_fn, jax_params_to_state_dict, verify  # noqa: E402
 
 from torch_utils import randomize_bn_, randomize_model_bn_  # noqa: E402
+from helpers import rel_err  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RTOL = 1e-5
@@ -103,10 +104,6 @@ def jax_outputs(params, x, arch: str, frames: int, image_size: int, **options):
     clip = jnp.asarray(x.permute(0, 2, 3, 4, 1).numpy())
     with jax.default_matmul_precision("highest"):
         return tuple(np.asarray(a) for a in fn(jax.tree.map(jnp.asarray, params), clip))
-
-
-def rel_err(a, b) -> float:
-    return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
 
 
 def assert_parity(params, model, arch, frames, image_size, seed=0, **options) -> tuple[float, float]:

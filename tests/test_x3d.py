@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from co3d_jax import create_model
-from helpers import random_params  # noqa: E402
+from helpers import random_params, rel_err  # noqa: E402
 from co3d_jax.layers import BroadcastReduce, Conv, GlobalAvgPool, Pool, Reduce, Sequential
 
 # ----------------------------------------------------------------------------- metadata (no compute)
@@ -86,12 +86,6 @@ def test_sizes_and_parameter_counts():
 
 CI = dict(image_size=32, depth_factor=0.6, head_activation="identity")
 B, T, CHUNK = 2, 150, 50
-
-
-def rel_err(a, b) -> float:
-    """Normwise relative error ``max|a - b| / max|b|``."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
 
 
 def clip_reference_replicate(layer, params, x):

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from co3d_jax import layers as L
+from helpers import rel_err
 
 # The reference modules run one small frame at a time: extra intra-op threads only add overhead
 # (about 20x slower stepping on a shared 2-core machine).
@@ -34,7 +35,10 @@ torch.set_num_threads(1)
 
 
 def to_numpy(t: torch.Tensor) -> np.ndarray:
-    return t.detach().cpu().numpy()
+    """A copy: ``.numpy()`` views the tensor's memory, and on CPU ``jnp.asarray`` may alias a numpy
+    buffer without copying, so a later in-place torch update (BN running statistics in train mode)
+    would otherwise show through in JAX arrays made from it."""
+    return t.detach().cpu().numpy().copy()
 
 
 def clip_to_torch(x) -> torch.Tensor:
@@ -173,16 +177,6 @@ def co_clip_forward(module: nn.Module, clip: torch.Tensor) -> torch.Tensor:
     """The ``torch.nn`` clip computation (``call_mode="forward"``)."""
     with torch.no_grad():
         return module.forward(clip)
-
-
-def rel_err(a, b) -> float:
-    """``max|a - b| / max|b|`` (with ``max|b|`` floored at 1e-12)."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    if a.shape != b.shape:
-        raise AssertionError(f"shape mismatch {a.shape} vs {b.shape}")
-    if a.size == 0:
-        return 0.0
-    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-12))
 
 
 class ErrorLog:
