@@ -335,6 +335,9 @@ def test_wrapped_layer_in_user_module_and_nnx_scan():
     assert n[0] > 0 and n[1] == 0
 
 
+# flax's bridge warns "Found unknown module paths in incoming state" on every apply because each NNX
+# variable holds a whole tree (docs/flax.md says how to silence it); the values are applied, as asserted.
+@pytest.mark.filterwarnings("ignore:Found unknown module paths:UserWarning")
 def test_linen_bridge():
     from flax.nnx import bridge
 
