@@ -362,6 +362,235 @@ def decode_all(path: Media, backend: str = "auto") -> tuple[np.ndarray, float]:
     return np.stack(frames), fps
 
 
+_LATE = object()
+
+
+class VideoFrames:
+    """The frames :func:`decode_all` would return, decoded only where they are read.
+
+    ``len(v)`` is the frame count, ``v.fps`` the frame rate, and ``v[indices]`` (an int or a
+    sequence/array of indices, repeats allowed) the frames ``decode_all(media)[0][indices]``,
+    bit for bit. Training (:func:`co3d_jax.data.augment.train_sample`) only calls ``len`` and
+    reads its sampled indices once, so it can take this object in place of the decoded array.
+
+    PyAV: opening demuxes the packets (no decoding) into an index, each packet's pts sorted into
+    presentation order, with the keyframes. Reading seeks to the keyframe at or before the first
+    wanted frame (``container.seek(pts, stream, backward=True, any_frame=False)``), decodes
+    forward, names each frame by its pts and stops after the last wanted frame; only those frames
+    are converted to RGB. The index is trusted only when every packet has a pts, the pts are
+    distinct, no packet is flagged corrupt or discarded (an edit list that drops frames), the
+    packet count equals the stream's frame count where the metadata gives one, and the stream
+    reaches the end its metadata promises (the truncation rule). Otherwise (and for a stream that
+    cannot seek) the whole video is decoded with :func:`decode_all`, whose errors are therefore
+    unchanged (a truncated file fails at open, with the same message). A read whose decoded frames
+    do not follow the index (a missing, extra or out-of-order pts, a frame before the keyframe:
+    an open GOP) falls back to the full decode too, so a wrong frame is never returned.
+
+    OpenCV (no pts): opening counts the frames with ``grab()`` (decodes, no conversion); reading
+    reopens the file and grabs up to the last wanted frame, retrieving only the wanted ones.
+
+    Decoding errors are those of :func:`decode_all` (a :class:`VideoError` naming the file).
+    Damage in a part of the stream that is never decoded (corrupt data between keyframes that the
+    demuxer does not flag) is not seen, as with :func:`decode_clip`.
+    """
+
+    def __init__(self, media: Media, backend: str = "auto"):
+        self.label = media if isinstance(media, str) else "(bytes)"
+        try:
+            _check_media(media)
+        except VideoError as e:
+            raise VideoError(f"{self.label}: {e}") from None
+        self.media, self.backend = media, resolve_backend(backend)
+        self.full: np.ndarray | None = None     # the whole decode, when the index is not trusted
+        self.pts: list[int] = []                # presentation order
+        self.keyframes: list[int] = []          # positions in self.pts
+        self.fps = 30.0
+        self.n = 0
+        self.fallback: str | None = None        # why the whole video was decoded
+        self.decoded = 0                        # frames decoded by reads (PyAV; diagnostics)
+        try:
+            if self.backend == "pyav":
+                self._index_pyav()
+            else:
+                self._index_opencv()
+        except VideoError as e:
+            raise VideoError(str(e) if str(e).startswith(self.label) else f"{self.label}: {e}") from None
+        except Exception as e:
+            raise VideoError(f"{self.label}: cannot decode: {type(e).__name__}: {e}") from None
+        if self.fallback is not None:
+            self._decode_whole()
+
+    def _decode_whole(self):
+        self.full, self.fps = decode_all(self.media, self.backend)
+        self.n = len(self.full)
+
+    # -- PyAV ---------------------------------------------------------------------------------
+    def _index_pyav(self):
+        import av
+        with av.open(_av_input(self.media)) as container:
+            if not container.streams.video:
+                raise VideoError("no video stream")
+            stream = container.streams.video[0]
+            self.fps = float(stream.average_rate or 30.0)
+            promised = _promised_stream_end(stream, self.fps)
+            meta_frames = int(stream.frames or 0)
+            pkts = []
+            for p in container.demux(stream):
+                if p.size == 0 and p.pts is None:
+                    continue                         # the demuxer's final flush packet
+                if p.pts is None:
+                    self.fallback = "a packet without pts"
+                    return
+                if p.is_corrupt or p.is_discard:
+                    self.fallback = "a corrupt or discarded packet"
+                    return
+                pkts.append((int(p.pts), bool(p.is_keyframe)))
+        if not pkts:
+            self.fallback = "no packets"
+            return
+        pkts.sort()
+        self.pts = [q for q, _ in pkts]
+        if len(set(self.pts)) != len(self.pts):
+            self.fallback = "repeated pts"
+            return
+        if meta_frames > 0 and meta_frames != len(pkts):
+            self.fallback = f"{len(pkts)} packets, metadata says {meta_frames} frames"
+            return
+        if promised is not None and self.pts[-1] < promised:
+            self.fallback = "truncated"              # decode_all raises the same error
+            return
+        self.keyframes = [i for i, (_, k) in enumerate(pkts) if k]
+        if not self.keyframes:
+            self.fallback = "no keyframe"
+            return
+        self.n = len(self.pts)
+
+    def _read_pyav(self, wanted: list[int]) -> dict | None:
+        """{index: rgb} for sorted distinct ``wanted``, or None when the decode does not follow
+        the index (then the caller decodes the whole video)."""
+        import bisect
+        first = wanted[0]
+        if self.keyframes[0] > first:
+            return None
+        k = bisect.bisect_right(self.keyframes, first) - 1
+        while True:
+            got = self._read_pyav_from(self.keyframes[k], wanted)
+            if got is not _LATE:
+                return got
+            # The seek landed on a later keyframe than asked (a demuxer that seeks by dts, with
+            # reordered frames): start one keyframe earlier; from position 0 nothing is sought.
+            k -= 1
+            if k < 0:
+                return None
+
+    def _read_pyav_from(self, kpos: int, wanted: list[int]):
+        import av
+        want, last, out = set(wanted), wanted[-1], {}
+        pos = kpos                                   # the index position the next frame must have
+        with av.open(_av_input(self.media)) as container:
+            stream = container.streams.video[0]
+            if kpos > 0:
+                container.seek(self.pts[kpos], stream=stream, backward=True, any_frame=False)
+            for f in container.decode(stream):
+                self.decoded += 1
+                if f.pts is None:
+                    return None
+                if f.pts < self.pts[kpos]:
+                    # The seek landed on an earlier keyframe (skip up to ours), or an open GOP's
+                    # leading picture; only allowed before our keyframe.
+                    if pos != kpos:
+                        return None
+                    continue
+                if pos == kpos and f.pts > self.pts[kpos]:
+                    return _LATE
+                if pos >= self.n or f.pts != self.pts[pos]:
+                    return None
+                if pos in want:
+                    out[pos] = f.to_ndarray(format="rgb24")
+                if pos == last:
+                    return out
+                pos += 1
+        return None                                  # the stream ended before the index did
+
+    # -- OpenCV -------------------------------------------------------------------------------
+    def _index_opencv(self):
+        import cv2
+        with _as_path(self.media) as path:
+            cap = cv2.VideoCapture(path)
+            try:
+                self.fps = float(cap.get(cv2.CAP_PROP_FPS) or 30.0)
+                count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+                n = 0
+                while cap.grab():
+                    n += 1
+            finally:
+                cap.release()
+        if n == 0 or (count > 0 and n - 1 < _promised_last(count - 1)):
+            self.fallback = "no frame or truncated"  # decode_all raises the error
+            return
+        self.n = n
+
+    def _read_opencv(self, wanted: list[int]) -> dict | None:
+        import cv2
+        want, last, out = set(wanted), wanted[-1], {}
+        with _as_path(self.media) as path:
+            cap = cv2.VideoCapture(path)
+            try:
+                for i in range(last + 1):
+                    self.decoded += 1
+                    if not cap.grab():
+                        return None
+                    if i in want:
+                        ok, bgr = cap.retrieve()
+                        if not ok:
+                            return None
+                        out[i] = bgr[..., ::-1]
+            finally:
+                cap.release()
+        return out
+
+    # -- reading ------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, indices) -> np.ndarray:
+        if self.full is not None:
+            return self.full[indices]
+        scalar = np.ndim(indices) == 0
+        idx = np.atleast_1d(np.asarray(indices))
+        if idx.dtype.kind not in "iu":
+            raise TypeError(f"frame indices must be integers, got {idx.dtype}")
+        idx = np.where(idx < 0, idx + self.n, idx)
+        if idx.size == 0:
+            return self._whole()[idx]
+        if idx.min() < 0 or idx.max() >= self.n:
+            raise IndexError(f"frame index out of range for {self.n} frames")
+        wanted = sorted(set(int(i) for i in idx))
+        try:
+            got = (self._read_pyav if self.backend == "pyav" else self._read_opencv)(wanted)
+        except VideoError as e:
+            raise VideoError(str(e) if str(e).startswith(self.label) else f"{self.label}: {e}") from None
+        except Exception as e:  # decoder errors (av.error.*, OSError)
+            raise VideoError(f"{self.label}: cannot decode: {type(e).__name__}: {e}") from None
+        if got is None:
+            self.fallback = "the decode did not follow the index"
+            return self._whole()[indices]
+        out = np.stack([got[int(i)] for i in idx])
+        return out[0] if scalar else out
+
+    def _whole(self) -> np.ndarray:
+        if self.full is None:
+            self._decode_whole()
+        return self.full
+
+
+def decode_frames(path: Media, indices, backend: str = "auto") -> tuple[np.ndarray, float]:
+    """``decode_all(path)[0][indices]`` and the fps, decoding only from the keyframe before the
+    first index to the last (:class:`VideoFrames`)."""
+    v = VideoFrames(path, backend)
+    return v[indices], v.fps
+
+
 def encode_video(path: str, frames: np.ndarray, fps: float = 30, codec: str = "mpeg4",
                  faststart: bool = False) -> None:
     """Write uint8 RGB ``frames`` ``(T, H, W, 3)`` (even H and W) to ``path`` with PyAV
