@@ -361,6 +361,7 @@ def _main(argv, stop: dict) -> int:
                     num_devices=ndev, failed_videos=dict(loader.failed), padded_videos=dict(loader.padded))
 
     step = start
+    save_s = 0.0   # checkpoint saves inside the loop: not part of the steady update rate
     interrupted = False
     compiled = None
     try:
@@ -385,7 +386,9 @@ def _main(argv, stop: dict) -> int:
             if diverged:
                 break
             if save:
+                t_s = time.time()
                 save_checkpoint(mngr, step, params, opt_state, meta_for(step))
+                save_s += time.time() - t_s
             if signalled:
                 if not save:
                     save_checkpoint(mngr, step, params, opt_state, meta_for(step))
@@ -397,6 +400,7 @@ def _main(argv, stop: dict) -> int:
         _log(f"stopped by signal {stop['signal']} while compiling the first update; {kept}; re-run to resume")
         interrupted = True
     finally:
+        t_loop = time.time()
         flush()
         mngr.wait_until_finished()
         loader.close()
@@ -446,7 +450,8 @@ def _main(argv, stop: dict) -> int:
                    final_accuracy=float(np.mean([r["accuracy"] for r in tail])) if tail else None,
                    seconds=elapsed, steps_per_s=n_done / elapsed if elapsed > 0 else None,
                    clips_per_s=n_done * args.batch_size / elapsed if elapsed > 0 else None,
-                   steady_steps_per_s=(n_done - 1) / (t_end - t_first) if n_done > 1 else None,
+                   steady_steps_per_s=(n_done - 1) / (t_loop - t_first - save_s) if n_done > 1 else None,
+                   checkpoint_seconds=save_s + (t_end - t_loop),
                    loader_seconds={k: v for k, v in loader.stats.items() if k != "batches"},
                    failed_videos=loader.failed, padded_videos=loader.padded,
                    padded_samples=sum(loader.padded.values()), skipped_files=list(index.skipped),
