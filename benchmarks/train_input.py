@@ -14,9 +14,8 @@ step so the parts do not overlap:
 * ``step``: the jitted train step to ``block_until_ready``;
 * ``old_put``: the previous path's transfer of the same batch as host float32 crops
   (``shard_batch``, ``jax.device_put``), for comparison;
-* ``allreduce``: one step of the same update on the same per-device batch without the cross-device
-  reductions is not separable in XLA; instead ``step_local`` runs the step jitted on a 1-device
-  mesh with the per-device batch (B / N), so ``step - step_local`` is what sharding the update
+* ``step_local``: the cross-device reductions are not separable inside XLA's step, so this runs
+  the step jitted on a 1-device mesh with the per-device batch (B / N), so ``step - step_local`` is what sharding the update
   costs (the all-reduces of gradients and of every BN's batch statistics, plus the partitioning).
 
 Model: X3D-XS at ``--image-size`` with ``depth_factor`` 0.3 (small enough for 2 CPU cores), from
