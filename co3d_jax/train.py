@@ -28,7 +28,8 @@ training-time data sampling. The CLI is ``experiments/finetune.py``; see ``docs/
   every other parameter must match exactly.
 * **Precise BN** (:func:`precise_bn`): running statistics recomputed as the average batch
   statistics over extra batches with the weights fixed (PySlowFast ``BN.USE_PRECISE_STATS``).
-* **Data**: sampling and augmentation are in :mod:`co3d_jax.data.augment`, batching in
+* **Data**: sampling is in :mod:`co3d_jax.data.augment`, the augmentation on the device in
+  :mod:`co3d_jax.data.device_augment`, the Grain pipeline and batching in
   :mod:`co3d_jax.data.train_loader`.
 """
 
@@ -428,12 +429,12 @@ def make_batch_stats_fn(net: Layer, mesh: Mesh):
 def precise_bn(net: Layer, params, batches, mesh: Mesh):
     """PySlowFast's "precise BN" (``BN.USE_PRECISE_STATS``): replace the running statistics by
     the average of the batch statistics (mean, unbiased variance) over ``batches`` (an iterable
-    of host ``(clips, labels)``) with the weights fixed. After a short fine-tuning run the
+    of ``(clips, labels)``: host arrays, or arrays already sharded over ``mesh``) with the weights fixed. After a short fine-tuning run the
     momentum-0.1 running statistics lag the last weights; these do not."""
     fn = make_batch_stats_fn(net, mesh)
     total, n = None, 0
     for clips, labels in batches:
-        x, _ = shard_batch(np.asarray(clips), np.asarray(labels), mesh)
+        x = clips if isinstance(clips, jax.Array) else shard_batch(np.asarray(clips), np.asarray(labels), mesh)[0]
         stats = fn(params, x)
         total = stats if total is None else jax.tree.map(jnp.add, total, stats)
         n += 1

@@ -109,8 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--save-every", type=int, default=500, help="checkpoint period in updates")
     r.add_argument("--keep", type=int, default=3, help="checkpoints kept")
     r.add_argument("--log-every", type=int, default=10, help="metrics fetched/written every N updates")
-    r.add_argument("--workers", type=int, default=None, help="decoding processes (0: in the main process)")
-    r.add_argument("--prefetch", type=int, default=2, help="batches decoded ahead")
+    r.add_argument("--workers", type=int, default=None, help="Grain decoding processes (0: in the main process)")
+    r.add_argument("--prefetch", type=int, default=2, help="batches decoded ahead by the workers")
     r.add_argument("--overwrite", action="store_true", help="discard an existing run in --out")
     r.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     r.add_argument("--stop-after", type=int, help=argparse.SUPPRESS)  # tests: stop as if killed after N updates
@@ -321,9 +321,9 @@ def _main(argv, stop: dict) -> int:
     # ---------------- train
     train_step = T.make_train_step(model.net, cfg, mesh, head=model.family.head)
     workers = default_workers() if args.workers is None else args.workers
-    loader = BatchLoader(records, spec, args.seed, args.batch_size, start, workers, args.prefetch,
-                         allow_padding=not args.skip_padded, **seen)
     stop_at = args.steps if args.stop_after is None else min(args.steps, args.stop_after)
+    loader = BatchLoader(records, spec, args.seed, args.batch_size, start, workers, args.prefetch,
+                         allow_padding=not args.skip_padded, mesh=mesh, stop=stop_at, **seen)
     try:
         from tqdm import tqdm
     except ImportError:  # progress is optional
@@ -361,12 +361,12 @@ def _main(argv, stop: dict) -> int:
                     num_devices=ndev, failed_videos=dict(loader.failed), padded_videos=dict(loader.padded))
 
     step = start
+    save_s = 0.0   # checkpoint saves inside the loop: not part of the steady update rate
     interrupted = False
     compiled = None
     try:
         while step < stop_at:
-            clips, labels = loader.next()
-            xb, yb = T.shard_batch(clips, labels, mesh)
+            xb, yb = loader.next()   # on the mesh, augmented there
             if compiled is None:   # compiled aside, so a signal during the (long) first compile acts at once
                 compiled = compile_responsive(train_step, params, opt_state, xb, yb, np.int32(step),
                                               stop=lambda: stop["signal"] is not None)
@@ -386,7 +386,9 @@ def _main(argv, stop: dict) -> int:
             if diverged:
                 break
             if save:
+                t_s = time.time()
                 save_checkpoint(mngr, step, params, opt_state, meta_for(step))
+                save_s += time.time() - t_s
             if signalled:
                 if not save:
                     save_checkpoint(mngr, step, params, opt_state, meta_for(step))
@@ -398,6 +400,7 @@ def _main(argv, stop: dict) -> int:
         _log(f"stopped by signal {stop['signal']} while compiling the first update; {kept}; re-run to resume")
         interrupted = True
     finally:
+        t_loop = time.time()
         flush()
         mngr.wait_until_finished()
         loader.close()
@@ -427,7 +430,7 @@ def _main(argv, stop: dict) -> int:
     mngr.close()
     if args.precise_bn > 0:   # batches after the training ones: deterministic, also on a re-export
         bn_loader = BatchLoader(records, spec, args.seed, args.batch_size, args.steps, workers, args.prefetch,
-                                allow_padding=not args.skip_padded)
+                                allow_padding=not args.skip_padded, mesh=mesh, stop=args.steps + args.precise_bn)
         try:
             params = T.precise_bn(model.net, params, (bn_loader.next() for _ in range(args.precise_bn)), mesh)
         finally:
@@ -447,7 +450,9 @@ def _main(argv, stop: dict) -> int:
                    final_accuracy=float(np.mean([r["accuracy"] for r in tail])) if tail else None,
                    seconds=elapsed, steps_per_s=n_done / elapsed if elapsed > 0 else None,
                    clips_per_s=n_done * args.batch_size / elapsed if elapsed > 0 else None,
-                   steady_steps_per_s=(n_done - 1) / (t_end - t_first) if n_done > 1 else None,
+                   steady_steps_per_s=(n_done - 1) / (t_loop - t_first - save_s) if n_done > 1 else None,
+                   checkpoint_seconds=save_s + (t_end - t_loop),
+                   loader_seconds={k: v for k, v in loader.stats.items() if k != "batches"},
                    failed_videos=loader.failed, padded_videos=loader.padded,
                    padded_samples=sum(loader.padded.values()), skipped_files=list(index.skipped),
                    export=os.path.join(out, EXPORT))

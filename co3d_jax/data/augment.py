@@ -1,9 +1,11 @@
 """Training-time data sampling (X3D recipe): which video and window each sample takes, and its
 augmentation (random temporal window, short-side scale jitter, random crop, optional horizontal
-flip) in numpy. The data order and every sample's randomness are pure functions of ``(seed,
-global sample number)``, so a run resumed from ``step`` sees exactly the batches an uninterrupted
-run would. :mod:`co3d_jax.data.train_loader` decodes and batches with these; the train step is in
-:mod:`co3d_jax.train`.
+flip). The data order and every sample's randomness are pure functions of ``(seed, global sample
+number)``, so a run resumed from ``step`` sees exactly the batches an uninterrupted run would.
+The draws are made on the host (:func:`draw_sample`); the spatial part becomes fixed-size
+:class:`CropTaps`, which :mod:`co3d_jax.data.device_augment` applies on the device;
+:func:`train_sample` is the numpy reference. :mod:`co3d_jax.data.train_loader` decodes and
+batches with these; the train step is in :mod:`co3d_jax.train`.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+from typing import NamedTuple
 
 import numpy as np
 
@@ -72,10 +75,24 @@ def _bilinear_rows(in_size: int, out_size: int, lo: int, hi: int):
     return i0, i1, 1.0 - w1, w1
 
 
-def resize_crop_region(frames: np.ndarray, short: int, size: int, top: float, left: float) -> np.ndarray:
-    """Resize uint8 ``(T, H, W, 3)`` so the short side is ``short`` (bilinear) and crop a
-    ``size``-square at relative offsets ``top``/``left`` in [0, 1]; float32 in [0, 1]."""
-    t, h, w, _ = frames.shape
+class CropTaps(NamedTuple):
+    """Where the ``size``-square crop of a resized frame reads its source pixels: output row ``i``
+    is ``rw0[i] * row r0[i] + rw1[i] * row r1[i]`` of the source, likewise columns. A horizontal
+    flip is the columns reversed. Fixed-size arrays whatever the scale jitter drew, so the resize
+    + crop + flip runs on the device (:mod:`co3d_jax.data.device_augment`) without new shapes."""
+
+    r0: np.ndarray
+    r1: np.ndarray
+    rw0: np.ndarray
+    rw1: np.ndarray
+    c0: np.ndarray
+    c1: np.ndarray
+    cw0: np.ndarray
+    cw1: np.ndarray
+
+
+def crop_taps(h: int, w: int, short: int, size: int, top: float, left: float, flip: bool = False) -> CropTaps:
+    """The taps of :func:`resize_crop_region` (then flipped if ``flip``) for an ``h x w`` frame."""
     if h <= w:
         nh, nw = short, int(math.floor(w / h * short))
     else:
@@ -85,29 +102,69 @@ def resize_crop_region(frames: np.ndarray, short: int, size: int, top: float, le
     x0 = int(round(left * (nw - size)))
     r0, r1, rw0, rw1 = _bilinear_rows(h, nh, y0, y0 + size)
     c0, c1, cw0, cw1 = _bilinear_rows(w, nw, x0, x0 + size)
+    if flip:
+        c0, c1, cw0, cw1 = c0[::-1], c1[::-1], cw0[::-1], cw1[::-1]
+    return CropTaps(*(np.ascontiguousarray(a, np.int32) for a in (r0, r1)),
+                    *(np.ascontiguousarray(a, np.float32) for a in (rw0, rw1)),
+                    *(np.ascontiguousarray(a, np.int32) for a in (c0, c1)),
+                    *(np.ascontiguousarray(a, np.float32) for a in (cw0, cw1)))
+
+
+def apply_taps(frames: np.ndarray, taps: CropTaps) -> np.ndarray:
+    """uint8 ``(T, H, W, 3)`` -> float32 in [0, 1] ``(T, S, S, 3)`` (the numpy reference)."""
     x = frames.astype(np.float32) / np.float32(255.0)
-    cols = x[:, :, c0] * cw0[None, None, :, None] + x[:, :, c1] * cw1[None, None, :, None]
-    return cols[:, r0] * rw0[None, :, None, None] + cols[:, r1] * rw1[None, :, None, None]
+    cols = x[:, :, taps.c0] * taps.cw0[None, None, :, None] + x[:, :, taps.c1] * taps.cw1[None, None, :, None]
+    return cols[:, taps.r0] * taps.rw0[None, :, None, None] + cols[:, taps.r1] * taps.rw1[None, :, None, None]
+
+
+def resize_crop_region(frames: np.ndarray, short: int, size: int, top: float, left: float) -> np.ndarray:
+    """Resize uint8 ``(T, H, W, 3)`` so the short side is ``short`` (bilinear) and crop a
+    ``size``-square at relative offsets ``top``/``left`` in [0, 1]; float32 in [0, 1]."""
+    t, h, w, _ = frames.shape
+    return apply_taps(frames, crop_taps(h, w, short, size, top, left))
+
+
+class SampleDraw(NamedTuple):
+    """One training sample's random choices: the source frame of each clip frame (``indices``),
+    how many repeat the last frame (``padded``), the short side, the relative crop offsets and
+    the flip."""
+
+    indices: np.ndarray
+    padded: int
+    short: int
+    top: float
+    left: float
+    flip: bool
+
+
+def draw_sample(num_decoded: int, fps: float, spec: TrainClipSpec, rng: np.random.Generator) -> SampleDraw:
+    """Draw a sample's temporal window and augmentation from ``rng`` (:func:`sample_rng`), in
+    the order :func:`train_sample` always drew them."""
+    n = num_decoded
+    size = clip_size(spec.sampling_rate, spec.num_frames, fps)
+    start = rng.uniform(0.0, max(n - size, 0.0))
+    idx = temporal_indices(n, size, spec.num_frames, start)
+    padded = num_padded(n, size, spec.num_frames, start)
+    lo, hi = spec.jitter if spec.jitter[1] > 0 else TrainClipSpec.default_jitter(spec.image_size)
+    short = int(rng.integers(lo, hi + 1))
+    top, left = rng.uniform(), rng.uniform()
+    flip = bool(spec.flip and rng.uniform() < 0.5)
+    return SampleDraw(np.asarray(idx), int(padded), short, float(top), float(left), flip)
 
 
 def train_sample(frames: np.ndarray, fps: float, spec: TrainClipSpec, rng: np.random.Generator,
                  info: dict | None = None) -> np.ndarray:
     """One augmented training clip ``(num_frames, S, S, 3)`` float32 (normalised) from all the
-    decoded uint8 frames of a video. ``info``, when given, receives ``padded``: the clip frames
-    that repeat the last frame because the video is shorter than the window
+    decoded uint8 frames of a video, in numpy: the reference of the device augmentation
+    (:mod:`co3d_jax.data.device_augment`). ``info``, when given, receives ``padded``: the clip
+    frames that repeat the last frame because the video is shorter than the window
     (:func:`co3d_jax.data.sampling.num_padded`)."""
 
-    n = len(frames)
-    size = clip_size(spec.sampling_rate, spec.num_frames, fps)
-    start = rng.uniform(0.0, max(n - size, 0.0))
-    idx = temporal_indices(n, size, spec.num_frames, start)
+    d = draw_sample(len(frames), fps, spec, rng)
     if info is not None:
-        info["padded"] = num_padded(n, size, spec.num_frames, start)
-    lo, hi = spec.jitter if spec.jitter[1] > 0 else TrainClipSpec.default_jitter(spec.image_size)
-    short = int(rng.integers(lo, hi + 1))
-    top, left = rng.uniform(), rng.uniform()
-    clip = resize_crop_region(frames[idx], short, spec.image_size, top, left)
-    if spec.flip and rng.uniform() < 0.5:
+        info["padded"] = d.padded
+    clip = resize_crop_region(frames[d.indices], d.short, spec.image_size, d.top, d.left)
+    if d.flip:
         clip = clip[:, :, ::-1]
     mean, std = np.asarray(spec.mean, np.float32), np.asarray(spec.std, np.float32)
     return np.ascontiguousarray((clip - mean) / std, dtype=np.float32)
