@@ -31,7 +31,7 @@ import numpy as np
 
 from .augment import CropTaps, crop_taps, draw_sample, epoch_permutation, sample_rng, train_sample
 from .sources import video_media
-from .video import VideoError, check_padding, decode_all
+from .video import VideoError, VideoFrames, check_padding, decode_all
 
 MAX_TRIES = 20   # videos in a row that may fail for one sample before the run stops
 
@@ -72,14 +72,15 @@ def load_train_window(spec, seed: int, record, sample: int, allow_padding: bool 
     """:func:`load_train_sample` up to the spatial augmentation: the uint8 temporal window and the
     :class:`CropTaps` drawn for global sample ``sample``; the same errors."""
     try:
-        frames, fps = decode_all(video_media(record))
-        if len(frames) == 0:
+        video = VideoFrames(video_media(record))   # decodes only the sampled window (bit-exact)
+        if len(video) == 0:
             return TrainWindow(None, None, "no frames")
-        d = draw_sample(len(frames), fps, spec, sample_rng(seed, sample))
+        d = draw_sample(len(video), video.fps, spec, sample_rng(seed, sample))
         check_padding(d.padded, spec.num_frames, allow_padding)
-        h, w = frames.shape[1:3]
+        window = np.ascontiguousarray(video[d.indices])
+        h, w = window.shape[1:3]
         taps = crop_taps(h, w, d.short, spec.image_size, d.top, d.left, d.flip)
-        return TrainWindow(np.ascontiguousarray(frames[d.indices]), taps, None, d.padded)
+        return TrainWindow(window, taps, None, d.padded)
     except VideoError as e:
         return TrainWindow(None, None, str(e))
     except Exception as e:  # anything a broken file can trigger
