@@ -44,9 +44,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
 
 from .layers import Activation, Layer, Parallel, Sequential
+from .mesh import data_mesh, shardings  # noqa: F401  (part of the training API)
 from .models.spec import DEFAULT_HEAD, spec_of
 from .params import ParamsError, check_against, flatten, read_npz, unflatten
 
@@ -300,17 +301,6 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float =
 
 
 # ============================================================================ train step
-def data_mesh(devices=None) -> Mesh:
-    """A 1-D ``('data',)`` mesh over ``devices`` (default: all local devices)."""
-    devices = jax.local_devices() if devices is None else devices
-    return Mesh(np.asarray(devices), ("data",))
-
-
-def shardings(mesh: Mesh) -> tuple[NamedSharding, NamedSharding]:
-    """``(replicated, batch)`` shardings: params/optimizer state, and batch-axis-sharded data."""
-    return NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-
-
 @functools.lru_cache(maxsize=16)
 def make_train_step(net: Layer, cfg: TrainConfig, mesh: Mesh, donate: bool = True, head: str = DEFAULT_HEAD):
     """``train_step(params, opt_state, clips, labels, step) -> (params, opt_state, metrics)``,

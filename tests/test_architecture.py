@@ -210,7 +210,7 @@ def test_co3d_jax_imports_neither_torch_nor_weight_port():
 # tiers; the library's services (tier 4) may also import each other. A module belongs to the first
 # part whose name is a prefix of its own.
 TIERS = (
-    ("co3d_jax.layers", "co3d_jax.normalisation", "co3d_jax.fileio", "co3d_jax.extras"),  # leaves
+    ("co3d_jax.layers", "co3d_jax.normalisation", "co3d_jax.fileio", "co3d_jax.extras", "co3d_jax.mesh"),  # leaves
     ("co3d_jax.stream", "co3d_jax.data"),                    # scan driver; datasets, decoding (no models)
     ("co3d_jax.model",),                                     # the Model object
     ("co3d_jax.models",),                                    # family specs, registry, checkpoint tables

@@ -53,6 +53,6 @@ def make_augment(mesh: Mesh | None, mean: tuple, std: tuple):
     fn = functools.partial(augment, mean=np.asarray(mean, np.float32), std=np.asarray(std, np.float32))
     if mesh is None:
         return jax.jit(fn)
-    from ..train import shardings
+    from ..mesh import shardings
     _, batch = shardings(mesh)
     return jax.jit(fn, in_shardings=(batch, batch), out_shardings=batch)

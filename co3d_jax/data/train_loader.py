@@ -252,7 +252,7 @@ class BatchLoader:
 
         if self.mesh is None:
             return jax.device_put(x)
-        from ..train import shardings
+        from ..mesh import shardings
         _, batch = shardings(self.mesh)
         return jax.tree.map(lambda a: jax.make_array_from_process_local_data(
             batch, a, (a.shape[0] * self.nproc, *a.shape[1:])), x)
