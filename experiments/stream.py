@@ -193,7 +193,9 @@ def main(argv=None) -> int:
             parts.append(f"[{i}] " + ", ".join(f"{labels[k]} {scores[i, k]:.3f}" for k in top))
             records.append({"frame": t, "stream": i, "video": names[i],
                             "top": [{"class": labels[k], "index": int(k), "score": float(scores[i, k])} for k in top]})
-        print(f"frame {t:4d} {ms:7.2f} ms  " + (" | ".join(parts) if parts else "(warming up)"))
+        idle = (f"(between outputs: {model.name} emits every {model.stride} frames)" if predicted.any()
+                else "(warming up)")
+        print(f"frame {t:4d} {ms:7.2f} ms  " + (" | ".join(parts) if parts else idle))
     lat = np.asarray(latencies[1:] or latencies)
     print(f"step latency: median {np.median(lat):.2f} ms, p90 {np.percentile(lat, 90):.2f} ms over {len(lat)} frames "
           f"(batch {b}, {jax.devices()[0].platform})")

@@ -94,6 +94,10 @@ def test_stream_cli(tiny, capsys):
     assert f"delay {model.delay}" in printed
     emitted = [line for line in printed.splitlines() if line.startswith("frame") and "[0]" in line]
     assert [int(line.split()[1]) for line in emitted] == [model.delay, model.delay + model.stride]
+    frames = {int(line.split()[1]): line for line in printed.splitlines() if line.startswith("frame")}
+    assert all("(warming up)" in frames[t] for t in range(model.delay))
+    assert all(f"(between outputs: {name} emits every {model.stride} frames)" in frames[t]
+               for t in range(model.delay + 1, model.delay + model.stride))
 
 
 def test_profile_rows(tmp_path):
