@@ -23,15 +23,14 @@ import ast
 import datetime
 import json
 import platform
-import statistics
 import sys
-import time
 
 import jax
 from flax import nnx
 
 import co3d_jax
 import co3d_jax.nnx as cnx
+from co3d_jax.benchmark import median_time
 from co3d_jax.live import LiveStep
 
 
@@ -46,15 +45,10 @@ def environment() -> dict:
 
 
 def median_call(fn, n: int, warmup: int) -> float:
-    """Median wall seconds of ``fn()`` (which must return something to block on)."""
+    """Median wall seconds of ``fn()`` (which must return something to block on), after ``warmup`` calls."""
     for _ in range(warmup):
         jax.block_until_ready(fn())
-    times = []
-    for _ in range(n):
-        t = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    return median_time(lambda: jax.block_until_ready(fn()), n)
 
 
 def parse_option(text: str):

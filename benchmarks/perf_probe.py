@@ -13,22 +13,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from unittest import mock
 
-import numpy as np
 
 
 def _time(fn, repeats):
+    """Median seconds of ``fn()`` after two warm-up calls."""
     import jax
+
+    from co3d_jax.benchmark import median_time
     jax.block_until_ready(fn())
     jax.block_until_ready(fn())
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn())
-        ts.append(time.perf_counter() - t0)
-    return float(np.median(ts))
+    return median_time(lambda: jax.block_until_ready(fn()), repeats)
 
 
 def main(argv=None):
