@@ -248,11 +248,14 @@ def test_one_decoder_per_thread_reused_by_reconfigure(fake):
     assert [p for _, p in fake.reconfigured] == [b, a, b]
 
     results, errors = {}, []
+    alive = threading.Barrier(4, timeout=60)      # all alive at once: thread idents are distinct
 
     def work(k):
         try:
+            alive.wait()
             for _ in range(3):
                 results[k] = np.asarray(va[[k, 0]]), np.asarray(NvdecFrames(b)[[k]])
+            alive.wait()
         except Exception as e:  # noqa: BLE001 (reported below)
             errors.append(e)
 
