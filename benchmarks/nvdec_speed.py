@@ -459,8 +459,9 @@ def checks(codec_paths, short_path):
     out["long_then_short"] = {"header_frames": s.header_frames, "len": len(s), "pyav_frames": len(ref),
                               "max_abs_last_frames": int(absdiff(np.asarray(s[[len(ref) - 2, len(ref) - 1]]),
                                                                  ref[-2:]).max())}
-    nv = nvdec.NvdecFrames(short_path, scan=False)
-    out["header_only_len"] = len(nv)
+    long_again = nvdec.NvdecFrames(codec_paths[1])           # reconfigured from the short one back to a long one
+    out["short_then_long"] = {"header_frames": long_again.header_frames, "len": len(long_again)}
+    out["header_only_len"] = len(nvdec.NvdecFrames(short_path, scan=False))   # (another decoder)
     out["first_len"] = len(v)
     out["codec"] = v.codec
     return out
@@ -496,7 +497,8 @@ def environment(argv):
 
 
 def print_table(out):
-    print("\nms per clip (median, one thread)        eval 16x5   train 13x6")
+    print(f"\nfirst clip in the process (session start): {out.get('cold_start')}")
+    print("ms per clip (median, one thread)        eval 16x5   train 13x6")
     for codec, res in out["results"].items():
         pc = res.get("per_clip", {})
         names = list(pc.get("eval_16x5", {}))
@@ -506,12 +508,28 @@ def print_table(out):
             cells = [pc.get(s, {}).get(name, {}) for s in ("eval_16x5", "train_13x6")]
             txt = ["   error" if "error" in c else f"{c.get('median_ms', float('nan')):8.1f}" for c in cells]
             print(f"  {codec:12s} {name:20s} {txt[0]:>10s} {txt[1]:>12s}")
+        pp = pc.get("eval_16x5", {}).get("nvdec_parts", {})
+        if "batch_decode" in pp:
+            print(f"  {codec:12s} raw API, eval clip: reconfigure {pp['reconfigure']['median_ms']:.1f} ms, "
+                  f"get_batch_frames_by_index {pp['batch_decode']['median_ms']:.1f} ms "
+                  f"({pp['decoded_frames_per_clip']:.0f} frames decoded: "
+                  f"{pp['decoded_frames_per_s_in_batch_call']:.0f} frames/s), "
+                  f"DLPack + stack {pp['dlpack_stack']['median_ms']:.1f} ms")
     print("\nclips/s (eval 16x5) by threads")
     for codec, res in out["results"].items():
         for name, by_k in res.get("threads", {}).items():
             if isinstance(by_k, dict) and "error" not in by_k:
                 cells = ", ".join(f"{k}: " + ("error" if "error" in v else f"{v['clips_per_s']:.0f}") for k, v in by_k.items())
                 print(f"  {codec:12s} {name:14s} {cells}")
+    print("\nchecks (frame counts after reconfigure: header / len)")
+    for codec, res in out["results"].items():
+        c = res.get("checks", {})
+        if "error" in c:
+            print(f"  {codec:12s} error {c['error'][:100]}")
+        elif c:
+            a, b = c["long_then_short"], c["short_then_long"]
+            print(f"  {codec:12s} long->short {a['header_frames']}/{a['len']} (PyAV {a['pyav_frames']}, last frames max "
+                  f"abs {a['max_abs_last_frames']}); short->long {b['header_frames']}/{b['len']}")
     print("\nexactness vs PyAV (max / mean abs, uint8 RGB)")
     for codec, res in out["results"].items():
         for i, ex in enumerate(res.get("exactness", [])):

@@ -10,6 +10,7 @@ Pixel exactness and speed on a real GPU: ``benchmarks/nvdec_speed.py``."""
 from __future__ import annotations
 
 import os
+import pathlib
 import platform
 import subprocess
 import sys
@@ -143,8 +144,8 @@ def real_video(tmp_path):
 # -- reads -------------------------------------------------------------------------------------
 def test_reads_keep_order_and_repeats(fake):
     path, rgb, _ = fake.add("a")
-    v = NvdecFrames(path)
-    assert len(v) == 20 and v.fps == 25.0 and (v.height, v.width) == (6, 8)
+    v = NvdecFrames(pathlib.Path(path))
+    assert len(v) == 20 and v.fps == 25.0 and (v.height, v.width) == (6, 8) and v.label == path
     idx = [5, 3, 5, 19, -1, 0, 3]
     got = v[idx]
     assert isinstance(got, jax.Array) and got.dtype == np.uint8 and got.shape == (7, 6, 8, 3)
@@ -161,7 +162,7 @@ def test_reads_keep_order_and_repeats(fake):
 def test_out_of_range_and_bad_indices_are_clear_errors(fake):
     path, _, _ = fake.add("a")
     v = NvdecFrames(path)
-    for bad, shown in (([0, 20], 20), ([-21], -1), (25, 25)):
+    for bad, shown in (([0, 20], 20), ([3, -21], -21), (25, 25)):
         with pytest.raises(IndexError, match=rf"a\.mp4: frame index {shown} out of range for 20 frames"):
             v[bad]
     with pytest.raises(TypeError, match="integers"):
@@ -228,6 +229,10 @@ def test_truncated_streams(fake):
     v = NvdecFrames(short)
     assert len(v) == 20
     np.testing.assert_array_equal(np.asarray(v[[19]]), rgb[[19]])
+    over, rover, _ = fake.add("over", t=20, header=18)        # a header that undercounts: its count is what is served
+    v = NvdecFrames(over)
+    assert len(v) == 18
+    np.testing.assert_array_equal(np.asarray(v[[17]]), rover[[17]])
     v = NvdecFrames(cut, scan=False)                          # the header's count: found when read
     assert len(v) == 30
     np.testing.assert_array_equal(np.asarray(v[[0, 19]]), rcut[[0, 19]])

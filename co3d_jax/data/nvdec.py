@@ -41,9 +41,10 @@ empty, cannot open, no decodable frame, truncated. What differs from the CPU dec
   (``need_scanned_stream_metadata``) and a stream more than
   :data:`~co3d_jax.data.video.TRUNCATION_TOLERANCE` frames short of its header's frame count is
   truncated at open (the CPU rule compares presentation times with the stream duration; both
-  reject the same cut files, the messages name frames here). The count is also ``len(v)``; the
-  header alone (``scan=False``) can be wrong for MPEG-4 Part 2, and a read past the real end
-  then raises "truncated" instead.
+  reject the same cut files, the messages name frames here). ``len(v)`` is the scanned count,
+  capped at the header's (PyNvVideoCodec serves no index past the header's count); the header
+  alone (``scan=False``) can be wrong for MPEG-4 Part 2, and a read past the real end then
+  raises "truncated" instead.
 * Damage inside the stream: NVDEC does not report corrupt packets per frame, so a damaged frame
   may decode to wrong pixels where PyAV would raise (or skip it).
 * Pixels: NVDEC's decode and its YUV->RGB conversion are not PyAV's; the measured differences are
@@ -253,6 +254,8 @@ class NvdecFrames:
                  cache_size: int = 4):
         if color not in COLORS:
             raise ValueError(f"color must be one of {COLORS}, got {color!r}")
+        if isinstance(media, os.PathLike):
+            media = os.fspath(media)
         self.label = media if isinstance(media, str) else "(bytes)"
         _check_media(media, self.label)
         if isinstance(media, (bytearray, memoryview)):
@@ -279,7 +282,8 @@ class NvdecFrames:
         if self.scan and self.header_frames > 0 and n - 1 < self.header_frames - 1 - TRUNCATION_TOLERANCE:
             raise VideoError(f"{self.label}: truncated: stream ends at frame {n - 1}, metadata promises "
                              f"{self.header_frames - 1 - TRUNCATION_TOLERANCE}")
-        self.n = n
+        # PyNvVideoCodec serves indices below the header's count only (where it gives one)
+        self.n = min(n, self.header_frames) if self.header_frames > 0 else n
 
     def _decoder(self):
         """This thread's decoder, pointed at this video (created or reconfigured as needed)."""
@@ -316,11 +320,11 @@ class NvdecFrames:
             raise ValueError(f"frame indices must be an int or 1-D, got shape {idx.shape}")
         if idx.size and idx.dtype.kind not in "iu":
             raise TypeError(f"frame indices must be integers, got {idx.dtype}")
-        idx = idx.astype(np.int64)
-        idx = np.where(idx < 0, idx + self.n, idx)
+        given = idx.astype(np.int64)
+        idx = np.where(given < 0, given + self.n, given)
         if idx.size == 0:
             return jax.device_put(np.zeros((0, self.height, self.width, 3), np.uint8), self._device())
-        bad = idx[(idx < 0) | (idx >= self.n)]
+        bad = given[(idx < 0) | (idx >= self.n)]
         if bad.size:
             raise IndexError(f"{self.label}: frame index {int(bad[0])} out of range for {self.n} frames")
         wanted = np.unique(idx)                                  # sorted, distinct
