@@ -544,12 +544,19 @@ def print_table(out):
             print(f"  {'':12s}   {ex['diagnosis']['verdict']}")
 
 
+def write(path, out):
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump(out, f, indent=1)
+    os.replace(path + ".tmp", path)
+
+
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="results/nvdec_speed_h200.json")
     ap.add_argument("--videos", type=int, default=6, help="videos per codec")
-    ap.add_argument("--reps", type=int, default=3, help="passes over the videos per per-clip measurement")
+    ap.add_argument("--reps", type=int, default=2, help="passes over the videos per per-clip measurement")
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2, 4, 8])
     ap.add_argument("--clips", type=int, default=64, help="clips per threads measurement")
     ap.add_argument("--codecs", nargs="+", default=list(CODECS), choices=list(CODECS))
@@ -600,10 +607,9 @@ def main(argv=None):
                 res["exactness"] = [soft(exactness_video, p, gop) for p in paths[:2]]
             print(f"{codec}: done at {time.perf_counter() - t_start:.0f} s", flush=True)
             nvdec.release_thread_decoder()
+            write(args.out, out)                     # after each codec: a run cut short keeps what it measured
     out["total_s"] = round(time.perf_counter() - t_start, 1)
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(out, f, indent=1)
+    write(args.out, out)
     print_table(out)
     print(f"\nwrote {args.out} ({out['total_s']} s)")
     return 0
