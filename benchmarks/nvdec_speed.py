@@ -609,6 +609,7 @@ def main(argv=None):
             nvdec.release_thread_decoder()
             write(args.out, out)                     # after each codec: a run cut short keeps what it measured
     out["total_s"] = round(time.perf_counter() - t_start, 1)
+    out["nvdec_reconfigure_failures"] = nvdec.reconfigure_failures   # reconfigures replaced by a new decoder
     write(args.out, out)
     print_table(out)
     print(f"\nwrote {args.out} ({out['total_s']} s)")

@@ -43,6 +43,7 @@ def make_fake():
     header=frames the header promises)}``."""
     fake = types.ModuleType("PyNvVideoCodec")
     fake.VIDEOS, fake.created, fake.reconfigured, fake.batches = {}, [], [], []
+    fake.refuse_reconfigure = False
     fake.OutputColorType = types.SimpleNamespace(NATIVE="native", RGB="rgb", RGBP="rgbp")
 
     class SimpleDecoder:
@@ -69,6 +70,8 @@ def make_fake():
             self._own()
             if not isinstance(new_source, str):
                 raise TypeError("reconfigure_decoder takes a path")
+            if fake.refuse_reconfigure:
+                raise RuntimeError("Reconfigure Not supported for chroma format change")
             self._load(new_source)
             fake.reconfigured.append((self.thread, new_source))
 
@@ -278,6 +281,21 @@ def test_one_decoder_per_thread_reused_by_reconfigure(fake):
     assert len(fake.created) == 6
     NvdecFrames(a, color="nv12")                   # another output format: another decoder
     assert len(fake.created) == 7 and fake.created[-1][2] == "native"
+
+
+def test_a_failed_reconfigure_makes_a_new_decoder(fake, monkeypatch, tmp_path):
+    a, ra, _ = fake.add("a")
+    b, rb, _ = fake.add("b")
+    NvdecFrames(a)
+    monkeypatch.setattr(nvdec, "reconfigure_failures", 0)
+    fake.refuse_reconfigure = True
+    np.testing.assert_array_equal(np.asarray(NvdecFrames(b)[[4]]), rb[[4]])
+    assert len(fake.created) == 2 and nvdec.reconfigure_failures == 1
+    (tmp_path / "junk.mp4").write_bytes(b"junk")
+    with pytest.raises(VideoError, match="junk.mp4: cannot open"):    # the new decoder's verdict
+        NvdecFrames(str(tmp_path / "junk.mp4"))
+    fake.refuse_reconfigure = False
+    np.testing.assert_array_equal(np.asarray(NvdecFrames(a)[[4]]), ra[[4]])
 
 
 def test_bytes_media_get_a_new_decoder(fake):

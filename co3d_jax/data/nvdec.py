@@ -23,7 +23,8 @@ Interface (what an input pipeline needs; see ``docs/nvdec.md``):
 Threading model: one PyNvVideoCodec ``SimpleDecoder`` per thread (``threading.local``), created
 on the thread's first read and pointed at each new file with ``reconfigure_decoder`` (which keeps
 an LRU cache of ``cache_size`` hardware decoders), so opening a video costs a reconfigure, not a
-new decoder session. An :class:`NvdecFrames` holds no decoder: any thread may open or read it,
+new decoder session (where a reconfigure fails, a new decoder is made, and that one's error, if
+any, is the video's: counted in :data:`reconfigure_failures`). An :class:`NvdecFrames` holds no decoder: any thread may open or read it,
 each with its own decoder, so loader threads need no lock. A thread's decoder is freed when the
 thread ends or on :func:`release_thread_decoder`. Encoded bytes (TFDS) cannot be passed to
 ``reconfigure_decoder`` (it takes a path), so each bytes video gets a new decoder on its thread
@@ -215,6 +216,8 @@ def nv12_to_rgb(nv12: jax.Array, height: int) -> jax.Array:
 
 # -- the thread's decoder ----------------------------------------------------------------------
 _local = threading.local()
+reconfigure_failures = 0
+"""How often ``reconfigure_decoder`` failed and a new decoder was made instead (diagnostics)."""
 
 
 def release_thread_decoder() -> None:
@@ -287,6 +290,7 @@ class NvdecFrames:
 
     def _decoder(self):
         """This thread's decoder, pointed at this video (created or reconfigured as needed)."""
+        global reconfigure_failures
         nvc, st = self._nvc, _local
         dec = getattr(st, "decoder", None)
         try:
@@ -295,9 +299,12 @@ class NvdecFrames:
                     return dec
                 if isinstance(self.media, str) and st.from_path:    # (bytes: only a new decoder)
                     st.media = None              # not pointed at anything valid until this succeeds
-                    dec.reconfigure_decoder(self.media)
-                    st.media = self.media
-                    return dec
+                    try:
+                        dec.reconfigure_decoder(self.media)
+                        st.media = self.media
+                        return dec
+                    except Exception:  # noqa: BLE001 (a new decoder decides whether the file is bad)
+                        reconfigure_failures += 1
             release_thread_decoder()
             gpu_id, scan, color, cache_size = self.config
             dec = nvc.SimpleDecoder(self.media, gpu_id=gpu_id, use_device_memory=True,
