@@ -32,7 +32,8 @@ rest still runs):
   picture type, position in the GOP, RGB and Y differences, and the difference against PyAV's
   previous and next frames (an off-by-one shows as a neighbour being closer), summarised by GOP
   position with a ``verdict``.
-* ``checks``: frame counts (header, scan, PyAV) and a reconfigure onto a shorter video.
+* ``checks``: frame counts (header, scan, PyAV) after reconfigures onto a shorter and a longer
+  video; ``bad_files``: what each decoder says about a cut file, junk and an empty file.
 """
 
 from __future__ import annotations
@@ -448,6 +449,37 @@ def verdict(out, keys, gop_pos, mean_i, planes, closer):
             f"by at most {conv}")
 
 
+def verdicts(path):
+    """What each decoder says about ``path``: ``ok (N frames)`` or the error."""
+    from co3d_jax.data import nvdec
+    from co3d_jax.data.video import VideoFrames
+    out = {}
+    for name, open_ in (("cpu", VideoFrames), ("nvdec", nvdec.NvdecFrames)):
+        try:
+            v = open_(path)
+            v[[0, len(v) - 1]]
+            out[name] = f"ok ({len(v)} frames)"
+        except Exception as e:  # noqa: BLE001 (the verdict is the record)
+            out[name] = f"{type(e).__name__}: {str(e).replace(path, '<file>')}"[:300]
+    return out
+
+
+def bad_files(d):
+    """Both decoders' verdicts on a cut file (the MP4 index first, so it opens), junk and an empty file."""
+    from co3d_jax.data.video import encode_video
+    good = os.path.join(d, "faststart.mp4")
+    rng = np.random.default_rng(0)
+    encode_video(good, rng.integers(0, 256, (90, 64, 96, 3), dtype=np.uint8), 30, faststart=True)
+    data = open(good, "rb").read()
+    files = {"cut_at_60_percent": data[:int(len(data) * 0.6)], "junk": b"not a video" * 100, "empty": b""}
+    out = {"intact": verdicts(good)}
+    for name, content in files.items():
+        p = os.path.join(d, f"{name}.mp4")
+        open(p, "wb").write(content)
+        out[name] = verdicts(p)
+    return out
+
+
 def checks(codec_paths, short_path):
     from co3d_jax.data import nvdec
     from co3d_jax.data.video import decode_all
@@ -530,6 +562,9 @@ def print_table(out):
             a, b = c["long_then_short"], c["short_then_long"]
             print(f"  {codec:12s} long->short {a['header_frames']}/{a['len']} (PyAV {a['pyav_frames']}, last frames max "
                   f"abs {a['max_abs_last_frames']}); short->long {b['header_frames']}/{b['len']}")
+    for name, v in (out.get("bad_files") or {}).items():
+        if isinstance(v, dict) and "cpu" in v:
+            print(f"  {name:18s} cpu: {v['cpu'][:70]}\n  {'':18s} nvdec: {v['nvdec'][:70]}")
     print("\nexactness vs PyAV (max / mean abs, uint8 RGB)")
     for codec, res in out["results"].items():
         for i, ex in enumerate(res.get("exactness", [])):
@@ -574,7 +609,7 @@ def main(argv=None):
     print(f"{out['device']}\nNVDEC available: {out['nvdec_available']} {out['nvdec_unavailable_reason'] or ''}", flush=True)
 
     with tempfile.TemporaryDirectory() as d:
-        first = True
+        first = first_checks = True
         for codec in args.codecs:
             enc, gop = CODECS[codec]
             t = time.perf_counter()
@@ -599,6 +634,9 @@ def main(argv=None):
                 first = False
             if "checks" in args.sections:
                 res["checks"] = soft(checks, paths, short)
+                if first_checks:
+                    out["bad_files"] = soft(bad_files, d)
+                    first_checks = False
             if "per_clip" in args.sections:
                 res["per_clip"] = soft(per_clip, paths, args.reps, keys)
             if "threads" in args.sections:

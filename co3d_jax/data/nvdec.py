@@ -24,8 +24,9 @@ Threading model: one PyNvVideoCodec ``SimpleDecoder`` per thread (``threading.lo
 on the thread's first read and pointed at each new file with ``reconfigure_decoder`` (which keeps
 an LRU cache of ``cache_size`` hardware decoders), so opening a video costs a reconfigure, not a
 new decoder session (where a reconfigure fails, a new decoder is made, and that one's error, if
-any, is the video's: counted in :data:`reconfigure_failures`). An :class:`NvdecFrames` holds no decoder: any thread may open or read it,
-each with its own decoder, so loader threads need no lock. A thread's decoder is freed when the
+any, is the video's: counted in :data:`reconfigure_failures`). An :class:`NvdecFrames` holds no
+decoder: any thread may open or read it, each with its own decoder, so loader threads need no
+lock. A thread's decoder is freed when the
 thread ends or on :func:`release_thread_decoder`. Encoded bytes (TFDS) cannot be passed to
 ``reconfigure_decoder`` (it takes a path), so each bytes video gets a new decoder on its thread
 (and so does the path after it: only a decoder made from a path is reconfigured).
@@ -41,8 +42,8 @@ empty, cannot open, no decodable frame, truncated. What differs from the CPU dec
 * Truncation: with ``scan=True`` (default) PyNvVideoCodec counts the packets
   (``need_scanned_stream_metadata``) and a stream more than
   :data:`~co3d_jax.data.video.TRUNCATION_TOLERANCE` frames short of its header's frame count is
-  truncated at open (the CPU rule compares presentation times with the stream duration; both
-  reject the same cut files, the messages name frames here). ``len(v)`` is the scanned count,
+  truncated at open (the CPU rule compares presentation times with the stream duration, so the
+  messages here name frames; ``benchmarks/nvdec_speed.py`` records both verdicts on a cut file). ``len(v)`` is the scanned count,
   capped at the header's (PyNvVideoCodec serves no index past the header's count); the header
   alone (``scan=False``) can be wrong for MPEG-4 Part 2, and a read past the real end then
   raises "truncated" instead.
