@@ -15,11 +15,12 @@ import sys
 
 EXTRA_OF = {"av": "data", "cv2": "data", "grain": "data", "PIL": "data",
             "tensorflow_datasets": "tfds", "array_record": "tfds", "importlib_resources": "tfds",
-            "torch": "port", "torchvision": "port", "pytorchvideo": "port", "continual": "bench"}
+            "torch": "port", "torchvision": "port", "pytorchvideo": "port", "continual": "bench",
+            "PyNvVideoCodec": "nvdec"}
 """Top-level module -> the extra (``pip install -e '.[extra]'``) that installs it."""
 
 PACKAGE_OF = {"cv2": "opencv-python-headless", "PIL": "pillow", "tensorflow_datasets": "tensorflow-datasets",
-              "array_record": "array-record", "continual": "continual-inference"}
+              "array_record": "array-record", "continual": "continual-inference", "PyNvVideoCodec": "pynvvideocodec"}
 """Top-level module -> its pip distribution, where the names differ."""
 
 

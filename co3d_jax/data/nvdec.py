@@ -1,0 +1,399 @@
+"""Optional GPU video decoding (NVIDIA NVDEC through PyNvVideoCodec, the ``[nvdec]`` extra): the
+frames of a video decoded into GPU memory and handed to JAX through DLPack, without a host copy.
+
+Interface (what an input pipeline needs; see ``docs/nvdec.md``):
+
+* :func:`frame_source` ``(media, decoder="auto"|"cpu"|"nvdec")`` opens a video (a path or its
+  encoded bytes) and returns an object ``v`` with the contract of
+  :class:`~co3d_jax.data.video.VideoFrames`: ``len(v)`` (frames), ``v.fps``, and ``v[indices]``
+  (an int or a 1-D sequence of ints, repeats allowed, order kept, negative counted from the end)
+  -> uint8 ``(n, H, W, 3)`` RGB. ``"cpu"`` gives a ``VideoFrames`` (numpy frames); ``"nvdec"`` a
+  :class:`NvdecFrames` (a ``jax.Array`` on the GPU); ``"auto"`` the latter where
+  :func:`available`, else the former, with one one-line notice per process on stderr. Tell them
+  apart with ``isinstance(v, NvdecFrames)`` (or ``v.on_device``); ``jnp.asarray(v[idx])`` works
+  for both. The host computes the sampled indices from ``len``/``fps``, reads them, and hands the
+  uint8 frames with its host-computed resize taps to a jitted transform
+  (:mod:`co3d_jax.data.device_augment`).
+* :func:`available` / :func:`unavailable_reason`: whether NVDEC can be used here (PyNvVideoCodec
+  imports AND JAX's default backend is a CUDA GPU), and if not, why, in one line.
+* ``decoder="nvdec"`` where it is unavailable raises :class:`~co3d_jax.extras.MissingExtra`
+  (package not installed) or :class:`NvdecUnavailable` (a subclass: no CUDA GPU, or the package
+  does not load), one line each, which every command's ``cli_main`` prints as ``error: ...``.
+
+Threading model: one PyNvVideoCodec ``SimpleDecoder`` per thread (``threading.local``), created
+on the thread's first read and pointed at each new file with ``reconfigure_decoder`` (which keeps
+an LRU cache of ``cache_size`` hardware decoders), so opening a video costs a reconfigure, not a
+new decoder session (where a reconfigure fails, a new decoder is made, and that one's error, if
+any, is the video's: counted in :data:`reconfigure_failures`). An :class:`NvdecFrames` holds no
+decoder: any thread may open or read it, each with its own decoder, so loader threads need no
+lock. A thread's decoder is freed when the
+thread ends or on :func:`release_thread_decoder`. Encoded bytes (TFDS) cannot be passed to
+``reconfigure_decoder`` (it takes a path), so each bytes video gets a new decoder on its thread
+(and so does the path after it: only a decoder made from a path is reconfigured).
+
+Reads: the distinct wanted indices are decoded in one ``get_batch_frames_by_index`` call (sorted:
+PyNvVideoCodec drops repeats and silently skips out-of-range indices, so both are handled here),
+imported with ``jax.dlpack.from_dlpack`` (zero copy), stacked on the device (one device-to-device
+copy, repeats gathered there) and waited for, so the decoder's buffers may be reused at once.
+
+Errors are :class:`~co3d_jax.data.video.VideoError` naming the file, as on the CPU: not found,
+empty, cannot open, no decodable frame, truncated. What differs from the CPU decoder:
+
+* Truncation: with ``scan=True`` (default) PyNvVideoCodec counts the packets
+  (``need_scanned_stream_metadata``) and a stream more than
+  :data:`~co3d_jax.data.video.TRUNCATION_TOLERANCE` frames short of its header's frame count is
+  truncated at open (the CPU rule compares presentation times with the stream duration, so the
+  messages here name frames; ``benchmarks/nvdec_speed.py`` records both verdicts on a cut file). ``len(v)`` is the scanned count,
+  capped at the header's (PyNvVideoCodec serves no index past the header's count); the header
+  alone (``scan=False``) can be wrong for MPEG-4 Part 2, and a read past the real end then
+  raises "truncated" instead.
+* Damage inside the stream: NVDEC does not report corrupt packets per frame, so a damaged frame
+  may decode to wrong pixels where PyAV would raise (or skip it).
+* Pixels: NVDEC's decode and its YUV->RGB conversion are not PyAV's; the measured differences are
+  in ``docs/nvdec.md`` (``benchmarks/nvdec_speed.py``). With ``decoder="auto"`` a video that NVDEC
+  cannot open (e.g. a codec the hardware lacks) is read by the CPU decoder instead, whose verdict
+  (frames or error) then holds.
+
+PyNvVideoCodec is imported lazily (never when this module is imported).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+import threading
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..extras import MissingExtra, require
+from .video import TRUNCATION_TOLERANCE, Media, VideoError, VideoFrames
+
+DECODERS = ("auto", "cpu", "nvdec")
+"""The ``decoder=`` choices of :func:`frame_source` (for a command's ``--decoder``)."""
+
+COLORS = ("rgb", "nv12")
+"""``NvdecFrames(color=...)``: ``rgb`` converts on the decoder (PyNvVideoCodec's
+``OutputColorType.RGB``); ``nv12`` takes the decoder's native NV12 and converts with
+:func:`nv12_to_rgb` in JAX (PyAV's default conversion, bit for bit on x86-64)."""
+
+MODULE = "PyNvVideoCodec"
+
+
+class NvdecUnavailable(MissingExtra):
+    """``decoder="nvdec"`` where NVDEC cannot be used although the package may be installed (JAX's
+    default backend is not a CUDA GPU, or PyNvVideoCodec fails to load): one line. A
+    :class:`~co3d_jax.extras.MissingExtra` so that every command's ``cli_main`` prints it as
+    ``error: ...`` (exit code 2)."""
+
+    def __init__(self, reason: str):
+        ImportError.__init__(self, f"decoder='nvdec' cannot be used here: {reason} (use decoder='cpu' or 'auto')",
+                             name=MODULE)
+        self.module, self.extra, self.reason = MODULE, "nvdec", reason
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def _import_nvc():
+    """``import PyNvVideoCodec``, its error logging silenced (it logs several lines before
+    re-raising when the driver is missing); :class:`MissingExtra` if it is not installed,
+    :class:`NvdecUnavailable` if it does not load."""
+    if sys.modules.get(MODULE) is not None:
+        return sys.modules[MODULE]
+    log = logging.getLogger(MODULE)
+    was = log.disabled
+    log.disabled = True
+    try:
+        return require(MODULE, "nvdec", "decoder='nvdec'")
+    except MissingExtra:
+        raise
+    except Exception as e:   # RuntimeError: no driver / NVDEC library, driver too old
+        raise NvdecUnavailable(f"PyNvVideoCodec does not load ({_first_line(e)})") from None
+    finally:
+        log.disabled = was
+
+
+def _jax_on_cuda() -> tuple[bool, str]:
+    """``(True, "")`` when JAX's default backend is a CUDA GPU, else ``(False, what it is)``."""
+    try:
+        backend = jax.default_backend()
+        device = jax.devices()[0]
+    except RuntimeError as e:
+        return False, f"no JAX backend ({_first_line(e)})"
+    version = str(getattr(getattr(device, "client", None), "platform_version", "")).lower()
+    if backend not in ("gpu", "cuda") or "rocm" in version or "hip" in version:
+        return False, f"JAX's default backend is {str(device.platform)!r}, not an NVIDIA GPU"
+    return True, ""
+
+
+@functools.lru_cache(maxsize=1)
+def _availability() -> tuple[str, str] | None:
+    """None when NVDEC is usable, else ``(kind, one line)``; kind ``missing`` (not installed) or
+    ``unavailable``. Cached per process (``_availability.cache_clear()`` re-checks)."""
+    ok, why = _jax_on_cuda()
+    if not ok:
+        return "unavailable", why
+    try:
+        _import_nvc()
+    except NvdecUnavailable as e:
+        return "unavailable", e.reason
+    except MissingExtra as e:
+        return "missing", str(e)
+    return None
+
+
+def available() -> bool:
+    """Whether ``decoder="nvdec"`` can be used here: PyNvVideoCodec imports and JAX's default
+    backend is a CUDA GPU (checked first: on other machines the package is not imported)."""
+    return _availability() is None
+
+
+def unavailable_reason() -> str | None:
+    """Why NVDEC cannot be used here (one line), or None when it can."""
+    got = _availability()
+    return None if got is None else got[1]
+
+
+def _unavailable_error() -> MissingExtra:
+    kind, why = _availability()
+    if kind == "missing":
+        return MissingExtra(MODULE, "nvdec", "decoder='nvdec'")
+    return NvdecUnavailable(why)
+
+
+# -- once-per-process notices ------------------------------------------------------------------
+_notice_lock = threading.Lock()
+_noticed: set[str] = set()
+
+
+def _notice(key: str, message: str) -> None:
+    """Print ``note: message`` on stderr, once per process for ``key``."""
+    with _notice_lock:
+        if key in _noticed:
+            return
+        _noticed.add(key)
+    print(f"note: {message}", file=sys.stderr, flush=True)
+
+
+# -- colour conversion -------------------------------------------------------------------------
+def _fixed13(c16: int) -> int:
+    """A 16.16 coefficient as swscale's x86 SIMD path holds it: rounded to 3.13 fixed point."""
+    return (c16 * 8192 + 32768) >> 16
+
+
+# swscale's default (ITU-R BT.601, limited range) YUV->RGB: cy = 255/219 and the chroma
+# coefficients of ff_yuv2rgb_coeffs[SWS_CS_DEFAULT], 16.16 fixed point.
+_Y, _VR, _UB, _UG, _VG = (_fixed13(76309), _fixed13(104597), _fixed13(132201), -_fixed13(25675), -_fixed13(53279))
+
+
+def _mulhi(a, c: int):
+    """``pmulhw``: ``(a * c) >> 16`` (arithmetic shift: floor), int32."""
+    return jnp.right_shift(a * jnp.int32(c), 16)
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def nv12_to_rgb(nv12: jax.Array, height: int) -> jax.Array:
+    """NV12 frames uint8 ``(..., height + ceil(height/2), W)`` (the Y plane over the interleaved
+    UV plane; W even) -> RGB uint8 ``(..., height, W, 3)``: BT.601 limited range, each chroma
+    sample for its 2x2 block, in the integer arithmetic of swscale's x86 SIMD yuv420p->rgb24
+    (what PyAV's ``to_ndarray(format="rgb24")`` runs on x86-64, bit for bit there):
+    ``R = sat(Yt + mulhi(8(V-128), vr))`` with ``Yt = mulhi(8(Y-16), cy)``, and so on."""
+    w = nv12.shape[-1]
+    lead = nv12.shape[:-2]
+    y = nv12[..., :height, :].astype(jnp.int32)
+    uv = nv12[..., height:, :].reshape(*lead, -1, w // 2, 2).astype(jnp.int32)
+    uv = jnp.repeat(jnp.repeat(uv, 2, axis=-3)[..., :height, :, :], 2, axis=-2)[..., :w, :]
+    u, v = 8 * (uv[..., 0] - 128), 8 * (uv[..., 1] - 128)
+    yt = _mulhi(8 * (y - 16), _Y)
+    rgb = jnp.stack([yt + _mulhi(v, _VR), yt + _mulhi(u, _UG) + _mulhi(v, _VG), yt + _mulhi(u, _UB)], axis=-1)
+    return jnp.clip(rgb, 0, 255).astype(jnp.uint8)
+
+
+# -- the thread's decoder ----------------------------------------------------------------------
+_local = threading.local()
+reconfigure_failures = 0
+"""How often ``reconfigure_decoder`` failed and a new decoder was made instead (diagnostics)."""
+
+
+def release_thread_decoder() -> None:
+    """Free this thread's decoder (the next read on the thread creates a new one)."""
+    _local.decoder = _local.config = _local.media = None
+
+
+def _check_media(media: Media, label: str) -> None:
+    """The CPU decoder's first checks (not found, empty), with its messages."""
+    if isinstance(media, (bytes, bytearray, memoryview)):
+        if len(media) == 0:
+            raise VideoError(f"{label}: empty file")
+        return
+    if not isinstance(media, str):
+        raise TypeError(f"media must be a path or the file's bytes, got {type(media).__name__}")
+    if not os.path.isfile(media):
+        raise VideoError(f"{label}: file not found")
+    if os.path.getsize(media) == 0:
+        raise VideoError(f"{label}: empty file")
+
+
+class NvdecFrames:
+    """The frames of one video, decoded by NVDEC on the GPU: ``len(v)``, ``v.fps``, and
+    ``v[indices]`` -> ``jax.Array`` uint8 ``(n, H, W, 3)`` on the GPU (an int index gives
+    ``(H, W, 3)``), the contract of :class:`~co3d_jax.data.video.VideoFrames` (see the module
+    docstring for the threading model and what differs from the CPU decoder).
+
+    ``gpu_id``: the CUDA device to decode on (JAX's device with that id receives the frames).
+    ``scan``: count the frames by scanning the packets (exact; the header count can be wrong for
+    MPEG-4 Part 2) and detect truncation at open. ``color``: one of :data:`COLORS`.
+    ``cache_size``: the thread decoder's LRU cache of hardware decoders (``decoder_cache_size``).
+    """
+
+    on_device = True
+
+    def __init__(self, media: Media, *, gpu_id: int = 0, scan: bool = True, color: str = "rgb",
+                 cache_size: int = 4):
+        if color not in COLORS:
+            raise ValueError(f"color must be one of {COLORS}, got {color!r}")
+        if isinstance(media, os.PathLike):
+            media = os.fspath(media)
+        self.label = media if isinstance(media, str) else "(bytes)"
+        _check_media(media, self.label)
+        if isinstance(media, (bytearray, memoryview)):
+            media = bytes(media)
+        self.media = media
+        self.config = (int(gpu_id), bool(scan), color, int(cache_size))
+        self.gpu_id, self.scan, self.color, self.cache_size = self.config
+        self._nvc = _import_nvc()
+        dec = self._decoder()
+        try:
+            meta = dec.get_stream_metadata()
+            self.header_frames = int(getattr(meta, "num_frames", 0) or 0)
+            self.fps = float(getattr(meta, "average_fps", 0.0) or 0.0) or 30.0
+            self.width, self.height = int(meta.width), int(meta.height)
+            self.codec = str(getattr(meta, "codec_name", ""))
+            n = int(dec.get_scanned_stream_metadata().num_frames) if self.scan else self.header_frames
+        except VideoError:
+            raise
+        except Exception as e:
+            release_thread_decoder()
+            raise VideoError(f"{self.label}: cannot open (nvdec): {_first_line(e)}") from None
+        if n <= 0:
+            raise VideoError(f"{self.label}: no decodable frame")
+        if self.scan and self.header_frames > 0 and n - 1 < self.header_frames - 1 - TRUNCATION_TOLERANCE:
+            raise VideoError(f"{self.label}: truncated: stream ends at frame {n - 1}, metadata promises "
+                             f"{self.header_frames - 1 - TRUNCATION_TOLERANCE}")
+        # PyNvVideoCodec serves indices below the header's count only (where it gives one)
+        self.n = min(n, self.header_frames) if self.header_frames > 0 else n
+
+    def _decoder(self):
+        """This thread's decoder, pointed at this video (created or reconfigured as needed)."""
+        global reconfigure_failures
+        nvc, st = self._nvc, _local
+        dec = getattr(st, "decoder", None)
+        try:
+            if dec is not None and st.config == self.config:
+                if st.media is self.media or (isinstance(self.media, str) and st.media == self.media):
+                    return dec
+                if isinstance(self.media, str) and st.from_path:    # (bytes: only a new decoder)
+                    st.media = None              # not pointed at anything valid until this succeeds
+                    try:
+                        dec.reconfigure_decoder(self.media)
+                        st.media = self.media
+                        return dec
+                    except Exception:  # noqa: BLE001 (a new decoder decides whether the file is bad)
+                        reconfigure_failures += 1
+            release_thread_decoder()
+            gpu_id, scan, color, cache_size = self.config
+            dec = nvc.SimpleDecoder(self.media, gpu_id=gpu_id, use_device_memory=True,
+                                    need_scanned_stream_metadata=scan, decoder_cache_size=cache_size,
+                                    output_color_type=nvc.OutputColorType.RGB if color == "rgb"
+                                    else nvc.OutputColorType.NATIVE)
+        except Exception as e:
+            release_thread_decoder()
+            raise VideoError(f"{self.label}: cannot open (nvdec): {_first_line(e)}") from None
+        st.decoder, st.config, st.media, st.from_path = dec, self.config, self.media, isinstance(self.media, str)
+        return dec
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, indices) -> jax.Array:
+        scalar = np.ndim(indices) == 0
+        idx = np.atleast_1d(np.asarray(indices))
+        if idx.ndim != 1:
+            raise ValueError(f"frame indices must be an int or 1-D, got shape {idx.shape}")
+        if idx.size and idx.dtype.kind not in "iu":
+            raise TypeError(f"frame indices must be integers, got {idx.dtype}")
+        given = idx.astype(np.int64)
+        idx = np.where(given < 0, given + self.n, given)
+        if idx.size == 0:
+            return jax.device_put(np.zeros((0, self.height, self.width, 3), np.uint8), self._device())
+        bad = given[(idx < 0) | (idx >= self.n)]
+        if bad.size:
+            raise IndexError(f"{self.label}: frame index {int(bad[0])} out of range for {self.n} frames")
+        wanted = np.unique(idx)                                  # sorted, distinct
+        frames = self._read([int(i) for i in wanted])            # (len(wanted), H, W, 3) on the GPU
+        if len(wanted) != len(idx) or np.any(wanted != idx):
+            frames = frames[jnp.asarray(np.searchsorted(wanted, idx))]   # repeats and order, on the device
+        return frames[0] if scalar else frames
+
+    def _device(self):
+        return next((d for d in jax.devices() if d.id == self.gpu_id), jax.devices()[0])
+
+    def _read(self, wanted: list[int]) -> jax.Array:
+        dec = self._decoder()
+        try:
+            got = dec.get_batch_frames_by_index(wanted)
+        except Exception as e:
+            release_thread_decoder()
+            raise VideoError(f"{self.label}: cannot decode (nvdec): {_first_line(e)}") from None
+        if len(got) != len(wanted):
+            raise VideoError(f"{self.label}: truncated: NVDEC returned {len(got)} of the {len(wanted)} frames "
+                             f"asked for (up to frame {wanted[-1]}; header frame count {self.header_frames})")
+        try:
+            arrays = [jax.dlpack.from_dlpack(f) for f in got]
+        except Exception as e:
+            raise VideoError(f"{self.label}: DLPack import of an NVDEC frame failed: {_first_line(e)}") from None
+        want = (self.height, self.width, 3) if self.color == "rgb" else (self.height + (self.height + 1) // 2, self.width)
+        shapes = {(tuple(a.shape), str(a.dtype)) for a in arrays}
+        if shapes != {(want, "uint8")}:
+            raise VideoError(f"{self.label}: NVDEC returned frames {sorted(shapes)}, expected uint8 {want}"
+                             + (" (not 8-bit 4:2:0: use color='rgb')" if self.color == "nv12" else ""))
+        stacked = jnp.stack(arrays)                              # the one copy, device to device
+        if self.color == "nv12":
+            stacked = nv12_to_rgb(stacked, self.height)
+        stacked.block_until_ready()                              # before the decoder reuses its buffers
+        return stacked
+
+
+def frame_source(media: Media, decoder: str = "auto", *, backend: str = "auto", **nvdec_options):
+    """Open ``media`` for reading sampled frames: a :class:`~co3d_jax.data.video.VideoFrames`
+    (``decoder="cpu"``; ``backend`` picks PyAV or OpenCV), an :class:`NvdecFrames` (``"nvdec"``;
+    ``nvdec_options`` are its keyword arguments), or (``"auto"``) NVDEC where :func:`available`,
+    else the CPU decoder with a one-line notice (once per process). With ``"auto"`` a video NVDEC
+    cannot open falls back to the CPU decoder too (one notice per process), so which videos are
+    rejected, and why, is the CPU decoder's verdict at open. ``"nvdec"`` where NVDEC is
+    unavailable raises :class:`~co3d_jax.extras.MissingExtra` or :class:`NvdecUnavailable`."""
+    if decoder not in DECODERS:
+        raise ValueError(f"unknown decoder {decoder!r} ({', '.join(DECODERS)})")
+    if decoder == "cpu":
+        return VideoFrames(media, backend)
+    if decoder == "nvdec":
+        if not available():
+            raise _unavailable_error()
+        return NvdecFrames(media, **nvdec_options)
+    if not available():
+        _notice("unavailable", f"decoding video on the CPU: NVDEC not used ({unavailable_reason()})")
+        return VideoFrames(media, backend)
+    label = media if isinstance(media, str) else "(bytes)"
+    _check_media(media, label)            # a missing or empty file is an error for both decoders
+    try:
+        return NvdecFrames(media, **nvdec_options)
+    except VideoError as e:
+        _notice("open-failed", f"NVDEC could not open a video, so it is decoded on the CPU (and any like it, "
+                               f"without further notice): {e}")
+        return VideoFrames(media, backend)
