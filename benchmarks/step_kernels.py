@@ -390,11 +390,10 @@ def main(argv=None) -> int:
                              f"frames/s ({r['scan_ms_per_frame']:.3f} ms/frame) | trace "
                              f"{t.get('kernels_per_step', 0):.0f} kernels, {t.get('gpu_us_per_step', 0):.0f} µs/step")
                 print(line, flush=True)
-    out = {"env": env, "rows": rows}
-    if os.path.dirname(args.out):
-        os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(out, f, indent=1)
+                if os.path.dirname(args.out):
+                    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+                with open(args.out, "w") as f:  # after every row: a cut-off run keeps what it measured
+                    json.dump({"env": env, "rows": rows}, f, indent=1)
     return 0
 
 
