@@ -32,7 +32,7 @@ from .base import (Array, Layer, Out, Shape, bcast, check_channels, check_input,
 from .macs import count_padded_taps, valid_taps
 
 FILLS = ("zeros", "replicate")
-IMPLS = ("auto", "lax", "shift")
+IMPLS = ("auto", "lax", "shift", "pallas")
 
 
 def conv_out_size(size: int, k: int, s: int, p: int) -> int:
@@ -74,7 +74,9 @@ class Conv(Layer):
     triples (explicit symmetric padding, never 'SAME'); ``groups`` (``= in_channels`` for
     depthwise); ``bias``; ``temporal_fill`` ``'zeros'`` or ``'replicate'``; ``impl`` selects the
     depthwise algorithm (``'lax'`` grouped convolution, ``'shift'`` shift-and-add, ``'auto'``:
-    shift for depthwise); ``clip_impl`` overrides it for clip mode (on an H100 the grouped
+    shift for depthwise; ``'pallas'``: the step of a stride-1, zero-filled depthwise conv runs as
+    one fused Pallas kernel, :func:`co3d_jax.kernels.depthwise_step` (interpreted off GPUs), and
+    everything else as ``'shift'``); ``clip_impl`` overrides it for clip mode (on an H100 the grouped
     convolution won for X3D-L clips, shift-and-add everywhere else we measured).
     """
 
@@ -176,6 +178,8 @@ class Conv(Layer):
         impl = impl or self.impl
         kernel = params["kernel"].astype(x.dtype)
         strides = (t_stride, self.strides[1], self.strides[2])
+        if impl == "pallas":  # the fused kernel is a step kernel; clips and prefill shift and add
+            impl = "shift"
         pads = (t_pad, self.pads[1], self.pads[2])
         if self.depthwise and impl in ("auto", "shift"):
             return _depthwise_shift(x, kernel, strides, pads)
@@ -203,7 +207,7 @@ class Conv(Layer):
         kt = self.kernel[0]
         sh, sw = self.strides[1:]
         ph, pw = self.pads[1:]
-        if self.depthwise and self.impl in ("auto", "shift"):
+        if self.depthwise and self.impl in ("auto", "shift", "pallas"):
             ho, wo, _ = self.out_shape(x.shape[1:])
             xp = jnp.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))[:, None]
             acc = None
@@ -265,6 +269,8 @@ class Conv(Layer):
             return state, Out(self.apply(params, x), valid)
         emit, n_next, first = counter_advance(state["n"], valid, self.delay, self.stride)
         acc = state["acc"]
+        if self.impl == "pallas" and self.depthwise and self._pallas_ok():
+            return self._pallas_step(params, state, x, valid, emit, n_next)
         z = self.taps(params, x.astype(acc.dtype))
         want = (x.shape[0], *acc.shape[1:])
         if z.shape[0] != acc.shape[0] or z.shape[2:] != acc.shape[2:]:
@@ -279,3 +285,21 @@ class Conv(Layer):
         rev = z[:, kt - 2::-1] if kt > 1 else z[:, :0]  # z[kT-2], ..., z[0]
         new_acc = jnp.concatenate([acc[:, 1:], jnp.zeros_like(acc[:, :1])], axis=1) + rev
         return gate(valid, {"acc": new_acc, "n": n_next}, state), Out(y.astype(x.dtype), emit)
+
+    def _pallas_ok(self) -> bool:
+        from ..kernels import pallas_supported
+        return pallas_supported(self.kernel, self.strides, self.temporal_fill)
+
+    def _pallas_step(self, params, state, x, valid, emit, n_next):
+        """:meth:`step` as one fused kernel: taps, output (+ bias), partial-sum update, gating."""
+        from ..kernels import depthwise_step
+        acc = state["acc"]
+        ph, pw = self.pads[1:]
+        xp = jnp.pad(x.astype(acc.dtype), ((0, 0), (ph, ph), (pw, pw), (0, 0)))
+        if xp.shape[0] != acc.shape[0] or xp.shape[1:3] != (acc.shape[2] + self.kernel[1] - 1,
+                                                            acc.shape[3] + self.kernel[2] - 1):
+            raise ValueError(f"Conv: frame of shape {tuple(x.shape)} does not match the state, which was built "
+                             f"for outputs (B, kT-1, H', W', C) = {(x.shape[0], *acc.shape[1:])}")
+        y, new_acc = depthwise_step(xp, acc, params["kernel"][:, :, :, 0, :], params.get("bias") if self.bias else None,
+                                    valid)
+        return {"acc": new_acc, "n": gate(valid, n_next, state["n"])}, Out(y.astype(x.dtype), emit)
