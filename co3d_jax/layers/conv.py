@@ -66,6 +66,38 @@ def _depthwise_shift(x: Array, kernel: Array, strides, padding) -> Array:
     return acc
 
 
+def _dense_frame(x: Array, kernel: Array, strides, padding) -> Array | None:
+    """A ``groups=1`` conv with a one-frame temporal kernel (temporal stride 1, no temporal padding)
+    without a library convolution, or None where this does not apply (jax_notes §9, ``step_kernels``:
+    on GPUs XLA runs fp32 convolutions channels-first, so each one costs transposes around it).
+
+    A 1x1 kernel is a matmul at spatial stride 1 whose output is then subsampled (no strided slice
+    feeds the dot, which crashed XLA's Triton GEMM fusion, jax_notes §9); a larger spatial kernel
+    over at most 4 input channels (the stem) is a sum of shifted, strided slices times taps, one
+    elementwise loop."""
+    kt, kh, kw, cin, _ = kernel.shape
+    if kt != 1 or strides[0] != 1 or _pair(padding[0]) != (0, 0):
+        return None
+    (plh, phh), (plw, phw) = _pair(padding[1]), _pair(padding[2])
+    if (kh, kw) == (1, 1) and (plh, phh, plw, phw) == (0, 0, 0, 0):
+        y = jnp.einsum("...c,cd->...d", x, kernel[0, 0, 0])
+        return y[:, :, ::strides[1], ::strides[2]] if strides[1:] != (1, 1) else y
+    if cin > 4:
+        return None
+    xp = jnp.pad(x, ((0, 0), (0, 0), (plh, phh), (plw, phw), (0, 0)))
+    ho = (xp.shape[2] - kh) // strides[1] + 1
+    wo = (xp.shape[3] - kw) // strides[2] + 1
+    acc = None
+    for b in range(kh):
+        for c in range(kw):
+            s = lax.slice(xp, (0, 0, b, c, 0), (xp.shape[0], xp.shape[1], b + (ho - 1) * strides[1] + 1,
+                                                 c + (wo - 1) * strides[2] + 1, cin), (1, 1, strides[1], strides[2], 1))
+            for i in range(cin):
+                t = s[..., i:i + 1] * kernel[0, b, c, i]
+                acc = t if acc is None else acc + t
+    return acc
+
+
 @static
 class Conv(Layer):
     """3D convolution usable clip-wise and frame-wise.
@@ -74,7 +106,9 @@ class Conv(Layer):
     triples (explicit symmetric padding, never 'SAME'); ``groups`` (``= in_channels`` for
     depthwise); ``bias``; ``temporal_fill`` ``'zeros'`` or ``'replicate'``; ``impl`` selects the
     depthwise algorithm (``'lax'`` grouped convolution, ``'shift'`` shift-and-add, ``'auto'``:
-    shift for depthwise; ``'pallas'``: the step of a stride-1, zero-filled depthwise conv runs as
+    shift for depthwise; for a dense conv with a one-frame kernel, ``'shift'`` avoids the library
+    convolution: a 1x1 kernel as a matmul then subsampled, a spatial kernel over at most 4 input
+    channels as shifted multiply-adds; ``'pallas'``: the step of a stride-1, zero-filled depthwise conv runs as
     one fused Pallas kernel, :func:`co3d_jax.kernels.depthwise_step` (interpreted off GPUs), and
     everything else as ``'shift'``); ``clip_impl`` overrides it for clip mode (on an H100 the grouped
     convolution won for X3D-L clips, shift-and-add everywhere else we measured).
@@ -185,6 +219,8 @@ class Conv(Layer):
             return _depthwise_shift(x, kernel, strides, pads)
         if self.kernel == (1, 1, 1) and self.groups == 1 and strides == (1, 1, 1):
             return jnp.einsum("...c,cd->...d", x, kernel[0, 0, 0])
+        if self.groups == 1 and impl == "shift" and (y := _dense_frame(x, kernel, strides, pads)) is not None:
+            return y
         return lax.conv_general_dilated(
             x, kernel, window_strides=strides, padding=[_pair(p) for p in pads],
             dimension_numbers=("NDHWC", "DHWIO", "NDHWC"), feature_group_count=self.groups)

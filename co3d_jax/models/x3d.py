@@ -52,6 +52,7 @@ class X3DConfig:
     head_activation: str = "softmax"  # "softmax" (Kinetics) or "identity" (logits)
     depthwise_impl: str = "auto"
     clip_depthwise_impl: str = ""     # clip-mode override ("" = depthwise_impl); X3D-L uses "lax"
+    dense_impl: str = "auto"          # stem conv_xy and projection shortcuts: "auto" (lax conv) or "shift"
 
     @property
     def stem_dim(self) -> int:
@@ -88,7 +89,8 @@ def _bottleneck(cfg: X3DConfig, c_in: int, c_out: int, inner: int, stride: int, 
 
 
 def _block(cfg: X3DConfig, c_in: int, c_out: int, inner: int, stride: int, use_se: bool) -> Sequential:
-    return res_block(_bottleneck(cfg, c_in, c_out, inner, stride, use_se), c_in, c_out, stride)
+    return res_block(_bottleneck(cfg, c_in, c_out, inner, stride, use_se), c_in, c_out, stride,
+                     proj_impl=cfg.dense_impl)
 
 
 def build_x3d(cfg: X3DConfig) -> Sequential:
@@ -96,7 +98,7 @@ def build_x3d(cfg: X3DConfig) -> Sequential:
     c = cfg.stem_dim
     fill = cfg.temporal_fill
     stem = Sequential.of(
-        ("conv_xy", Conv(3, c, (1, 3, 3), (1, 2, 2), (0, 1, 1))),
+        ("conv_xy", Conv(3, c, (1, 3, 3), (1, 2, 2), (0, 1, 1), impl=cfg.dense_impl)),
         ("conv", Conv(c, c, (5, 1, 1), 1, (2, 0, 0), groups=c, temporal_fill=fill, impl=cfg.depthwise_impl,
                      clip_impl=cfg.clip_depthwise_impl)),
         ("bn", BatchNorm(c)),
