@@ -162,9 +162,19 @@ def parse_trace(trace_dir: str, steps: int, op_names: dict) -> dict:
     kern = [e for e in kernels if e not in mem]
     total_us = sum(float(e.get("dur", 0)) for e in kern)
 
+    # Kernels inside XLA command buffers (CUDA graphs) carry the command buffer as ``hlo_op``; their
+    # event name is the kernel's, which XLA derives from the fusion's name ('.' -> '_'); identical
+    # fusions share one kernel (named after one of them), so a name maps to its first instruction.
+    by_kernel_name = {}
+    for inst in op_names:
+        by_kernel_name.setdefault(inst.replace(".", "_").replace("-", "_"), inst)
+
     def hlo_op(e):
         a = e.get("args", {})
-        return a.get("hlo_op") or a.get("long_name", "").split(" ")[0].lstrip("%") or e["name"]
+        op = a.get("hlo_op") or e["name"]
+        if op.startswith("command_buffer") or op not in op_names:
+            op = by_kernel_name.get(e["name"], by_kernel_name.get(e["name"].replace(".", "_"), e["name"]))
+        return op
 
     by_op = collections.defaultdict(lambda: [0, 0.0])
     for e in kern:
@@ -220,7 +230,7 @@ def _median_p99(fn, n):
 
 
 def measure(model_name: str, batch: int, dtype: str, *, options: dict, image_size: int | None, chunk: int,
-            repeats: int, trace_steps: int, dump_dir: str | None, label: str) -> dict:
+            repeats: int, trace_steps: int, dump_dir: str | None, label: str, timing: bool | None = None) -> dict:
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -259,9 +269,9 @@ def measure(model_name: str, batch: int, dtype: str, *, options: dict, image_siz
     scan_c = stream.lower(params, model.init_state(batch, dt), frames).compile()
     res["scan_compile_s"] = time.perf_counter() - t0
     sc = hlo_counts(scan_c.as_text())
-    sc.pop("_op_names")
+    scan_names = sc.pop("_op_names")
     res["scan_hlo"] = {"chunk": chunk, **sc}
-    if jax.devices()[0].platform == "cpu":
+    if not (jax.devices()[0].platform != "cpu" if timing is None else timing):
         return res
 
     # ---- GPU timings
@@ -279,20 +289,34 @@ def measure(model_name: str, batch: int, dtype: str, *, options: dict, image_siz
         box["s"], o = live._step(box["s"], frame.astype(dt), jnp.ones((batch,), bool))
         jax.block_until_ready(o)
 
-    for f in (call_block, raw_block, old_style_block):
+    # the unpacked alternative: the state as its pytree of ~100 arrays, donated, weights closed over
+    tree_step = jax.jit(lambda s, x, v: model.step(params, s, x, v), donate_argnums=(0,))
+    tbox = {"s": model.init_state(batch, dt)}
+
+    def tree_block():
+        tbox["s"], o = tree_step(tbox["s"], frame, valid)
+        jax.block_until_ready(o)
+
+    calls = (call_block, raw_block, old_style_block) + ((tree_block,) if batch == 1 else ())  # latency: batch 1
+    for f in calls:
         for _ in range(10):
             f()
-    res["live_call_ms_median_p99"] = _median_p99(call_block, 300)
-    res["raw_compiled_call_ms_median_p99"] = _median_p99(raw_block, 300)
-    res["old_style_call_ms_median_p99"] = _median_p99(old_style_block, 300)
+    n = 200 if batch == 1 else 40
+    res["live_call_ms_median_p99"] = _median_p99(call_block, n)
+    res["raw_compiled_call_ms_median_p99"] = _median_p99(raw_block, n)
+    res["old_style_call_ms_median_p99"] = _median_p99(old_style_block, n)
+    if batch == 1:
+        res["tree_state_call_ms_median_p99"] = _median_p99(tree_block, n)
+    del tbox
     jax.block_until_ready(box["s"])
     t0 = time.perf_counter()
-    for _ in range(100):
+    npipe = 100 if batch == 1 else 20
+    for _ in range(npipe):
         box["s"], o = live(box["s"], frame)
-    td = (time.perf_counter() - t0) / 100
+    td = (time.perf_counter() - t0) / npipe
     jax.block_until_ready(o)
     res["live_pipelined_dispatch_ms_per_call"] = td * 1e3
-    res["live_pipelined_wall_ms_per_call"] = (time.perf_counter() - t0) / 100 * 1e3
+    res["live_pipelined_wall_ms_per_call"] = (time.perf_counter() - t0) / npipe * 1e3
 
     st = {"s": model.init_state(batch, dt)}
 
@@ -316,6 +340,11 @@ def measure(model_name: str, batch: int, dtype: str, *, options: dict, image_siz
     if dump_dir:
         for fpath in glob.glob(os.path.join(tdir, "**", "*.json.gz"), recursive=True):
             os.replace(fpath, os.path.join(dump_dir, f"trace_{label}_b{batch}_{dtype}_{os.path.basename(fpath)}"))
+    # ---- trace of one scan call (the throughput path), per frame
+    sdir = tempfile.mkdtemp(prefix="scan_kernels_")
+    with jax.profiler.trace(sdir, create_perfetto_trace=True):
+        scan_run()
+    res["trace_scan_per_frame"] = parse_trace(sdir, chunk, scan_names)
     return res
 
 
@@ -352,6 +381,7 @@ def main(argv=None) -> int:
     ap.add_argument("--variants", default="", help="extra model options to compare, ';'-separated "
                     "'label:key=value,key=value' (values parsed as JSON when they can be)")
     ap.add_argument("--dump", default=None, help="folder for the optimised HLO texts and traces")
+    ap.add_argument("--timing", action="store_true", help="time and trace off GPUs too (tests the GPU path)")
     ap.add_argument("--out", default="results/step_kernels.json")
     args = ap.parse_args(argv)
 
@@ -373,8 +403,15 @@ def main(argv=None) -> int:
     for label, opts in variants:
         for dtype in args.dtype.split(","):
             for b in (int(x) for x in args.batch.split(",")):
-                r = measure(args.model, b, dtype, options=opts, image_size=args.image_size, chunk=args.chunk,
-                            repeats=args.repeats, trace_steps=args.trace_steps, dump_dir=args.dump, label=label)
+                try:
+                    r = measure(args.model, b, dtype, options=opts, image_size=args.image_size, chunk=args.chunk,
+                                repeats=args.repeats, trace_steps=args.trace_steps, dump_dir=args.dump, label=label,
+                                timing=True if args.timing else None)
+                except Exception as e:  # a variant that fails to compile: recorded, the others still run
+                    rows.append({"label": label, "options": opts, "batch": b, "dtype": dtype,
+                                 "error": f"{type(e).__name__}: {str(e)[:2000]}"})
+                    print(f"{label} b{b} {dtype}: FAILED {type(e).__name__}: {str(e)[:300]}", flush=True)
+                    continue
                 r["roofline"] = roofline(args.model, dtype, env["device"], r.get("scan_frames_per_s"),
                                          args.image_size)
                 rows.append(r)
@@ -383,12 +420,14 @@ def main(argv=None) -> int:
                         f"fusions, {sum(h['custom_calls'].values())} custom calls, {h['copies']} copies); scan of "
                         f"{s['chunk']}: {s['kernel_like_ops']} ops")
                 if "trace_live_step" in r:
-                    t = r["trace_live_step"]
+                    t, ts = r["trace_live_step"], r["trace_scan_per_frame"]
                     line += (f" | LiveStep {r['live_call_ms_median_p99'][0]:.3f} ms (raw {r['raw_compiled_call_ms_median_p99'][0]:.3f},"
                              f" old-style {r['old_style_call_ms_median_p99'][0]:.3f}), pipelined "
                              f"{r['live_pipelined_wall_ms_per_call']:.3f} ms/call | scan {r['scan_frames_per_s']:,.0f} "
                              f"frames/s ({r['scan_ms_per_frame']:.3f} ms/frame) | trace "
-                             f"{t.get('kernels_per_step', 0):.0f} kernels, {t.get('gpu_us_per_step', 0):.0f} µs/step")
+                             f"{t.get('kernels_per_step', 0):.0f} kernels, {t.get('gpu_us_per_step', 0):.0f} µs/step; scan "
+                             f"{ts.get('kernels_per_step', 0):.0f} kernels, {ts.get('gpu_us_per_step', 0):.0f} µs/frame | "
+                             f"tree-state call {r.get('tree_state_call_ms_median_p99', [float('nan')])[0]:.3f} ms")
                 print(line, flush=True)
                 if os.path.dirname(args.out):
                     os.makedirs(os.path.dirname(args.out), exist_ok=True)

@@ -85,6 +85,7 @@ def _dense_frame(x: Array, kernel: Array, strides, padding) -> Array | None:
     if cin > 4:
         return None
     xp = jnp.pad(x, ((0, 0), (0, 0), (plh, phh), (plw, phw), (0, 0)))
+    acc_dtype = jnp.promote_types(x.dtype, jnp.float32)
     ho = (xp.shape[2] - kh) // strides[1] + 1
     wo = (xp.shape[3] - kw) // strides[2] + 1
     acc = None
@@ -92,10 +93,10 @@ def _dense_frame(x: Array, kernel: Array, strides, padding) -> Array | None:
         for c in range(kw):
             s = lax.slice(xp, (0, 0, b, c, 0), (xp.shape[0], xp.shape[1], b + (ho - 1) * strides[1] + 1,
                                                  c + (wo - 1) * strides[2] + 1, cin), (1, 1, strides[1], strides[2], 1))
-            for i in range(cin):
-                t = s[..., i:i + 1] * kernel[0, b, c, i]
+            for i in range(cin):  # accumulated in (at least) fp32, as a library convolution does
+                t = s[..., i:i + 1].astype(acc_dtype) * kernel[0, b, c, i].astype(acc_dtype)
                 acc = t if acc is None else acc + t
-    return acc
+    return acc.astype(x.dtype)
 
 
 @static
