@@ -380,6 +380,7 @@ def main(argv=None) -> int:
     ap.add_argument("--trace-steps", type=int, default=5)
     ap.add_argument("--variants", default="", help="extra model options to compare, ';'-separated "
                     "'label:key=value,key=value' (values parsed as JSON when they can be)")
+    ap.add_argument("--skip-default", action="store_true", help="only the --variants (a crash-isolated run)")
     ap.add_argument("--dump", default=None, help="folder for the optimised HLO texts and traces")
     ap.add_argument("--timing", action="store_true", help="time and trace off GPUs too (tests the GPU path)")
     ap.add_argument("--out", default="results/step_kernels.json")
@@ -396,6 +397,8 @@ def main(argv=None) -> int:
             except json.JSONDecodeError:
                 opts[k] = val
         variants.append((label, opts))
+    if args.skip_default:
+        variants = variants[1:]
     if args.dump:
         os.makedirs(args.dump, exist_ok=True)
     env = _env()
