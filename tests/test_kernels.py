@@ -33,8 +33,9 @@ def test_depthwise_step_kernel_matches_xla(kernel, hw, c, bias, activation):
     k = jax.random.normal(ks[2], (kt, kh, kw, c))
     b = jax.random.normal(ks[3], (c,)) if bias else None
     valid = jnp.array([True, False, True])
-    # a small tile budget: several row and channel tiles, masked edges
-    y, new = depthwise_step(xp, acc, k, b, valid, activation=activation, budget=64, max_tc=8, interpret=True)
+    # a small tile budget: several row, column and channel tiles, masked edges
+    y, new = depthwise_step(xp, acc, k, b, valid, activation=activation, budget=64, max_tc=8, max_tw=4,
+                            interpret=True)
     y_ref, new_ref = depthwise_step_reference(xp, acc, k, b, valid, activation=activation)
     assert y.shape == y_ref.shape and new.shape == new_ref.shape
     assert _rel(y, y_ref) <= 1e-6 and _rel(new, new_ref) <= 1e-6
@@ -105,3 +106,31 @@ def test_cox3d_pallas_equals_xla_over_300_frames_with_validity_reset_and_chunks(
             assert _rel(yp[i, j], yx[i, j]) <= 1e-5, (i, j)
     for a, b in zip(jax.tree.leaves(sx), jax.tree.leaves(sp)):
         assert a.shape == b.shape and a.dtype == b.dtype and _rel(b, a) <= 1e-5
+
+
+def test_x3d_default_is_fused_on_nvidia_gpus_only(monkeypatch):
+    """X3D's default ``impl='fused'``: XLA only off NVIDIA GPUs (here), and on one (simulated) the
+    step runs the Pallas kernels (interpreted here) and no library convolution, with the same outputs."""
+    import co3d_jax.kernels as kernels
+    kw = dict(image_size=32, depth_factor=0.6, num_classes=5)
+    fused, xla = co3d_jax.create_model("cox3d_s_13", **kw), co3d_jax.create_model(
+        "cox3d_s_13", depthwise_impl="auto", dense_impl="auto", **kw)
+    assert fused.config.depthwise_impl == fused.config.dense_impl == "fused"
+    params = xla.init(jax.random.key(0))
+    frame = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
+
+    def jaxpr(model):
+        return str(jax.make_jaxpr(model.step)(params, model.init_state(2), frame))
+
+    assert "pallas_call" not in jaxpr(fused) and jaxpr(fused) == jaxpr(xla)  # off NVIDIA GPUs: identical programs
+    monkeypatch.setattr(kernels, "on_nvidia_gpu", lambda: True)
+    on_gpu = jaxpr(fused)
+    assert "pallas_call" in on_gpu and "conv_general_dilated" not in on_gpu
+    frames = jax.random.normal(jax.random.key(2), (2, 30, 32, 32, 3))
+    _, a = xla.stream_fn()(params, xla.init_state(2), frames)
+    _, b = fused.stream_fn()(params, fused.init_state(2), frames)
+    v = np.asarray(a.valid)
+    assert v.any() and (v == np.asarray(b.valid)).all()
+    assert _rel(np.asarray(b.scores)[v], np.asarray(a.scores)[v]) <= 1e-5
+    np.testing.assert_array_equal(np.asarray(fused.forward(params, frames[:, :13])),
+                                  np.asarray(xla.forward(params, frames[:, :13])))  # clip mode: XLA either way

@@ -5,6 +5,22 @@ the kernel only through an explicit option (e.g. ``Conv(impl="pallas")``), and t
 kernel in Pallas interpret mode against the XLA path on small shapes (CPU).
 """
 
+import functools
+
+import jax
+
 from .depthwise import depthwise_step, depthwise_step_reference, pallas_supported
 
-__all__ = ["depthwise_step", "depthwise_step_reference", "pallas_supported"]
+
+@functools.lru_cache(maxsize=None)
+def _nvidia(platform: str, kind: str) -> bool:
+    return platform == "gpu" and "nvidia" in kind.lower()
+
+
+def on_nvidia_gpu() -> bool:
+    """Whether the default device is an NVIDIA GPU (where the fused kernels were measured faster)."""
+    d = jax.devices()[0]
+    return _nvidia(d.platform, getattr(d, "device_kind", ""))
+
+
+__all__ = ["depthwise_step", "depthwise_step_reference", "on_nvidia_gpu", "pallas_supported"]

@@ -35,10 +35,10 @@ def pallas_supported(kernel: tuple, strides: tuple, temporal_fill: str) -> bool:
     return kernel[0] >= 2 and tuple(strides) == (1, 1, 1) and temporal_fill == "zeros"
 
 
-def tiles(ho: int, wo: int, c: int, budget: int = 2048, max_tc: int = 64) -> tuple[int, int, int]:
-    """Power-of-2 ``(TH, TW, TC)``: the whole (padded) row width, up to ``max_tc`` channels, and as
-    many rows as fit ``budget`` elements."""
-    tw = _pow2(wo)
+def tiles(ho: int, wo: int, c: int, budget: int = 2048, max_tc: int = 64, max_tw: int = 128) -> tuple[int, int, int]:
+    """Power-of-2 ``(TH, TW, TC)``: the (padded) row width up to ``max_tw`` columns, up to
+    ``max_tc`` channels, and as many rows as fit ``budget`` elements (at least one)."""
+    tw = min(_pow2(wo), max_tw)
     tc = min(_pow2(c), max_tc)
     th = max(1, min(_pow2(ho), budget // (tw * tc)))
     th = 1 << (th.bit_length() - 1)  # a power of 2 not above the budget
@@ -54,10 +54,12 @@ def _kernel(valid_ref, xp_ref, acc_ref, k_ref, *rest, kt, kh, kw, ho, wo, c, th,
         (y_ref, nacc_ref), b_ref = rest, None
     b = pl.program_id(0)
     h0 = pl.program_id(1) * th
-    c0 = pl.program_id(2) * tc
-    w0 = h0 * 0  # a traced 0: a tile wider than the array is masked, never statically out of bounds
+    nc = (c + tc - 1) // tc
+    w0 = (pl.program_id(2) // nc) * tw  # traced: a tile past the array's edge is masked, never out of bounds
+    c0 = (pl.program_id(2) % nc) * tc
+    zero = h0 * 0  # static indices as traced values (Pallas' interpreter needs them so)
     rows = h0 + jax.lax.broadcasted_iota(jnp.int32, (th, tw, tc), 0)
-    cols = jax.lax.broadcasted_iota(jnp.int32, (th, tw, tc), 1)
+    cols = w0 + jax.lax.broadcasted_iota(jnp.int32, (th, tw, tc), 1)
     chans = c0 + jax.lax.broadcasted_iota(jnp.int32, (th, tw, tc), 2)
     mask = (rows < ho) & (cols < wo) & (chans < c)
     cmask = (c0 + jax.lax.broadcasted_iota(jnp.int32, (tc,), 0)) < c
@@ -68,10 +70,10 @@ def _kernel(valid_ref, xp_ref, acc_ref, k_ref, *rest, kt, kh, kw, ho, wo, c, th,
             xv = plgpu.load(xp_ref.at[b, pl.ds(h0 + i, th), pl.ds(w0 + j, tw), pl.ds(c0, tc)], mask=mask,
                             other=0.0).astype(f32)
             for t in range(kt):
-                kv = plgpu.load(k_ref.at[w0 + t, w0 + i, w0 + j, pl.ds(c0, tc)], mask=cmask, other=0.0).astype(f32)
+                kv = plgpu.load(k_ref.at[zero + t, zero + i, zero + j, pl.ds(c0, tc)], mask=cmask, other=0.0).astype(f32)
                 term = xv * kv[None, None, :]
                 z[t] = term if z[t] is None else z[t] + term
-    acc = [plgpu.load(acc_ref.at[b, w0 + s, pl.ds(h0, th), pl.ds(w0, tw), pl.ds(c0, tc)], mask=mask,
+    acc = [plgpu.load(acc_ref.at[b, zero + s, pl.ds(h0, th), pl.ds(w0, tw), pl.ds(c0, tc)], mask=mask,
                       other=0.0).astype(f32) for s in range(kt - 1)]
     y = acc[0] + z[kt - 1]
     if has_bias:
@@ -83,13 +85,13 @@ def _kernel(valid_ref, xp_ref, acc_ref, k_ref, *rest, kt, kh, kw, ho, wo, c, th,
     for s in range(kt - 1):
         new = acc[s + 1] + z[kt - 2 - s] if s < kt - 2 else z[0]
         new = jnp.where(valid, new, acc[s])
-        plgpu.store(nacc_ref.at[b, w0 + s, pl.ds(h0, th), pl.ds(w0, tw), pl.ds(c0, tc)], new.astype(nacc_ref.dtype),
+        plgpu.store(nacc_ref.at[b, zero + s, pl.ds(h0, th), pl.ds(w0, tw), pl.ds(c0, tc)], new.astype(nacc_ref.dtype),
                     mask=mask)
 
 
-@functools.partial(jax.jit, static_argnames=("activation", "interpret", "budget", "max_tc", "num_warps"))
+@functools.partial(jax.jit, static_argnames=("activation", "interpret", "budget", "max_tc", "max_tw", "num_warps"))
 def depthwise_step(xp, acc, kernel, bias, valid, *, activation: str = "", interpret: bool | None = None,
-                   budget: int = 2048, max_tc: int = 64, num_warps: int = 4):
+                   budget: int = 2048, max_tc: int = 64, max_tw: int = 128, num_warps: int = 4):
     """``(y, acc')`` of one continual depthwise step (module docstring), stride 1.
 
     ``xp``: ``(B, H'+kH-1, W'+kW-1, C)`` the spatially padded frame; ``acc``: ``(B, kT-1, H', W', C)``
@@ -104,8 +106,8 @@ def depthwise_step(xp, acc, kernel, bias, valid, *, activation: str = "", interp
         raise ValueError(f"depthwise_step: acc {acc.shape} does not match xp {xp.shape} and kernel {kernel.shape}")
     if interpret is None:
         interpret = jax.devices()[0].platform != "gpu"
-    th, tw, tc = tiles(ho, wo, c, budget, max_tc)
-    grid = (b, math.ceil(ho / th), math.ceil(c / tc))
+    th, tw, tc = tiles(ho, wo, c, budget, max_tc, max_tw)
+    grid = (b, math.ceil(ho / th), math.ceil(wo / tw) * math.ceil(c / tc))
     has_bias = bias is not None
     body = functools.partial(_kernel, kt=kt, kh=kh, kw=kw, ho=ho, wo=wo, c=c, th=th, tw=tw, tc=tc,
                              has_bias=has_bias, activation=activation)

@@ -32,7 +32,7 @@ from .base import (Array, Layer, Out, Shape, bcast, check_channels, check_input,
 from .macs import count_padded_taps, valid_taps
 
 FILLS = ("zeros", "replicate")
-IMPLS = ("auto", "lax", "shift", "pallas")
+IMPLS = ("auto", "lax", "shift", "pallas", "fused")
 
 
 def conv_out_size(size: int, k: int, s: int, p: int) -> int:
@@ -111,7 +111,9 @@ class Conv(Layer):
     convolution: a 1x1 kernel as a matmul then subsampled, a spatial kernel over at most 4 input
     channels as shifted multiply-adds; ``'pallas'``: the step of a stride-1, zero-filled depthwise conv runs as
     one fused Pallas kernel, :func:`co3d_jax.kernels.depthwise_step` (interpreted off GPUs), and
-    everything else as ``'shift'``); ``clip_impl`` overrides it for clip mode (on an H100 the grouped
+    everything else as ``'shift'``; ``'fused'``: in step mode on an NVIDIA GPU, ``'pallas'`` for a
+    depthwise conv and ``'shift'`` for a dense one, everywhere else ``'auto'`` (X3D's default: the
+    fastest exact path measured on an H200, ``results/README.md``)); ``clip_impl`` overrides it for clip mode (on an H100 the grouped
     convolution won for X3D-L clips, shift-and-add everywhere else we measured).
     """
 
@@ -207,10 +209,19 @@ class Conv(Layer):
         return {"acc": jnp.zeros((batch, self.kernel[0] - 1, ho, wo, c), dtype), "n": counter_init(batch)}
 
     # ---------------------------------------------------------------- compute
-    def _conv(self, params, x: Array, t_stride: int, t_pad, impl: str | None = None) -> Array:
+    def _gpu_fused(self) -> bool:
+        """``impl='fused'`` on an NVIDIA GPU (step mode only)."""
+        if self.impl != "fused":
+            return False
+        from ..kernels import on_nvidia_gpu
+        return on_nvidia_gpu()
+
+    def _conv(self, params, x: Array, t_stride: int, t_pad, impl: str | None = None, step: bool = False) -> Array:
         """``x``: ``(B, T, H, W, C)`` -> ``(B, T', H', W', C_out)`` (no bias); ``t_pad``: an int
-        (both ends) or a ``(low, high)`` pair."""
+        (both ends) or a ``(low, high)`` pair; ``step``: a per-frame call of step mode."""
         impl = impl or self.impl
+        if impl == "fused":
+            impl = "shift" if step and self._gpu_fused() else "auto"
         kernel = params["kernel"].astype(x.dtype)
         strides = (t_stride, self.strides[1], self.strides[2])
         if impl == "pallas":  # the fused kernel is a step kernel; clips and prefill shift and add
@@ -235,7 +246,7 @@ class Conv(Layer):
         return self._bias(params, self._conv(params, x, self.strides[0], self.pads[0], self.clip_impl or self.impl))
 
     def apply(self, params, x):  # stateless frame-wise use
-        return self._bias(params, self._conv(params, x[:, None], 1, 0)[:, 0])
+        return self._bias(params, self._conv(params, x[:, None], 1, 0, step=True)[:, 0])
 
     def taps(self, params, x: Array) -> Array:
         """Per-tap spatial convolutions of one frame: ``(B, H, W, C_in) -> (B, kT, H', W', C_out)``,
@@ -244,7 +255,7 @@ class Conv(Layer):
         kt = self.kernel[0]
         sh, sw = self.strides[1:]
         ph, pw = self.pads[1:]
-        if self.depthwise and self.impl in ("auto", "shift", "pallas"):
+        if self.depthwise and self.impl in ("auto", "shift", "pallas", "fused"):
             ho, wo, _ = self.out_shape(x.shape[1:])
             xp = jnp.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))[:, None]
             acc = None
@@ -306,7 +317,7 @@ class Conv(Layer):
             return state, Out(self.apply(params, x), valid)
         emit, n_next, first = counter_advance(state["n"], valid, self.delay, self.stride)
         acc = state["acc"]
-        if self.impl == "pallas" and self.depthwise and self._pallas_ok():
+        if self.depthwise and (self.impl == "pallas" or self._gpu_fused()) and self._pallas_ok():
             return self._pallas_step(params, state, x, valid, emit, n_next)
         z = self.taps(params, x.astype(acc.dtype))
         want = (x.shape[0], *acc.shape[1:])
