@@ -125,11 +125,16 @@ def layer_of(op_name: str | None) -> str:
 
 def layer_kind(layer: str) -> str:
     """A layer path without stage and block indices: ``s2/res0/residual/branch2/b`` -> ``branch2/b``."""
-    parts = [p for p in layer.split("/") if not re.fullmatch(r"s\d+|res\d+|residual|head", p)]
+    if layer.startswith("pallas:"):
+        return layer
+    parts = [p for p in layer.split("/") if not re.fullmatch(r"s\d+|res\d+|residual|head|while|body|eval_jaxpr|"
+                                                             r"closed_call|cond|branch_\d+_fun", p)]
     return "/".join(parts) or layer
 
 
 # ------------------------------------------------------------------------------------ GPU trace
+PALLAS_PREFIXES = ("co3d_",)  # the names our pallas_calls give their kernels (co3d_jax/kernels)
+
 def parse_trace(trace_dir: str, steps: int, op_names: dict) -> dict:
     """Kernels (events on the GPU's ``Stream`` lines) of a ``jax.profiler`` perfetto trace."""
     files = glob.glob(os.path.join(trace_dir, "**", "*.trace.json.gz"), recursive=True) or \
@@ -181,10 +186,15 @@ def parse_trace(trace_dir: str, steps: int, op_names: dict) -> dict:
         k = hlo_op(e)
         by_op[k][0] += 1
         by_op[k][1] += float(e.get("dur", 0))
+    def layer(op):
+        if op.startswith(PALLAS_PREFIXES):  # a Pallas kernel: named by its pallas_call, not by an HLO op
+            return "pallas:" + op.split("__")[0]
+        return layer_of(op_names.get(op))
+
     by_layer = collections.defaultdict(lambda: [0, 0.0])
     by_kind = collections.defaultdict(lambda: [0, 0.0])
     for k, (n, us) in by_op.items():
-        lay = layer_of(op_names.get(k))
+        lay = layer(k)
         by_layer[lay][0] += n
         by_layer[lay][1] += us
         by_kind[layer_kind(lay)][0] += n
@@ -196,7 +206,7 @@ def parse_trace(trace_dir: str, steps: int, op_names: dict) -> dict:
         "kernels_per_step": len(kern) / steps, "gpu_us_per_step": total_us / steps,
         "span_us_per_step": span / steps, "memcpy_per_step": len(mem) / steps,
         "mean_kernel_us": total_us / len(kern) if kern else None,
-        "top_kernels": [{"hlo_op": k, "layer": layer_of(op_names.get(k)), "per_step": n / steps,
+        "top_kernels": [{"hlo_op": k, "layer": layer(k), "per_step": n / steps,
                          "us_per_step": us / steps} for k, (n, us) in top],
         "by_layer_kind": {k: {"kernels_per_step": n / steps, "us_per_step": us / steps}
                           for k, (n, us) in sorted(by_kind.items(), key=lambda kv: -kv[1][1])},

@@ -27,6 +27,7 @@ def test_layer_of_op_names():
     assert layer_of("jit(step)/s1/conv/jit(remainder)/rem") == "s1/conv"
     assert layer_kind("s4/res3/residual/branch2/se/gate/pool") == "branch2/se/gate/pool"
     assert layer_of(None) == "?"
+    assert layer_kind("while/body/eval_jaxpr/s2/res1/residual/branch2/b") == "branch2/b"
 
 
 def test_hlo_counts_skip_fused_computations():
@@ -56,6 +57,8 @@ def test_parse_trace_counts_stream_kernels(tmp_path):
     for s in range(2):
         ev += [{"ph": "X", "pid": 1, "tid": 7, "ts": 100 * s, "dur": 3.0, "name": "loop_fusion", "args": {"hlo_op": "f"}},
                {"ph": "X", "pid": 1, "tid": 7, "ts": 100 * s + 5, "dur": 1.0, "name": "gemm", "args": {"hlo_op": "g"}},
+               {"ph": "X", "pid": 1, "tid": 7, "ts": 100 * s + 7, "dur": 2.0, "name": "co3d_depthwise_step__2",
+                "args": {"hlo_op": "command_buffer_3"}},
                {"ph": "X", "pid": 1, "tid": 8, "ts": 100 * s, "dur": 3.0, "name": "f"},
                {"ph": "X", "pid": 2, "tid": 1, "ts": 100 * s, "dur": 50.0, "name": "host"}]
     d = tmp_path / "plugins" / "profile" / "run"
@@ -63,6 +66,7 @@ def test_parse_trace_counts_stream_kernels(tmp_path):
     with gzip.open(d / "host.trace.json.gz", "wt") as f:
         json.dump({"traceEvents": ev}, f)
     t = parse_trace(str(tmp_path), 2, {"f": "jit(step)/s2/res0/residual/branch2/b/add", "g": "jit(step)/head/lin_5/dot"})
-    assert t["kernels_per_step"] == 2 and t["gpu_us_per_step"] == 4.0
+    assert t["kernels_per_step"] == 3 and t["gpu_us_per_step"] == 6.0
+    assert t["by_layer_kind"]["pallas:co3d_depthwise_step"] == {"kernels_per_step": 1.0, "us_per_step": 2.0}
     assert t["top_kernels"][0]["layer"] == "s2/res0/residual/branch2/b"
     assert t["by_layer_kind"]["branch2/b"]["us_per_step"] == 3.0
