@@ -40,7 +40,8 @@ def memory_mb(compiled) -> float | None:
 
 def bench_model(name: str, depthwise: str = "auto", **options):
     """``create_model(name, **options)``; ``depthwise`` (X3D/CoX3D's ``depthwise_impl``) is passed
-    only when it is not ``auto``, so every registry model can be benchmarked."""
+    only when it is not ``auto``, so every registry model can be benchmarked; ``auto`` keeps the
+    model's default (X3D: ``"fused"``, the Pallas step on NVIDIA GPUs)."""
     if depthwise != "auto":
         options["depthwise_impl"] = depthwise
     return create_model(name, **options)

@@ -33,9 +33,15 @@ class LiveStep:
         self._specs = [(a.shape, a.dtype) for a in leaves]
         self._is_float = [jnp.issubdtype(a.dtype, jnp.floating) for a in leaves]
         self._fresh = self.pack(template)
+        self._frame_shape = (batch_size, *model.frame_shape)
+        self._state_shapes = tuple(a.shape for a in self._fresh)
+        # the all-valid mask lives on the device once: a call without ``valid`` dispatches no eager op
+        self._all_valid = jax.device_put(np.ones((batch_size,), bool))
+        self._float_dtypes = set()  # frame dtypes already checked to be floating
 
         def step(state, frame, valid):
-            s, out = model.step(params, self.unpack(state), frame, valid)
+            # the cast is traced (a no-op when the frame already has the step's dtype)
+            s, out = model.step(params, self.unpack(state), frame.astype(self.dtype), valid)
             return self.pack(s), out
 
         self._step = jax.jit(step, donate_argnums=(0,))
@@ -69,32 +75,42 @@ class LiveStep:
         return jax.tree.map(jnp.copy, self._fresh)
 
     def _check(self, frame, valid, state=None):
-        want = (self.batch_size, *self.model.frame_shape)
+        """Validate the arguments of a call in plain Python (shapes and dtypes only: no JAX op runs
+        here) and return the validity mask to pass (the cached all-valid one when ``valid`` is None)."""
         if state is not None:
             self._check_state(state)
-        if frame.ndim == len(want) and tuple(frame.shape[1:]) == want[1:] and frame.shape[0] != self.batch_size:
-            raise ValueError(f"{self.model.name}: this LiveStep is for {self.batch_size} stream(s) (batch_size="
-                             f"{self.batch_size}) but the frame has batch size {frame.shape[0]}; expected a frame "
-                             f"of shape {want}")
-        if tuple(frame.shape) != want:
-            raise ValueError(f"{self.model.name}: expected a frame of shape {want}, got {tuple(frame.shape)}")
-        if not jnp.issubdtype(frame.dtype, jnp.floating):
-            raise TypeError(f"{self.model.name}: expected a float frame, got dtype {frame.dtype}")
+        want = self._frame_shape
+        shape = tuple(frame.shape)
+        if shape != want:
+            if len(shape) == len(want) and shape[1:] == want[1:]:
+                raise ValueError(f"{self.model.name}: this LiveStep is for {self.batch_size} stream(s) (batch_size="
+                                 f"{self.batch_size}) but the frame has batch size {shape[0]}; expected a frame "
+                                 f"of shape {want}")
+            raise ValueError(f"{self.model.name}: expected a frame of shape {want}, got {shape}")
+        dtype = frame.dtype
+        if dtype not in self._float_dtypes:
+            if not jnp.issubdtype(dtype, jnp.floating):
+                raise TypeError(f"{self.model.name}: expected a float frame, got dtype {dtype}")
+            self._float_dtypes.add(dtype)
         if valid is None:
-            return jnp.ones((self.batch_size,), bool)
-        valid = jnp.asarray(valid)
-        if valid.shape != (self.batch_size,) or valid.dtype != jnp.bool_:
+            return self._all_valid
+        if not isinstance(valid, jax.Array):
+            valid = np.asarray(valid)  # host-side; the jitted call transfers it
+        if tuple(valid.shape) != (self.batch_size,) or valid.dtype != np.bool_:
             raise ValueError(f"{self.model.name}: valid must be a ({self.batch_size},) bool array, got "
-                             f"{valid.shape} {valid.dtype}")
+                             f"{tuple(valid.shape)} {valid.dtype}")
         return valid
 
     def _check_state(self, state):
         """A packed state of another LiveStep (another batch size): one ``ValueError`` naming both."""
+        want = self._state_shapes
+        if type(state) is tuple and len(state) == len(want) and all(
+                getattr(a, "shape", None) == w for a, w in zip(state, want)):
+            return
         try:
             have = tuple(tuple(np.shape(a)) for a in state)
         except TypeError:
             have = None
-        want = tuple(a.shape for a in self._fresh)
         if have == want:
             return
         per = [math.prod(s) // self.batch_size if self.batch_size else 0 for s in want]
@@ -106,13 +122,11 @@ class LiveStep:
     def __call__(self, state, frame, valid=None):
         """Advance every stream by one frame: ``(state, StepOutput(scores (B, K), valid (B,)))``,
         as :meth:`co3d_jax.Model.step` returns."""
-        valid = self._check(frame, valid, state)
-        return self._step(state, frame.astype(self.dtype), valid)
+        return self._step(state, frame, self._check(frame, valid, state))
 
     def peek(self, state, frame, valid=None):
         """The ``StepOutput`` of the next step without advancing ``state``."""
-        valid = self._check(frame, valid, state)
-        return self._peek(state, frame.astype(self.dtype), valid)
+        return self._peek(state, frame, self._check(frame, valid, state))
 
     def _reset_impl(self, state, mask):
         return self.pack(reset_state(self.unpack(state), self.unpack(self._fresh), mask, name=self.model.name))

@@ -208,8 +208,9 @@ def test_co3d_jax_imports_neither_torch_nor_weight_port():
 
 # The parts of the project in tiers (docs/architecture.md): a part imports only parts of lower
 # tiers; the library's services (tier 4) may also import each other. A module belongs to the first
-# part whose name is a prefix of its own.
+# part whose name is a prefix of its own. The fused kernels are tier -1, a leaf below the layers.
 TIERS = (
+    ("co3d_jax.kernels",),                                   # fused Pallas kernels (import only jax)
     ("co3d_jax.layers", "co3d_jax.normalisation", "co3d_jax.fileio", "co3d_jax.extras", "co3d_jax.mesh"),  # leaves
     ("co3d_jax.stream", "co3d_jax.data"),                    # scan driver; datasets, decoding (no models)
     ("co3d_jax.model",),                                     # the Model object
@@ -222,7 +223,7 @@ TIERS = (
 
 def part_of(module: str) -> tuple[int, str]:
     """``(tier, part)`` of a module: the longest part name that is a prefix of it."""
-    best = max(((t, p) for t, parts in enumerate(TIERS) for p in parts if module == p or module.startswith(p + ".")),
+    best = max(((t, p) for t, parts in enumerate(TIERS, start=-1) for p in parts if module == p or module.startswith(p + ".")),
                key=lambda tp: len(tp[1]))
     return best if best[1] != "co3d_jax" else (best[0], module)
 

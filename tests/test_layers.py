@@ -47,6 +47,9 @@ CONV_CASES = {
                                   impl="lax"),
     "rep_dw_shift_k3p1": L.Conv(6, 6, (3, 3, 3), (1, 1, 1), (1, 1, 1), groups=6, temporal_fill="replicate",
                                 impl="shift"),
+    # dense convs without a library convolution (X3D's dense_impl="shift": the stem and projection shortcuts)
+    "dense_shift_k1_stateless_ss2": L.Conv(3, 6, (1, 3, 3), (1, 2, 2), (0, 1, 1), bias=True, impl="shift"),
+    "dense_shift_1x1_ss2": L.Conv(4, 6, 1, (1, 2, 2), impl="shift"),
 }
 
 

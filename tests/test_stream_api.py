@@ -179,3 +179,35 @@ def test_one_step_contract(tiny):
     live = LiveStep(model, params, batch_size=1)
     _, out = live(live.init(), frames[:, 0])
     assert isinstance(out, Out) and isinstance(live.peek(live.init(), frames[:, 0]), Out)
+
+
+def test_live_step_call_dispatches_no_eager_op(tiny, monkeypatch):
+    """After the first (compiling) call, ``LiveStep.__call__``/``peek`` run no eager JAX op: the
+    all-valid mask is cached on the device, the cast is inside the compiled step and the checks
+    are plain Python. Counted by intercepting every primitive bound outside the compiled call
+    (the jitted call itself is the only one allowed, and its C++ fast path binds none)."""
+    from jax._src import core
+    model, params, frames, _ = tiny
+    live = LiveStep(model, params, batch_size=1)
+    state = live.init()
+    frame = frames[:, 0]
+    valid = jnp.ones((1,), bool)
+    for _ in range(2):  # compile and warm both paths (valid=None and an explicit mask)
+        state, _ = live(state, frame)
+        state, _ = live(state, frame, valid)
+        live.peek(state, frame)
+    bound = []
+    real_bind = core.Primitive.bind
+
+    def counting_bind(self, *args, **kwargs):
+        bound.append(self.name)
+        return real_bind(self, *args, **kwargs)
+
+    monkeypatch.setattr(core.Primitive, "bind", counting_bind)
+    for _ in range(3):
+        state, out = live(state, frame)
+        state, out = live(state, frame, valid)
+        out = live.peek(state, frame)
+    monkeypatch.undo()
+    assert [b for b in bound if b not in ("jit", "pjit")] == [], bound
+    jax.block_until_ready(out)

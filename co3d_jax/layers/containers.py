@@ -151,7 +151,8 @@ class Sequential(Layer):
         params, state = params or {}, state or {}
         new_state, out = {}, Out(x, valid)
         for n, c in self.children:
-            new_state[n], out = c.step(params.get(n), state.get(n), *out)
+            with jax.named_scope(n):  # op metadata names the layer path (profiles); no runtime cost
+                new_state[n], out = c.step(params.get(n), state.get(n), *out)
         return _drop_none(new_state), out
 
     def _prefill(self, params, xs, dtype):
@@ -203,7 +204,8 @@ class StridedSequential(Sequential):
         params, state = params or {}, state or {}
         new_state, out = {}, Out(x, valid)
         for n, c in self.children[:k]:
-            new_state[n], out = c.step(params.get(n), state.get(n), *out)
+            with jax.named_scope(n):
+                new_state[n], out = c.step(params.get(n), state.get(n), *out)
         tail = self.children[k:]
         tail_state = {n: state[n] for n, _ in tail if n in state}
 
@@ -211,7 +213,8 @@ class StridedSequential(Sequential):
             st, out = operands
             new = {}
             for n, c in tail:
-                new[n], out = c.step(params.get(n), st.get(n), *out)
+                with jax.named_scope(n):
+                    new[n], out = c.step(params.get(n), st.get(n), *out)
             return {n: s for n, s in new.items() if n in st}, out
 
         def skip(operands):
@@ -383,7 +386,8 @@ class Parallel(Layer):
         params, state = params or {}, state or {}
         new_state, outs, out_valid = {}, [], valid
         for (n, b), x in zip(self.branches, xs):
-            new_state[n], (y, v) = b.step(params.get(n), state.get(n), x, valid)
+            with jax.named_scope(n):
+                new_state[n], (y, v) = b.step(params.get(n), state.get(n), x, valid)
             outs.append(y)
             out_valid = out_valid & v
         return _drop_none(new_state), Out(tuple(outs), out_valid)

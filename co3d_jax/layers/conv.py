@@ -32,7 +32,7 @@ from .base import (Array, Layer, Out, Shape, bcast, check_channels, check_input,
 from .macs import count_padded_taps, valid_taps
 
 FILLS = ("zeros", "replicate")
-IMPLS = ("auto", "lax", "shift")
+IMPLS = ("auto", "lax", "shift", "pallas", "fused")
 
 
 def conv_out_size(size: int, k: int, s: int, p: int) -> int:
@@ -66,6 +66,39 @@ def _depthwise_shift(x: Array, kernel: Array, strides, padding) -> Array:
     return acc
 
 
+def _dense_frame(x: Array, kernel: Array, strides, padding) -> Array | None:
+    """A ``groups=1`` conv with a one-frame temporal kernel (temporal stride 1, no temporal padding)
+    without a library convolution, or None where this does not apply (jax_notes §9, ``step_kernels``:
+    on GPUs XLA runs fp32 convolutions channels-first, so each one costs transposes around it).
+
+    A 1x1 kernel is a matmul at spatial stride 1 whose output is then subsampled (no strided slice
+    feeds the dot, which crashed XLA's Triton GEMM fusion, jax_notes §9); a larger spatial kernel
+    over at most 4 input channels (the stem) is a sum of shifted, strided slices times taps, one
+    elementwise loop."""
+    kt, kh, kw, cin, _ = kernel.shape
+    if kt != 1 or strides[0] != 1 or _pair(padding[0]) != (0, 0):
+        return None
+    (plh, phh), (plw, phw) = _pair(padding[1]), _pair(padding[2])
+    if (kh, kw) == (1, 1) and (plh, phh, plw, phw) == (0, 0, 0, 0):
+        y = jnp.einsum("...c,cd->...d", x, kernel[0, 0, 0])
+        return y[:, :, ::strides[1], ::strides[2]] if strides[1:] != (1, 1) else y
+    if cin > 4:
+        return None
+    xp = jnp.pad(x, ((0, 0), (0, 0), (plh, phh), (plw, phw), (0, 0)))
+    acc_dtype = jnp.promote_types(x.dtype, jnp.float32)
+    ho = (xp.shape[2] - kh) // strides[1] + 1
+    wo = (xp.shape[3] - kw) // strides[2] + 1
+    acc = None
+    for b in range(kh):
+        for c in range(kw):
+            s = lax.slice(xp, (0, 0, b, c, 0), (xp.shape[0], xp.shape[1], b + (ho - 1) * strides[1] + 1,
+                                                 c + (wo - 1) * strides[2] + 1, cin), (1, 1, strides[1], strides[2], 1))
+            for i in range(cin):  # accumulated in (at least) fp32, as a library convolution does
+                t = s[..., i:i + 1].astype(acc_dtype) * kernel[0, b, c, i].astype(acc_dtype)
+                acc = t if acc is None else acc + t
+    return acc.astype(x.dtype)
+
+
 @static
 class Conv(Layer):
     """3D convolution usable clip-wise and frame-wise.
@@ -74,7 +107,13 @@ class Conv(Layer):
     triples (explicit symmetric padding, never 'SAME'); ``groups`` (``= in_channels`` for
     depthwise); ``bias``; ``temporal_fill`` ``'zeros'`` or ``'replicate'``; ``impl`` selects the
     depthwise algorithm (``'lax'`` grouped convolution, ``'shift'`` shift-and-add, ``'auto'``:
-    shift for depthwise); ``clip_impl`` overrides it for clip mode (on an H100 the grouped
+    shift for depthwise; for a dense conv with a one-frame kernel, ``'shift'`` avoids the library
+    convolution: a 1x1 kernel as a matmul then subsampled, a spatial kernel over at most 4 input
+    channels as shifted multiply-adds; ``'pallas'``: the step of a stride-1, zero-filled depthwise conv runs as
+    one fused Pallas kernel, :func:`co3d_jax.kernels.depthwise_step` (interpreted off GPUs), and
+    everything else as ``'shift'``; ``'fused'``: in step mode on an NVIDIA GPU, ``'pallas'`` for a
+    depthwise conv and ``'shift'`` for a dense one, everywhere else ``'auto'`` (X3D's default: the
+    fastest exact path measured on an H200, ``results/README.md``)); ``clip_impl`` overrides it for clip mode (on an H100 the grouped
     convolution won for X3D-L clips, shift-and-add everywhere else we measured).
     """
 
@@ -170,17 +209,30 @@ class Conv(Layer):
         return {"acc": jnp.zeros((batch, self.kernel[0] - 1, ho, wo, c), dtype), "n": counter_init(batch)}
 
     # ---------------------------------------------------------------- compute
-    def _conv(self, params, x: Array, t_stride: int, t_pad, impl: str | None = None) -> Array:
+    def _gpu_fused(self) -> bool:
+        """``impl='fused'`` on an NVIDIA GPU (step mode only)."""
+        if self.impl != "fused":
+            return False
+        from ..kernels import on_nvidia_gpu
+        return on_nvidia_gpu()
+
+    def _conv(self, params, x: Array, t_stride: int, t_pad, impl: str | None = None, step: bool = False) -> Array:
         """``x``: ``(B, T, H, W, C)`` -> ``(B, T', H', W', C_out)`` (no bias); ``t_pad``: an int
-        (both ends) or a ``(low, high)`` pair."""
+        (both ends) or a ``(low, high)`` pair; ``step``: a per-frame call of step mode."""
         impl = impl or self.impl
+        if impl == "fused":
+            impl = "shift" if step and self._gpu_fused() else "auto"
         kernel = params["kernel"].astype(x.dtype)
         strides = (t_stride, self.strides[1], self.strides[2])
+        if impl == "pallas":  # the fused kernel is a step kernel; clips and prefill shift and add
+            impl = "shift"
         pads = (t_pad, self.pads[1], self.pads[2])
         if self.depthwise and impl in ("auto", "shift"):
             return _depthwise_shift(x, kernel, strides, pads)
         if self.kernel == (1, 1, 1) and self.groups == 1 and strides == (1, 1, 1):
             return jnp.einsum("...c,cd->...d", x, kernel[0, 0, 0])
+        if self.groups == 1 and impl == "shift" and (y := _dense_frame(x, kernel, strides, pads)) is not None:
+            return y
         return lax.conv_general_dilated(
             x, kernel, window_strides=strides, padding=[_pair(p) for p in pads],
             dimension_numbers=("NDHWC", "DHWIO", "NDHWC"), feature_group_count=self.groups)
@@ -194,7 +246,7 @@ class Conv(Layer):
         return self._bias(params, self._conv(params, x, self.strides[0], self.pads[0], self.clip_impl or self.impl))
 
     def apply(self, params, x):  # stateless frame-wise use
-        return self._bias(params, self._conv(params, x[:, None], 1, 0)[:, 0])
+        return self._bias(params, self._conv(params, x[:, None], 1, 0, step=True)[:, 0])
 
     def taps(self, params, x: Array) -> Array:
         """Per-tap spatial convolutions of one frame: ``(B, H, W, C_in) -> (B, kT, H', W', C_out)``,
@@ -203,7 +255,7 @@ class Conv(Layer):
         kt = self.kernel[0]
         sh, sw = self.strides[1:]
         ph, pw = self.pads[1:]
-        if self.depthwise and self.impl in ("auto", "shift"):
+        if self.depthwise and self.impl in ("auto", "shift", "pallas", "fused"):
             ho, wo, _ = self.out_shape(x.shape[1:])
             xp = jnp.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))[:, None]
             acc = None
@@ -265,6 +317,8 @@ class Conv(Layer):
             return state, Out(self.apply(params, x), valid)
         emit, n_next, first = counter_advance(state["n"], valid, self.delay, self.stride)
         acc = state["acc"]
+        if self.depthwise and (self.impl == "pallas" or self._gpu_fused()) and self._pallas_ok():
+            return self._pallas_step(params, state, x, valid, emit, n_next)
         z = self.taps(params, x.astype(acc.dtype))
         want = (x.shape[0], *acc.shape[1:])
         if z.shape[0] != acc.shape[0] or z.shape[2:] != acc.shape[2:]:
@@ -279,3 +333,21 @@ class Conv(Layer):
         rev = z[:, kt - 2::-1] if kt > 1 else z[:, :0]  # z[kT-2], ..., z[0]
         new_acc = jnp.concatenate([acc[:, 1:], jnp.zeros_like(acc[:, :1])], axis=1) + rev
         return gate(valid, {"acc": new_acc, "n": n_next}, state), Out(y.astype(x.dtype), emit)
+
+    def _pallas_ok(self) -> bool:
+        from ..kernels import pallas_supported
+        return pallas_supported(self.kernel, self.strides, self.temporal_fill)
+
+    def _pallas_step(self, params, state, x, valid, emit, n_next):
+        """:meth:`step` as one fused kernel: taps, output (+ bias), partial-sum update, gating."""
+        from ..kernels import depthwise_step
+        acc = state["acc"]
+        ph, pw = self.pads[1:]
+        xp = jnp.pad(x.astype(acc.dtype), ((0, 0), (ph, ph), (pw, pw), (0, 0)))
+        if xp.shape[0] != acc.shape[0] or xp.shape[1:3] != (acc.shape[2] + self.kernel[1] - 1,
+                                                            acc.shape[3] + self.kernel[2] - 1):
+            raise ValueError(f"Conv: frame of shape {tuple(x.shape)} does not match the state, which was built "
+                             f"for outputs (B, kT-1, H', W', C) = {(x.shape[0], *acc.shape[1:])}")
+        y, new_acc = depthwise_step(xp, acc, params["kernel"][:, :, :, 0, :], params.get("bias") if self.bias else None,
+                                    valid)
+        return {"acc": new_acc, "n": gate(valid, n_next, state["n"])}, Out(y.astype(x.dtype), emit)

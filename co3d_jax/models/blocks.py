@@ -10,15 +10,17 @@ from __future__ import annotations
 from ..layers import Activation, BatchNorm, Conv, Delay, Layer, Sequential, broadcast_reduce
 
 
-def res_block(branch2: Layer, c_in: int, c_out: int, stride: int, continual: bool = True) -> Sequential:
+def res_block(branch2: Layer, c_in: int, c_out: int, stride: int, continual: bool = True,
+              proj_impl: str = "auto") -> Sequential:
     """``relu(skip(x) + branch2(x))`` on ``(B, T, H, W, c_in)`` -> ``(B, T, H/stride, W/stride, c_out)``.
 
     ``continual=True`` (CoResBlock, reference §2.3): the skip ends in ``Delay(branch2.delay)``, so
     in stream mode it adds the frame the branch is answering for. ``False``: clip-only models
-    (no delay layer, the parameter tree of their checkpoints).
+    (no delay layer, the parameter tree of their checkpoints). ``proj_impl``: the projection
+    shortcut's ``Conv.impl``.
     """
     if c_in != c_out or stride != 1:
-        proj = [("branch1", Conv(c_in, c_out, 1, (1, stride, stride))), ("branch1_bn", BatchNorm(c_out))]
+        proj = [("branch1", Conv(c_in, c_out, 1, (1, stride, stride), impl=proj_impl)), ("branch1_bn", BatchNorm(c_out))]
         skip = Sequential.of(*proj, *([("delay", Delay(branch2.delay))] if continual else []))
     else:
         skip = Delay(branch2.delay) if continual else Activation("identity")
