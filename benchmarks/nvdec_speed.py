@@ -18,7 +18,8 @@ rest still runs):
   decoder, packet scan, the thread's decoder reconfigured), ``nvdec_noscan`` (header frame
   count), ``nvdec_nv12`` (native NV12 + ``nv12_to_rgb`` in JAX), ``nvdec_new_decoder`` (a new
   SimpleDecoder per video instead of ``reconfigure_decoder``), ``nvdec_bytes`` (from the file's
-  bytes: always a new decoder). ``nvdec_parts``: the raw API's reconfigure / ``get_batch_frames_by_index``
+  bytes: always a new decoder); ``container_check`` (the PyAV demux that opening an
+  ``NvdecFrames`` adds: ``demux_index``, CPU). ``nvdec_parts``: the raw API's reconfigure / ``get_batch_frames_by_index``
   / DLPack import + stack, separately, and the frames NVDEC must decode per clip (from the
   keyframe before the first index) per second of the batch call.
 * ``threads``: clips/s (eval clips over all videos, ``--clips`` per run) with 1/2/4/8 threads, each
@@ -140,7 +141,7 @@ def per_clip(paths, reps, keys):
     import jax
 
     from co3d_jax.data import nvdec
-    from co3d_jax.data.video import VideoFrames
+    from co3d_jax.data.video import VideoFrames, demux_index
 
     def nv(**opts):
         def read(p, idx):
@@ -159,6 +160,7 @@ def per_clip(paths, reps, keys):
     variants = {
         "cpu": lambda p, idx: VideoFrames(p)[idx],
         "cpu_put": lambda p, idx: jax.device_put(VideoFrames(p)[idx]).block_until_ready(),
+        "container_check": lambda p, idx: demux_index(p).check_complete(),
         "nvdec": nv(),
         "nvdec_noscan": nv(scan=False),
         "nvdec_nv12": nv(color="nv12"),
