@@ -186,14 +186,44 @@ def test_out_of_range_and_bad_indices_are_clear_errors(fake):
         v[[[1, 2]]]
 
 
-def test_nv12_output_is_converted_in_jax(fake):
-    path, _, nv12 = fake.add("a", h=6, w=8)
-    v = NvdecFrames(path, color="nv12")
-    assert fake.created[-1][2] == "native"
+def test_nv12_output_is_converted_in_jax_by_default(fake):
+    path, rgb, nv12 = fake.add("a", h=6, w=8)
+    v = NvdecFrames(path)
+    assert v.color == "nv12" and fake.created[-1][2] == "native"
     got = v[[2, 2, 0]]
     np.testing.assert_array_equal(np.asarray(got), np.asarray(nv12_to_rgb(nv12[[2, 2, 0]], 6)))
+    v = NvdecFrames(path, color="rgb")                    # the decoder's own conversion: another decoder
+    assert fake.created[-1][2] == "rgb" and len(fake.created) == 2
+    np.testing.assert_array_equal(np.asarray(v[[2, 0]]), rgb[[2, 0]])
     with pytest.raises(ValueError, match="color"):
         NvdecFrames(path, color="yuv")
+
+
+def test_nv12_refuses_other_pixel_formats_at_open(fake, tmp_path):
+    """``nv12_to_rgb`` is PyAV's conversion of yuv420p (limited range, even width) only: a stream
+    in another pixel format (here full-range yuvj420p) or of odd width is refused at open, so
+    ``auto`` reads it on the CPU; ``color="rgb"`` reads it on NVDEC."""
+    import av
+    path = str(tmp_path / "full_range.mp4")
+    with av.open(path, "w") as c:
+        s = c.add_stream("mjpeg", rate=25)
+        s.width, s.height, s.pix_fmt = 8, 6, "yuvj420p"
+        for i in range(6):
+            for p in s.encode(av.VideoFrame.from_ndarray(np.full((6, 8, 3), 40 * i, np.uint8), format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    _, rgb, _ = fake.register(path, 6)
+    with pytest.raises(VideoError, match=r"full_range\.mp4: cannot open \(nvdec\): color='nv12' reads yuv420p .* "
+                                         r"this stream is yuvj420p: use color='rgb'"):
+        NvdecFrames(path)
+    np.testing.assert_array_equal(np.asarray(NvdecFrames(path, color="rgb")[[5]]), rgb[[5]])
+    assert isinstance(frame_source(path, "auto"), VideoFrames)
+    odd, _, _ = fake.add("odd_width", t=4)                 # (a real even-width file; the fake says 7 wide)
+    fake.VIDEOS[open(odd, "rb").read()]["rgb"] = np.zeros((4, 6, 7, 3), np.uint8)
+    with pytest.raises(VideoError, match="this stream is 7 pixels wide: use color='rgb'"):
+        NvdecFrames(odd)
+    assert NvdecFrames(odd, color="rgb")[[3]].shape == (1, 6, 7, 3)
 
 
 def test_nv12_to_rgb_is_pyavs_conversion():
@@ -264,7 +294,7 @@ def test_a_truncated_mp4_gets_the_cpu_decoders_verdict(fake, tmp_path):
     assert packets == 50
     fake.register(cut, packets, header=packets, h=64, w=96)        # what PyNvVideoCodec 2.2.4 reported
     _, rgb, _ = fake.register(good, 90, h=64, w=96)
-    for options in ({}, {"scan": False}, {"color": "nv12"}):
+    for options in ({}, {"scan": False}, {"color": "rgb"}):
         with pytest.raises(VideoError) as e:
             NvdecFrames(cut, **options)
         assert str(e.value) == str(cpu.value)
@@ -344,8 +374,8 @@ def test_one_decoder_per_thread_reused_by_reconfigure(fake):
     nvdec.release_thread_decoder()
     NvdecFrames(a)
     assert len(fake.created) == 6
-    NvdecFrames(a, color="nv12")                   # another output format: another decoder
-    assert len(fake.created) == 7 and fake.created[-1][2] == "native"
+    NvdecFrames(a, color="rgb")                    # another output format: another decoder
+    assert len(fake.created) == 7 and fake.created[-1][2] == "rgb"
 
 
 def test_a_failed_reconfigure_makes_a_new_decoder(fake, monkeypatch, tmp_path):

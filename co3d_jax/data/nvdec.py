@@ -54,9 +54,11 @@ read is an error too. The demux costs about 1.3 ms (h264) / 0.6 ms (mpeg4) of CP
 * Damage inside the stream: NVDEC does not report corrupt packets per frame, so a damaged frame
   may decode to wrong pixels where PyAV would raise (or skip it).
 * Pixels: NVDEC's decode and its YUV->RGB conversion are not PyAV's; the measured differences are
-  in ``docs/nvdec.md`` (``benchmarks/nvdec_speed.py``). With ``decoder="auto"`` a video that NVDEC
-  cannot open (e.g. a codec the hardware lacks) is read by the CPU decoder instead, whose verdict
-  (frames or error) then holds.
+  in ``docs/nvdec.md`` (``benchmarks/nvdec_speed.py``): with ``color="nv12"`` (default) h264
+  frames equal PyAV's exactly. ``color="nv12"`` opens yuv420p streams of even width only (others
+  need ``color="rgb"``) and refuses others at open. With ``decoder="auto"`` a video
+  that NVDEC cannot open (e.g. a codec the hardware lacks) is read by the CPU decoder instead,
+  whose verdict (frames or error) then holds.
 
 PyNvVideoCodec is imported lazily (never when this module is imported).
 """
@@ -79,10 +81,12 @@ from .video import Media, VideoError, VideoFrames, demux_index
 DECODERS = ("auto", "cpu", "nvdec")
 """The ``decoder=`` choices of :func:`frame_source` (for a command's ``--decoder``)."""
 
-COLORS = ("rgb", "nv12")
-"""``NvdecFrames(color=...)``: ``rgb`` converts on the decoder (PyNvVideoCodec's
-``OutputColorType.RGB``); ``nv12`` takes the decoder's native NV12 and converts with
-:func:`nv12_to_rgb` in JAX (PyAV's default conversion, bit for bit on x86-64)."""
+COLORS = ("nv12", "rgb")
+"""``NvdecFrames(color=...)``: ``nv12`` (the default) takes the decoder's native NV12 and converts
+with :func:`nv12_to_rgb` in JAX (PyAV's default conversion, bit for bit on x86-64: h264 frames equal
+PyAV's exactly on an H200); ``rgb`` converts on the decoder (PyNvVideoCodec's
+``OutputColorType.RGB``: up to 2 levels off PyAV for h264), for streams other than yuv420p of even
+width, which ``nv12`` refuses at open."""
 
 MODULE = "PyNvVideoCodec"
 
@@ -257,13 +261,13 @@ class NvdecFrames:
 
     ``gpu_id``: the CUDA device to decode on (JAX's device with that id receives the frames).
     ``scan``: count the frames by scanning the packets (exact; the header count can be wrong for
-    MPEG-4 Part 2). ``color``: one of :data:`COLORS`.
+    MPEG-4 Part 2). ``color``: one of :data:`COLORS` (default ``nv12``: PyAV's colour conversion).
     ``cache_size``: the thread decoder's LRU cache of hardware decoders (``decoder_cache_size``).
     """
 
     on_device = True
 
-    def __init__(self, media: Media, *, gpu_id: int = 0, scan: bool = True, color: str = "rgb",
+    def __init__(self, media: Media, *, gpu_id: int = 0, scan: bool = True, color: str = "nv12",
                  cache_size: int = 4):
         if color not in COLORS:
             raise ValueError(f"color must be one of {COLORS}, got {color!r}")
@@ -292,7 +296,11 @@ class NvdecFrames:
             raise VideoError(f"{self.label}: cannot open (nvdec): {_first_line(e)}") from None
         if n <= 0:
             raise VideoError(f"{self.label}: no decodable frame")
-        self._check_container()
+        index = self._check_container()
+        if self.color == "nv12" and (index.pix_fmt not in (None, "yuv420p") or self.width % 2):
+            what = f"{index.pix_fmt}" if self.width % 2 == 0 else f"{self.width} pixels wide"
+            raise VideoError(f"{self.label}: cannot open (nvdec): color='nv12' reads yuv420p (8-bit 4:2:0, limited "
+                             f"range) of even width only, this stream is {what}: use color='rgb'")
         # PyNvVideoCodec serves indices below the header's count only (where it gives one)
         self.n = min(n, self.header_frames) if self.header_frames > 0 else n
 
