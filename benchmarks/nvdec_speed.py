@@ -18,7 +18,8 @@ rest still runs):
   decoder, packet scan, the thread's decoder reconfigured), ``nvdec_noscan`` (header frame
   count), ``nvdec_nv12`` (native NV12 + ``nv12_to_rgb`` in JAX: the default since the first H200
   run), ``nvdec_new_decoder`` (a new SimpleDecoder per video instead of ``reconfigure_decoder``),
-  ``nvdec_bytes`` (from the file's bytes: always a new decoder), all but
+  ``nvdec_bytes`` (from the file's bytes: always a new decoder; with
+  ``BYTES_UNSUPPORTED_CODECS`` emptied, so it records PyNvVideoCodec's own behaviour), all but
   ``nvdec_nv12`` with ``color="rgb"`` (the keys keep their meaning across runs);
   ``container_check`` (the PyAV demux that opening an ``NvdecFrames`` adds: ``demux_index``, CPU).
   ``nvdec_parts``: the raw API's reconfigure / ``get_batch_frames_by_index``
@@ -157,7 +158,11 @@ def per_clip(paths, reps, keys):
     data = {p: open(p, "rb").read() for p in paths}
 
     def from_bytes(p, idx):
-        nvdec.NvdecFrames(data[p], color="rgb")[idx].block_until_ready()
+        refused, nvdec.BYTES_UNSUPPORTED_CODECS = nvdec.BYTES_UNSUPPORTED_CODECS, ()
+        try:
+            nvdec.NvdecFrames(data[p], color="rgb")[idx].block_until_ready()
+        finally:
+            nvdec.BYTES_UNSUPPORTED_CODECS = refused
 
     variants = {
         "cpu": lambda p, idx: VideoFrames(p)[idx],

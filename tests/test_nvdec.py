@@ -338,6 +338,19 @@ def test_a_file_pyav_cannot_demux_is_an_error(fake, tmp_path):
         NvdecFrames(str(path))
 
 
+def test_mpeg4_from_bytes_is_refused_at_open(fake, real_video, capsys):
+    """PyNvVideoCodec 2.2.4 failed the first read of MPEG-4 Part 2 from bytes on the H200
+    (``GetFramesByIdxList``): refused at open instead, so ``auto`` decodes it on the CPU."""
+    path, rgb, _ = fake.add("m4", codec="mpeg4")
+    data = open(path, "rb").read()
+    np.testing.assert_array_equal(np.asarray(NvdecFrames(path)[[3]]), rgb[[3]])     # from a path: NVDEC
+    with pytest.raises(VideoError, match=r"\(bytes\): cannot open \(nvdec\): mpeg4 from bytes"):
+        NvdecFrames(data)
+    v = frame_source(data, "auto")
+    assert isinstance(v, VideoFrames) and len(v) == 20
+    assert "NVDEC could not open a video" in capsys.readouterr().err
+
+
 # -- the thread's decoder ----------------------------------------------------------------------
 def test_one_decoder_per_thread_reused_by_reconfigure(fake):
     a, ra, _ = fake.add("a")

@@ -56,7 +56,8 @@ read is an error too. The demux costs about 1.3 ms (h264) / 0.6 ms (mpeg4) of CP
 * Pixels: NVDEC's decode and its YUV->RGB conversion are not PyAV's; the measured differences are
   in ``docs/nvdec.md`` (``benchmarks/nvdec_speed.py``): with ``color="nv12"`` (default) h264
   frames equal PyAV's exactly. ``color="nv12"`` opens yuv420p streams of even width only (others
-  need ``color="rgb"``) and refuses others at open. With ``decoder="auto"`` a video
+  need ``color="rgb"``) and refuses others at open; MPEG-4 Part 2 is not opened from bytes
+  (:data:`BYTES_UNSUPPORTED_CODECS`). With ``decoder="auto"`` a video
   that NVDEC cannot open (e.g. a codec the hardware lacks) is read by the CPU decoder instead,
   whose verdict (frames or error) then holds.
 
@@ -87,6 +88,13 @@ with :func:`nv12_to_rgb` in JAX (PyAV's default conversion, bit for bit on x86-6
 PyAV's exactly on an H200); ``rgb`` converts on the decoder (PyNvVideoCodec's
 ``OutputColorType.RGB``: up to 2 levels off PyAV for h264), for streams other than yuv420p of even
 width, which ``nv12`` refuses at open."""
+
+BYTES_UNSUPPORTED_CODECS = ("mpeg4",)
+"""Codecs (PyNvVideoCodec's ``codec_name``) that :class:`NvdecFrames` refuses from bytes at open
+(a :class:`~co3d_jax.data.video.VideoError`, so ``decoder="auto"`` reads them on the CPU): with
+PyNvVideoCodec 2.2.4 on the H200 an MPEG-4 Part 2 video opened from bytes failed at its first read
+(``PyNvVCException: GetFramesByIdxList``) where the same files opened from paths were read, and h264
+from bytes was read (``results/nvdec_speed_h200.json``, ``nvdec_bytes``)."""
 
 MODULE = "PyNvVideoCodec"
 
@@ -296,6 +304,9 @@ class NvdecFrames:
             raise VideoError(f"{self.label}: cannot open (nvdec): {_first_line(e)}") from None
         if n <= 0:
             raise VideoError(f"{self.label}: no decodable frame")
+        if not isinstance(media, str) and self.codec in BYTES_UNSUPPORTED_CODECS:
+            raise VideoError(f"{self.label}: cannot open (nvdec): {self.codec} from bytes: PyNvVideoCodec's reads "
+                             "fail (GetFramesByIdxList; benchmarks/nvdec_speed.py), pass a path or decode on the CPU")
         index = self._check_container()
         if self.color == "nv12" and (index.pix_fmt not in (None, "yuv420p") or self.width % 2):
             what = f"{index.pix_fmt}" if self.width % 2 == 0 else f"{self.width} pixels wide"
