@@ -14,15 +14,19 @@ rest still runs):
 * ``per_clip``: ms per clip, one thread, median over ``--reps`` passes over the videos after a
   warm-up, for the X3D-M eval clip (16 frames at rate 5, centred) and an X3D-S training window
   (13 x 6 at a random start): ``cpu`` (``VideoFrames(path)[idx]``, host numpy), ``cpu_put`` (+
-  ``jax.device_put`` to the GPU), ``nvdec`` (``NvdecFrames(path)[idx]``, default: RGB on the
+  ``jax.device_put`` to the GPU), ``nvdec`` (``NvdecFrames(path, color="rgb")[idx]``: RGB on the
   decoder, packet scan, the thread's decoder reconfigured), ``nvdec_noscan`` (header frame
-  count), ``nvdec_nv12`` (native NV12 + ``nv12_to_rgb`` in JAX), ``nvdec_new_decoder`` (a new
-  SimpleDecoder per video instead of ``reconfigure_decoder``), ``nvdec_bytes`` (from the file's
-  bytes: always a new decoder). ``nvdec_parts``: the raw API's reconfigure / ``get_batch_frames_by_index``
+  count), ``nvdec_nv12`` (native NV12 + ``nv12_to_rgb`` in JAX: the default since the first H200
+  run), ``nvdec_new_decoder`` (a new SimpleDecoder per video instead of ``reconfigure_decoder``),
+  ``nvdec_bytes`` (from the file's bytes: always a new decoder; with
+  ``BYTES_UNSUPPORTED_CODECS`` emptied, so it records PyNvVideoCodec's own behaviour), all but
+  ``nvdec_nv12`` with ``color="rgb"`` (the keys keep their meaning across runs);
+  ``container_check`` (the PyAV demux that opening an ``NvdecFrames`` adds: ``demux_index``, CPU).
+  ``nvdec_parts``: the raw API's reconfigure / ``get_batch_frames_by_index``
   / DLPack import + stack, separately, and the frames NVDEC must decode per clip (from the
   keyframe before the first index) per second of the batch call.
 * ``threads``: clips/s (eval clips over all videos, ``--clips`` per run) with 1/2/4/8 threads, each
-  with its own decoder, for ``nvdec``, ``nvdec_nv12``, ``nvdec`` with ``decoder_cache_size`` 1 and
+  with its own decoder, for ``nvdec`` (RGB), ``nvdec_nv12``, ``nvdec`` with ``decoder_cache_size`` 1 and
   8, and ``cpu`` (PyAV releases the GIL while decoding); with the process's CPU time per wall
   second and the NVDEC utilisation that ``nvidia-smi`` reports during the run (what bounds it).
 * ``exactness``: two whole videos per codec through NVDEC against PyAV: max / mean abs RGB
@@ -140,25 +144,30 @@ def per_clip(paths, reps, keys):
     import jax
 
     from co3d_jax.data import nvdec
-    from co3d_jax.data.video import VideoFrames
+    from co3d_jax.data.video import VideoFrames, demux_index
 
     def nv(**opts):
         def read(p, idx):
-            nvdec.NvdecFrames(p, **opts)[idx].block_until_ready()
+            nvdec.NvdecFrames(p, **{"color": "rgb", **opts})[idx].block_until_ready()
         return read
 
     def new_decoder(p, idx):
         nvdec.release_thread_decoder()
-        nvdec.NvdecFrames(p)[idx].block_until_ready()
+        nvdec.NvdecFrames(p, color="rgb")[idx].block_until_ready()
 
     data = {p: open(p, "rb").read() for p in paths}
 
     def from_bytes(p, idx):
-        nvdec.NvdecFrames(data[p])[idx].block_until_ready()
+        refused, nvdec.BYTES_UNSUPPORTED_CODECS = nvdec.BYTES_UNSUPPORTED_CODECS, ()
+        try:
+            nvdec.NvdecFrames(data[p], color="rgb")[idx].block_until_ready()
+        finally:
+            nvdec.BYTES_UNSUPPORTED_CODECS = refused
 
     variants = {
         "cpu": lambda p, idx: VideoFrames(p)[idx],
         "cpu_put": lambda p, idx: jax.device_put(VideoFrames(p)[idx]).block_until_ready(),
+        "container_check": lambda p, idx: demux_index(p).check_complete(),
         "nvdec": nv(),
         "nvdec_noscan": nv(scan=False),
         "nvdec_nv12": nv(color="nv12"),
@@ -289,7 +298,7 @@ def threads_section(paths, ks, clips):
 
     def nv(**opts):
         def read(p, idx):
-            nvdec.NvdecFrames(p, **opts)[idx].block_until_ready()
+            nvdec.NvdecFrames(p, **{"color": "rgb", **opts})[idx].block_until_ready()
         return read
 
     variants = {"nvdec": (nv(), ks), "nvdec_nv12": (nv(color="nv12"), ks),
@@ -349,7 +358,7 @@ def exactness_video(path, gop_hint):
     rgb_ref, yuv_ref, ptypes, keys = pyav_frames(path)
     n = len(rgb_ref)
     out = {"frames_pyav": n, "pyav_rgb_equals_decode_all": bool(np.array_equal(rgb_ref, decode_all(path)[0]))}
-    v = NvdecFrames(path)
+    v = NvdecFrames(path, color="rgb")
     out["frames_nvdec"] = len(v)
     m = min(n, len(v))
     rgb = np.asarray(v[np.arange(m)])

@@ -3,7 +3,10 @@ frames from numpy arrays (numpy arrays export ``__dlpack__``, so ``jax.dlpack.fr
 them as it takes NVDEC frames) and behaves as the real ``SimpleDecoder`` does where it matters:
 repeated indices are dropped, out-of-range ones skipped with a warning, a truncated stream returns
 fewer frames, ``reconfigure_decoder`` takes a path only. Each fake decoder refuses use from
-another thread than its own, so sharing a decoder across threads fails these tests.
+another thread than its own, so sharing a decoder across threads fails these tests. The files
+are real (tiny PyAV-encoded) videos, since opening one also demuxes it with PyAV (the CPU
+decoder's truncation rule); the fake serves its own frames for them, whose RGB output is the
+JAX conversion of its NV12 output, so both ``color``s give the same frames.
 
 Pixel exactness and speed on a real GPU: ``benchmarks/nvdec_speed.py``."""
 
@@ -40,7 +43,7 @@ class Meta:
 def make_fake():
     """A module with PyNvVideoCodec's ``SimpleDecoder`` surface; videos are registered in
     ``fake.VIDEOS`` by file content: ``{content: dict(rgb=(T, H, W, 3), nv12=(T, 1.5H, W),
-    header=frames the header promises)}``."""
+    header=the frame count get_stream_metadata reports, codec=its codec_name)}``."""
     fake = types.ModuleType("PyNvVideoCodec")
     fake.VIDEOS, fake.created, fake.reconfigured, fake.batches = {}, [], [], []
     fake.refuse_reconfigure = False
@@ -78,7 +81,8 @@ def make_fake():
         def get_stream_metadata(self):
             self._own()
             t, h, w, _ = self.video["rgb"].shape
-            return Meta(num_frames=self.video["header"], average_fps=25.0, width=w, height=h, codec_name="h264")
+            return Meta(num_frames=self.video["header"], average_fps=25.0, width=w, height=h,
+                        codec_name=self.video.get("codec", "h264"))
 
         def get_scanned_stream_metadata(self):
             self._own()
@@ -105,7 +109,11 @@ def make_fake():
 @pytest.fixture
 def fake(monkeypatch, tmp_path):
     """The fake module as ``PyNvVideoCodec``, JAX's backend taken for a CUDA GPU; ``fake.add(name,
-    T, header)`` writes a file and registers its frames."""
+    T, header)`` writes a real T-frame video (PyAV, mpeg4) and registers the fake's frames for it
+    (``header``: the count the fake reports as the header's); ``fake.register(path, T, header)``
+    registers an existing file."""
+    pytest.importorskip("av")
+    from co3d_jax.data.video import encode_video
     f = make_fake()
     monkeypatch.setitem(sys.modules, "PyNvVideoCodec", f)
     monkeypatch.setattr(nvdec, "_jax_on_cuda", lambda: (True, ""))
@@ -114,16 +122,20 @@ def fake(monkeypatch, tmp_path):
     nvdec.release_thread_decoder()
     rng = np.random.default_rng(0)
 
-    def add(name, t=20, header=None, h=6, w=8):
-        content = f"FAKE {name}".encode()
-        rgb = rng.integers(0, 256, (t, h, w, 3), dtype=np.uint8)
+    def register(path, t, header=None, h=6, w=8, codec="h264"):
         nv12 = rng.integers(0, 256, (t, h + (h + 1) // 2, w), dtype=np.uint8)
-        f.VIDEOS[content] = dict(rgb=rgb, nv12=nv12, header=t if header is None else header)
-        path = tmp_path / f"{name}.mp4"
-        path.write_bytes(content)
+        rgb = np.asarray(nv12_to_rgb(nv12, h)) if t else np.zeros((0, h, w, 3), np.uint8)
+        content = open(path, "rb").read()
+        assert content not in f.VIDEOS
+        f.VIDEOS[content] = dict(rgb=rgb, nv12=nv12, header=t if header is None else header, codec=codec)
         return str(path), rgb, nv12
 
-    f.add = add
+    def add(name, t=20, header=None, h=6, w=8, codec="h264"):
+        path = tmp_path / f"{name}.mp4"
+        encode_video(str(path), rng.integers(0, 256, (t, h, w, 3), dtype=np.uint8), 25)
+        return register(path, t, header, h, w, codec)
+
+    f.add, f.register = add, register
     yield f
     nvdec.release_thread_decoder()
     nvdec._availability.cache_clear()
@@ -174,14 +186,44 @@ def test_out_of_range_and_bad_indices_are_clear_errors(fake):
         v[[[1, 2]]]
 
 
-def test_nv12_output_is_converted_in_jax(fake):
-    path, _, nv12 = fake.add("a", h=6, w=8)
-    v = NvdecFrames(path, color="nv12")
-    assert fake.created[-1][2] == "native"
+def test_nv12_output_is_converted_in_jax_by_default(fake):
+    path, rgb, nv12 = fake.add("a", h=6, w=8)
+    v = NvdecFrames(path)
+    assert v.color == "nv12" and fake.created[-1][2] == "native"
     got = v[[2, 2, 0]]
     np.testing.assert_array_equal(np.asarray(got), np.asarray(nv12_to_rgb(nv12[[2, 2, 0]], 6)))
+    v = NvdecFrames(path, color="rgb")                    # the decoder's own conversion: another decoder
+    assert fake.created[-1][2] == "rgb" and len(fake.created) == 2
+    np.testing.assert_array_equal(np.asarray(v[[2, 0]]), rgb[[2, 0]])
     with pytest.raises(ValueError, match="color"):
         NvdecFrames(path, color="yuv")
+
+
+def test_nv12_refuses_other_pixel_formats_at_open(fake, tmp_path):
+    """``nv12_to_rgb`` is PyAV's conversion of yuv420p (limited range, even width) only: a stream
+    in another pixel format (here full-range yuvj420p) or of odd width is refused at open, so
+    ``auto`` reads it on the CPU; ``color="rgb"`` reads it on NVDEC."""
+    import av
+    path = str(tmp_path / "full_range.mp4")
+    with av.open(path, "w") as c:
+        s = c.add_stream("mjpeg", rate=25)
+        s.width, s.height, s.pix_fmt = 8, 6, "yuvj420p"
+        for i in range(6):
+            for p in s.encode(av.VideoFrame.from_ndarray(np.full((6, 8, 3), 40 * i, np.uint8), format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    _, rgb, _ = fake.register(path, 6)
+    with pytest.raises(VideoError, match=r"full_range\.mp4: cannot open \(nvdec\): color='nv12' reads yuv420p .* "
+                                         r"this stream is yuvj420p: use color='rgb'"):
+        NvdecFrames(path)
+    np.testing.assert_array_equal(np.asarray(NvdecFrames(path, color="rgb")[[5]]), rgb[[5]])
+    assert isinstance(frame_source(path, "auto"), VideoFrames)
+    odd, _, _ = fake.add("odd_width", t=4)                 # (a real even-width file; the fake says 7 wide)
+    fake.VIDEOS[open(odd, "rb").read()]["rgb"] = np.zeros((4, 6, 7, 3), np.uint8)
+    with pytest.raises(VideoError, match="this stream is 7 pixels wide: use color='rgb'"):
+        NvdecFrames(odd)
+    assert NvdecFrames(odd, color="rgb")[[3]].shape == (1, 6, 7, 3)
 
 
 def test_nv12_to_rgb_is_pyavs_conversion():
@@ -224,11 +266,52 @@ def test_open_errors_name_the_file(fake, tmp_path):
     np.testing.assert_array_equal(np.asarray(NvdecFrames(path)[[1]]), rgb[[1]])
 
 
-def test_truncated_streams(fake):
-    cut, rcut, _ = fake.add("cut", t=20, header=30)
-    with pytest.raises(VideoError, match=r"cut\.mp4: truncated: stream ends at frame 19, metadata promises 27"):
-        NvdecFrames(cut)
-    short, rgb, _ = fake.add("short", t=20, header=22)       # within TRUNCATION_TOLERANCE: the count is the scan's
+def cut_mp4(tmp_path):
+    """``benchmarks/nvdec_speed.py``'s ``bad_files``: a 90-frame MP4 with its index first
+    (faststart, so it opens) and its bytes cut at 60%: the index promises 90 frames, the file
+    holds 50."""
+    from co3d_jax.data.video import encode_video
+    good = str(tmp_path / "faststart.mp4")
+    encode_video(good, np.random.default_rng(0).integers(0, 256, (90, 64, 96, 3), dtype=np.uint8), 30, faststart=True)
+    data = open(good, "rb").read()
+    cut = tmp_path / "cut_at_60_percent.mp4"
+    cut.write_bytes(data[:int(len(data) * 0.6)])
+    return good, str(cut)
+
+
+def test_a_truncated_mp4_gets_the_cpu_decoders_verdict(fake, tmp_path):
+    """The case found on the GPU (``results/nvdec_speed_h200.json``, ``bad_files``): PyNvVideoCodec
+    opened the cut MP4 as a 50-frame video, its header count and its packet scan both the cut
+    stream's (as this fake reports them), where the CPU decoder says truncated. NVDEC now gives
+    the CPU decoder's verdict, with its message, at open; from a path or bytes, with or without
+    the scan, and ``auto`` too."""
+    good, cut = cut_mp4(tmp_path)
+    with pytest.raises(VideoError) as cpu:
+        VideoFrames(cut, "pyav")
+    assert "cut_at_60_percent.mp4: truncated: stream ends at pts 25088, metadata promises 44544" in str(cpu.value)
+    from co3d_jax.data.video import demux_index
+    packets = len(demux_index(cut).pts)
+    assert packets == 50
+    fake.register(cut, packets, header=packets, h=64, w=96)        # what PyNvVideoCodec 2.2.4 reported
+    _, rgb, _ = fake.register(good, 90, h=64, w=96)
+    for options in ({}, {"scan": False}, {"color": "rgb"}):
+        with pytest.raises(VideoError) as e:
+            NvdecFrames(cut, **options)
+        assert str(e.value) == str(cpu.value)
+    with pytest.raises(VideoError) as e:
+        NvdecFrames(open(cut, "rb").read())
+    assert str(e.value) == str(cpu.value).replace(cut, "(bytes)")
+    with pytest.raises(VideoError, match="truncated: stream ends at pts 25088"):
+        frame_source(cut, "auto")
+    v = NvdecFrames(good)                                      # the intact file opens, after the cut one
+    assert len(v) == 90
+    np.testing.assert_array_equal(np.asarray(v[[0, 89]]), rgb[[0, 89]])
+
+
+def test_frame_counts(fake):
+    """``len`` is the scan's count, capped at the header's; the truncation verdict is the
+    container's (PyAV's index), not a comparison of PyNvVideoCodec's two counts."""
+    short, rgb, _ = fake.add("short", t=20, header=22)
     v = NvdecFrames(short)
     assert len(v) == 20
     np.testing.assert_array_equal(np.asarray(v[[19]]), rgb[[19]])
@@ -236,11 +319,36 @@ def test_truncated_streams(fake):
     v = NvdecFrames(over)
     assert len(v) == 18
     np.testing.assert_array_equal(np.asarray(v[[17]]), rover[[17]])
-    v = NvdecFrames(cut, scan=False)                          # the header's count: found when read
+    long, rlong, _ = fake.add("long", t=20, header=30)        # a complete container: the scan's count
+    assert len(NvdecFrames(long)) == 20
+    v = NvdecFrames(long, scan=False)                         # the header's count: found when read
     assert len(v) == 30
-    np.testing.assert_array_equal(np.asarray(v[[0, 19]]), rcut[[0, 19]])
-    with pytest.raises(VideoError, match=r"cut\.mp4: truncated: NVDEC returned 1 of the 2 frames"):
+    np.testing.assert_array_equal(np.asarray(v[[0, 19]]), rlong[[0, 19]])
+    with pytest.raises(VideoError, match=r"long\.mp4: truncated: NVDEC returned 1 of the 2 frames"):
         v[[5, 25]]
+
+
+def test_a_file_pyav_cannot_demux_is_an_error(fake, tmp_path):
+    """NVDEC opens it (the fake takes any registered content), the container check does not:
+    the CPU decoder's message."""
+    path = tmp_path / "not_a_container.mp4"
+    path.write_bytes(b"this is no container" * 50)
+    fake.register(path, 5)
+    with pytest.raises(VideoError, match=r"not_a_container\.mp4: cannot decode: \w+"):
+        NvdecFrames(str(path))
+
+
+def test_mpeg4_from_bytes_is_refused_at_open(fake, real_video, capsys):
+    """PyNvVideoCodec 2.2.4 failed the first read of MPEG-4 Part 2 from bytes on the H200
+    (``GetFramesByIdxList``): refused at open instead, so ``auto`` decodes it on the CPU."""
+    path, rgb, _ = fake.add("m4", codec="mpeg4")
+    data = open(path, "rb").read()
+    np.testing.assert_array_equal(np.asarray(NvdecFrames(path)[[3]]), rgb[[3]])     # from a path: NVDEC
+    with pytest.raises(VideoError, match=r"\(bytes\): cannot open \(nvdec\): mpeg4 from bytes"):
+        NvdecFrames(data)
+    v = frame_source(data, "auto")
+    assert isinstance(v, VideoFrames) and len(v) == 20
+    assert "NVDEC could not open a video" in capsys.readouterr().err
 
 
 # -- the thread's decoder ----------------------------------------------------------------------
@@ -279,8 +387,8 @@ def test_one_decoder_per_thread_reused_by_reconfigure(fake):
     nvdec.release_thread_decoder()
     NvdecFrames(a)
     assert len(fake.created) == 6
-    NvdecFrames(a, color="nv12")                   # another output format: another decoder
-    assert len(fake.created) == 7 and fake.created[-1][2] == "native"
+    NvdecFrames(a, color="rgb")                    # another output format: another decoder
+    assert len(fake.created) == 7 and fake.created[-1][2] == "rgb"
 
 
 def test_a_failed_reconfigure_makes_a_new_decoder(fake, monkeypatch, tmp_path):
@@ -398,6 +506,21 @@ def test_nvdec_where_unavailable_is_one_line(monkeypatch, tmp_path, capsys):
                                           "shared object file)")
     assert capsys.readouterr().err == ""                # its logging silenced
     assert "does not load (RuntimeError: libnvcuvid.so.1" in one_line()
+    nvdec._availability.cache_clear()
+
+
+def test_nvdec_needs_pyav(fake, monkeypatch, capsys):
+    """Opening a video demuxes it with PyAV (the CPU decoder's truncation rule), so NVDEC is
+    unavailable without PyAV: ``nvdec`` is a one-line error naming the ``[nvdec]`` extra (which
+    installs it), ``auto`` decodes on the CPU with one notice."""
+    path, _, _ = fake.add("a")
+    monkeypatch.setitem(sys.modules, "av", None)
+    nvdec._availability.cache_clear()
+    assert not nvdec.available()
+    assert "'av', which is not installed: pip install -e '.[nvdec]'" in nvdec.unavailable_reason()
+    with pytest.raises(MissingExtra) as e:
+        frame_source(path, "nvdec")
+    assert e.value.module == "av" and e.value.extra == "nvdec" and "\n" not in str(e.value)
     nvdec._availability.cache_clear()
 
 

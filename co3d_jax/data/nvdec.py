@@ -15,7 +15,7 @@ Interface (what an input pipeline needs; see ``docs/nvdec.md``):
   uint8 frames with its host-computed resize taps to a jitted transform
   (:mod:`co3d_jax.data.device_augment`).
 * :func:`available` / :func:`unavailable_reason`: whether NVDEC can be used here (PyNvVideoCodec
-  imports AND JAX's default backend is a CUDA GPU), and if not, why, in one line.
+  and PyAV import AND JAX's default backend is a CUDA GPU), and if not, why, in one line.
 * ``decoder="nvdec"`` where it is unavailable raises :class:`~co3d_jax.extras.MissingExtra`
   (package not installed) or :class:`NvdecUnavailable` (a subclass: no CUDA GPU, or the package
   does not load), one line each, which every command's ``cli_main`` prints as ``error: ...``.
@@ -37,22 +37,29 @@ imported with ``jax.dlpack.from_dlpack`` (zero copy), stacked on the device (one
 copy, repeats gathered there) and waited for, so the decoder's buffers may be reused at once.
 
 Errors are :class:`~co3d_jax.data.video.VideoError` naming the file, as on the CPU: not found,
-empty, cannot open, no decodable frame, truncated. What differs from the CPU decoder:
+empty, cannot open, no decodable frame, truncated. Truncation is the CPU decoder's verdict with
+its message: opening also demuxes the container with PyAV (no decoding;
+:func:`~co3d_jax.data.video.demux_index`, the index ``VideoFrames`` builds) and applies its rule,
+a stream whose last packet's pts falls more than
+:data:`~co3d_jax.data.video.TRUNCATION_TOLERANCE` frames short of the end its metadata promises
+is ``truncated: stream ends at pts P, metadata promises Q`` (PyNvVideoCodec's own counts missed a
+cut MP4 on the GPU: ``results/nvdec_speed_h200.json``, ``bad_files``). A container PyAV cannot
+read is an error too. The demux costs about 1.3 ms (h264) / 0.6 ms (mpeg4) of CPU per 300-frame
+340x256 video (measured on a CPU host). What differs from the CPU decoder:
 
-* Truncation: with ``scan=True`` (default) PyNvVideoCodec counts the packets
-  (``need_scanned_stream_metadata``) and a stream more than
-  :data:`~co3d_jax.data.video.TRUNCATION_TOLERANCE` frames short of its header's frame count is
-  truncated at open (the CPU rule compares presentation times with the stream duration, so the
-  messages here name frames; ``benchmarks/nvdec_speed.py`` records both verdicts on a cut file). ``len(v)`` is the scanned count,
-  capped at the header's (PyNvVideoCodec serves no index past the header's count); the header
-  alone (``scan=False``) can be wrong for MPEG-4 Part 2, and a read past the real end then
-  raises "truncated" instead.
+* Frame count: ``len(v)`` is PyNvVideoCodec's scanned packet count (``scan=True``, default;
+  ``need_scanned_stream_metadata``), capped at the header's (PyNvVideoCodec serves no index past
+  the header's count); the header alone (``scan=False``) can be wrong for MPEG-4 Part 2, and a
+  read past the real end then raises "truncated: NVDEC returned ...".
 * Damage inside the stream: NVDEC does not report corrupt packets per frame, so a damaged frame
   may decode to wrong pixels where PyAV would raise (or skip it).
 * Pixels: NVDEC's decode and its YUV->RGB conversion are not PyAV's; the measured differences are
-  in ``docs/nvdec.md`` (``benchmarks/nvdec_speed.py``). With ``decoder="auto"`` a video that NVDEC
-  cannot open (e.g. a codec the hardware lacks) is read by the CPU decoder instead, whose verdict
-  (frames or error) then holds.
+  in ``docs/nvdec.md`` (``benchmarks/nvdec_speed.py``): with ``color="nv12"`` (default) h264
+  frames equal PyAV's exactly. ``color="nv12"`` opens yuv420p streams of even width only (others
+  need ``color="rgb"``) and refuses others at open; MPEG-4 Part 2 is not opened from bytes
+  (:data:`BYTES_UNSUPPORTED_CODECS`). With ``decoder="auto"`` a video
+  that NVDEC cannot open (e.g. a codec the hardware lacks) is read by the CPU decoder instead,
+  whose verdict (frames or error) then holds.
 
 PyNvVideoCodec is imported lazily (never when this module is imported).
 """
@@ -70,15 +77,24 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..extras import MissingExtra, require
-from .video import TRUNCATION_TOLERANCE, Media, VideoError, VideoFrames
+from .video import Media, VideoError, VideoFrames, demux_index
 
 DECODERS = ("auto", "cpu", "nvdec")
 """The ``decoder=`` choices of :func:`frame_source` (for a command's ``--decoder``)."""
 
-COLORS = ("rgb", "nv12")
-"""``NvdecFrames(color=...)``: ``rgb`` converts on the decoder (PyNvVideoCodec's
-``OutputColorType.RGB``); ``nv12`` takes the decoder's native NV12 and converts with
-:func:`nv12_to_rgb` in JAX (PyAV's default conversion, bit for bit on x86-64)."""
+COLORS = ("nv12", "rgb")
+"""``NvdecFrames(color=...)``: ``nv12`` (the default) takes the decoder's native NV12 and converts
+with :func:`nv12_to_rgb` in JAX (PyAV's default conversion, bit for bit on x86-64: h264 frames equal
+PyAV's exactly on an H200); ``rgb`` converts on the decoder (PyNvVideoCodec's
+``OutputColorType.RGB``: up to 2 levels off PyAV for h264), for streams other than yuv420p of even
+width, which ``nv12`` refuses at open."""
+
+BYTES_UNSUPPORTED_CODECS = ("mpeg4",)
+"""Codecs (PyNvVideoCodec's ``codec_name``) that :class:`NvdecFrames` refuses from bytes at open
+(a :class:`~co3d_jax.data.video.VideoError`, so ``decoder="auto"`` reads them on the CPU): with
+PyNvVideoCodec 2.2.4 on the H200 an MPEG-4 Part 2 video opened from bytes failed at its first read
+(``PyNvVCException: GetFramesByIdxList``) where the same files opened from paths were read, and h264
+from bytes was read (``results/nvdec_speed_h200.json``, ``nvdec_bytes``)."""
 
 MODULE = "PyNvVideoCodec"
 
@@ -133,24 +149,31 @@ def _jax_on_cuda() -> tuple[bool, str]:
 
 
 @functools.lru_cache(maxsize=1)
-def _availability() -> tuple[str, str] | None:
-    """None when NVDEC is usable, else ``(kind, one line)``; kind ``missing`` (not installed) or
-    ``unavailable``. Cached per process (``_availability.cache_clear()`` re-checks)."""
+def _availability() -> tuple[str, str, tuple] | None:
+    """None when NVDEC is usable, else ``(kind, one line, MissingExtra's arguments)``; kind
+    ``missing`` (a package is not installed) or ``unavailable``. Cached per process
+    (``_availability.cache_clear()`` re-checks)."""
     ok, why = _jax_on_cuda()
     if not ok:
-        return "unavailable", why
+        return "unavailable", why, ()
     try:
         _import_nvc()
     except NvdecUnavailable as e:
-        return "unavailable", e.reason
+        return "unavailable", e.reason, ()
     except MissingExtra as e:
-        return "missing", str(e)
+        return "missing", str(e), (MODULE, "nvdec", "decoder='nvdec'")
+    purpose = "decoder='nvdec' (its check at open demuxes the container with PyAV)"
+    try:
+        require("av", "nvdec", purpose)
+    except MissingExtra as e:
+        return "missing", str(e), ("av", "nvdec", purpose)
     return None
 
 
 def available() -> bool:
-    """Whether ``decoder="nvdec"`` can be used here: PyNvVideoCodec imports and JAX's default
-    backend is a CUDA GPU (checked first: on other machines the package is not imported)."""
+    """Whether ``decoder="nvdec"`` can be used here: PyNvVideoCodec and PyAV import and JAX's
+    default backend is a CUDA GPU (checked first: on other machines the packages are not
+    imported)."""
     return _availability() is None
 
 
@@ -161,10 +184,8 @@ def unavailable_reason() -> str | None:
 
 
 def _unavailable_error() -> MissingExtra:
-    kind, why = _availability()
-    if kind == "missing":
-        return MissingExtra(MODULE, "nvdec", "decoder='nvdec'")
-    return NvdecUnavailable(why)
+    kind, why, args = _availability()
+    return MissingExtra(*args) if kind == "missing" else NvdecUnavailable(why)
 
 
 # -- once-per-process notices ------------------------------------------------------------------
@@ -248,13 +269,13 @@ class NvdecFrames:
 
     ``gpu_id``: the CUDA device to decode on (JAX's device with that id receives the frames).
     ``scan``: count the frames by scanning the packets (exact; the header count can be wrong for
-    MPEG-4 Part 2) and detect truncation at open. ``color``: one of :data:`COLORS`.
+    MPEG-4 Part 2). ``color``: one of :data:`COLORS` (default ``nv12``: PyAV's colour conversion).
     ``cache_size``: the thread decoder's LRU cache of hardware decoders (``decoder_cache_size``).
     """
 
     on_device = True
 
-    def __init__(self, media: Media, *, gpu_id: int = 0, scan: bool = True, color: str = "rgb",
+    def __init__(self, media: Media, *, gpu_id: int = 0, scan: bool = True, color: str = "nv12",
                  cache_size: int = 4):
         if color not in COLORS:
             raise ValueError(f"color must be one of {COLORS}, got {color!r}")
@@ -283,11 +304,35 @@ class NvdecFrames:
             raise VideoError(f"{self.label}: cannot open (nvdec): {_first_line(e)}") from None
         if n <= 0:
             raise VideoError(f"{self.label}: no decodable frame")
-        if self.scan and self.header_frames > 0 and n - 1 < self.header_frames - 1 - TRUNCATION_TOLERANCE:
-            raise VideoError(f"{self.label}: truncated: stream ends at frame {n - 1}, metadata promises "
-                             f"{self.header_frames - 1 - TRUNCATION_TOLERANCE}")
+        if not isinstance(media, str) and self.codec in BYTES_UNSUPPORTED_CODECS:
+            raise VideoError(f"{self.label}: cannot open (nvdec): {self.codec} from bytes: PyNvVideoCodec's reads "
+                             "fail (GetFramesByIdxList; benchmarks/nvdec_speed.py), pass a path or decode on the CPU")
+        index = self._check_container()
+        if self.color == "nv12" and (index.pix_fmt not in (None, "yuv420p") or self.width % 2):
+            what = f"{index.pix_fmt}" if self.width % 2 == 0 else f"{self.width} pixels wide"
+            raise VideoError(f"{self.label}: cannot open (nvdec): color='nv12' reads yuv420p (8-bit 4:2:0, limited "
+                             f"range) of even width only, this stream is {what}: use color='rgb'")
         # PyNvVideoCodec serves indices below the header's count only (where it gives one)
         self.n = min(n, self.header_frames) if self.header_frames > 0 else n
+
+    def _check_container(self):
+        """The CPU decoder's verdict at open (:class:`~co3d_jax.data.video.VideoFrames`), from the
+        same demux-only packet index (:func:`~co3d_jax.data.video.demux_index`: a PyAV demux, no
+        decoding): its truncation rule on the packets' pts against the end the stream's metadata
+        promises, with its message; a container PyAV cannot read is an error too, as on the CPU.
+        PyNvVideoCodec's own counts did not give this verdict: an MP4 cut at 60% of its bytes,
+        whose index promises 90 frames (PyAV reads 90), opened as 50 frames with no error: the
+        count PyNvVideoCodec 2.2.4 reported as the header's was not the index's 90 (the scanned
+        50, or none), so comparing it with the scan could not see the cut
+        (``results/nvdec_speed_h200.json``, ``bad_files``)."""
+        try:
+            index = demux_index(self.media)
+            index.check_complete()
+        except VideoError as e:
+            raise VideoError(f"{self.label}: {e}") from None
+        except Exception as e:  # noqa: BLE001 (av.error.*, OSError: VideoFrames's message)
+            raise VideoError(f"{self.label}: cannot decode: {type(e).__name__}: {e}") from None
+        return index
 
     def _decoder(self):
         """This thread's decoder, pointed at this video (created or reconfigured as needed)."""

@@ -29,7 +29,7 @@ import io
 import math
 import os
 import tempfile
-from typing import Union
+from typing import NamedTuple, Union
 
 import numpy as np
 
@@ -362,6 +362,74 @@ def decode_all(path: Media, backend: str = "auto") -> tuple[np.ndarray, float]:
     return np.stack(frames), fps
 
 
+class PacketIndex(NamedTuple):
+    """What demuxing a video's packets (no decoding) tells: :func:`demux_index`."""
+
+    fps: float
+    meta_frames: int          # the stream's frame count in its metadata (0: none given)
+    promised: int | None      # the last pts a complete stream must reach (_promised_stream_end)
+    pts: list[int]            # every packet's pts, sorted: presentation order
+    keyframes: list[int]      # positions in ``pts`` of the keyframes
+    pix_fmt: str | None       # the stream's pixel format (e.g. "yuv420p"), None where not known
+    untrusted: str | None     # why a seek decode cannot follow this index (None: it can)
+
+    def check_complete(self) -> None:
+        """The truncation rule of every decoder (:func:`_check_complete`) on the demuxed packets:
+        :class:`VideoError` ``truncated: stream ends at pts P, metadata promises Q`` when the
+        last packet's pts falls short of what the metadata promises. Without a packet pts
+        nothing can be called truncated (as :func:`decode_all` with no frame pts)."""
+        if self.pts:
+            _check_complete(self.pts[-1], self.promised, "pts")
+
+
+def demux_index(media: Media) -> PacketIndex:
+    """Demux ``media``'s first video stream with PyAV (no decoding): its packets' pts in
+    presentation order, keyframe positions, metadata frame count and promised end. ``untrusted``
+    names the first reason a seek decode may not follow the index (a packet without pts, a
+    corrupt or discarded packet, no packets, repeated pts, a packet count other than the
+    metadata's frame count, a stream that ends before its metadata promises, no keyframe);
+    :class:`VideoFrames` then decodes the whole video. Raises :class:`VideoError` ``no video
+    stream``; PyAV's errors (unreadable files) propagate."""
+    import av
+    untrusted = None
+    pkts = []
+    with av.open(_av_input(media)) as container:
+        if not container.streams.video:
+            raise VideoError("no video stream")
+        stream = container.streams.video[0]
+        fps = float(stream.average_rate or 30.0)
+        promised = _promised_stream_end(stream, fps)
+        meta_frames = int(stream.frames or 0)
+        try:
+            pix_fmt = stream.codec_context.pix_fmt
+        except Exception:  # noqa: BLE001 (not known: None)
+            pix_fmt = None
+        for p in container.demux(stream):
+            if p.size == 0 and p.pts is None:
+                continue                             # the demuxer's final flush packet
+            if p.pts is None:
+                untrusted = untrusted or "a packet without pts"
+                continue
+            if p.is_corrupt or p.is_discard:
+                untrusted = untrusted or "a corrupt or discarded packet"
+            pkts.append((int(p.pts), bool(p.is_keyframe)))
+    pkts.sort()
+    pts = [q for q, _ in pkts]
+    keyframes = [i for i, (_, k) in enumerate(pkts) if k]
+    if untrusted is None:
+        if not pkts:
+            untrusted = "no packets"
+        elif len(set(pts)) != len(pts):
+            untrusted = "repeated pts"
+        elif meta_frames > 0 and meta_frames != len(pkts):
+            untrusted = f"{len(pkts)} packets, metadata says {meta_frames} frames"
+        elif promised is not None and pts[-1] < promised:
+            untrusted = "truncated"
+        elif not keyframes:
+            untrusted = "no keyframe"
+    return PacketIndex(fps, meta_frames, promised, pts, keyframes, pix_fmt and str(pix_fmt), untrusted)
+
+
 _LATE = object()
 
 
@@ -426,43 +494,12 @@ class VideoFrames:
 
     # -- PyAV ---------------------------------------------------------------------------------
     def _index_pyav(self):
-        import av
-        with av.open(_av_input(self.media)) as container:
-            if not container.streams.video:
-                raise VideoError("no video stream")
-            stream = container.streams.video[0]
-            self.fps = float(stream.average_rate or 30.0)
-            promised = _promised_stream_end(stream, self.fps)
-            meta_frames = int(stream.frames or 0)
-            pkts = []
-            for p in container.demux(stream):
-                if p.size == 0 and p.pts is None:
-                    continue                         # the demuxer's final flush packet
-                if p.pts is None:
-                    self.fallback = "a packet without pts"
-                    return
-                if p.is_corrupt or p.is_discard:
-                    self.fallback = "a corrupt or discarded packet"
-                    return
-                pkts.append((int(p.pts), bool(p.is_keyframe)))
-        if not pkts:
-            self.fallback = "no packets"
+        index = demux_index(self.media)
+        self.fps = index.fps
+        if index.untrusted is not None:
+            self.fallback = index.untrusted          # (truncated: decode_all raises the same error)
             return
-        pkts.sort()
-        self.pts = [q for q, _ in pkts]
-        if len(set(self.pts)) != len(self.pts):
-            self.fallback = "repeated pts"
-            return
-        if meta_frames > 0 and meta_frames != len(pkts):
-            self.fallback = f"{len(pkts)} packets, metadata says {meta_frames} frames"
-            return
-        if promised is not None and self.pts[-1] < promised:
-            self.fallback = "truncated"              # decode_all raises the same error
-            return
-        self.keyframes = [i for i, (_, k) in enumerate(pkts) if k]
-        if not self.keyframes:
-            self.fallback = "no keyframe"
-            return
+        self.pts, self.keyframes = index.pts, index.keyframes
         self.n = len(self.pts)
 
     def _read_pyav(self, wanted: list[int]) -> dict | None:
