@@ -85,6 +85,31 @@ def test_prefetcher_closed_early_stops_its_thread():
         next(p)
 
 
+def test_device_frames_plug_in_at_the_prefetcher():
+    """The seam for a GPU decoder: uint8 frames already on the device plus host taps, produced by
+    the prefetcher's ``produce``, give what the host path gives (and the numpy reference)."""
+    import jax
+    from co3d_jax.data.device_augment import make_augment
+    from co3d_jax.data.transforms import eval_transform
+    from co3d_jax.mesh import data_mesh
+
+    mean, std = (0.45, 0.4, 0.35), (0.225, 0.2, 0.25)
+    rng = np.random.default_rng(1)
+    frames = [rng.integers(0, 256, (3, h, w, 3), dtype=np.uint8) for h, w in ((48, 64), (40, 24))]
+    host = collate_windows(frames)
+    taps = stack_taps([center_crop_taps(f.shape[1], f.shape[2], 32) for f in frames])
+    mesh = data_mesh()
+    transform = make_augment(mesh, mean, std)
+    outs = []
+    for batch in (host, jax.device_put(host, jax.devices()[0])):
+        made = iter([((batch, taps), None), None])
+        with DevicePrefetcher(lambda: next(made), mesh, transform=lambda t: transform(*t)) as p:
+            outs.append(np.asarray(next(p)[0]))
+    np.testing.assert_array_equal(outs[0], outs[1])
+    for f, o in zip(frames, outs[0]):
+        np.testing.assert_allclose(o, eval_transform(f, 32, mean, std), rtol=0, atol=2e-6)
+
+
 # ----------------------------------------------------------------------------- Grain workers
 READER = """
 import os, signal, sys, time

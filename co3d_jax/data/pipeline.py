@@ -27,17 +27,21 @@ One path for both (:mod:`co3d_jax.data.eval_loader`, :mod:`co3d_jax.data.train_l
   evaluation's the reference's resize + centre crop
   (:func:`co3d_jax.data.transforms.center_crop_taps`).
 
-Seam for a device (GPU) decoder. The device transform takes uint8 frames ``(B, T, H, W, 3)`` that
-are already ``jax.Array`` s on the mesh (sharded over ``'data'``, e.g. assembled with
-``jax.make_array_from_single_device_arrays`` from per-device decoder output; rows padded to a
-common ``H, W``) plus the taps ``(B, S)`` computed on the host from each sample's frame size
-(``center_crop_taps(h, w, S)`` needs only the size, known from the container before decoding)::
+Seam for a device (GPU) decoder (e.g. :mod:`co3d_jax.data.nvdec`). The device transform takes
+uint8 frames ``(B, T, H, W, 3)`` that are already ``jax.Array`` s (rows padded to a common ``H, W``
+on the device, e.g. ``jnp.zeros(...).at[k, :, :h, :w].set(frames_k)``) plus the taps ``(B, S)``
+computed on the host from each sample's frame size (``center_crop_taps(h, w, S)`` needs only the
+size; training's ``crop_taps`` likewise)::
 
-    clips = make_augment(mesh, mean, std)(frames_on_device, taps)    # (B, T, S, S, 3) float32
+    clips = make_augment(mesh, mean, std)(frames, taps)    # (B, T, S, S, 3) float32, sharded over 'data'
 
-:func:`place_on_mesh` passes ``jax.Array`` leaves through untouched, so a decoder plugs in as the
-``produce`` callable of :class:`DevicePrefetcher`: it returns ``((frames_on_device, host_taps),
-meta)`` and the prefetcher places only the host taps, then runs the same transform.
+with ``frames`` and ``taps`` sharded over the mesh's ``'data'`` axis, which :func:`place_on_mesh`
+does: host arrays are transferred, ``jax.Array`` leaves are never copied to the host (in one
+process, a batch on other devices is moved device to device; several processes must pass global
+arrays sharded over ``'data'``). So a decoder plugs in as the ``produce`` callable of
+:class:`DevicePrefetcher`, in the main process (CUDA does not belong in Grain's worker processes):
+it returns ``((frames_on_device, host_taps), meta)``, and the prefetcher places them and runs the
+same transform one batch ahead.
 """
 
 from __future__ import annotations
@@ -212,8 +216,12 @@ def stack_taps(taps: Sequence[CropTaps | None], rows: int | None = None,
 def place_on_mesh(tree: Any, mesh=None) -> Any:
     """Host arrays holding this process's rows -> global ``jax.Array`` s sharded along the batch over
     ``mesh``'s ``data`` axis (``jax.make_array_from_process_local_data``; global batch = rows x
-    ``jax.process_count()``), or on the default device without a mesh. ``jax.Array`` leaves are
-    already on the devices and pass through (a device decoder's output)."""
+    ``jax.process_count()``), or on the default device without a mesh.
+
+    ``jax.Array`` leaves are already on the devices (a device decoder's output) and are not copied
+    to the host: one sharded over ``'data'`` passes through; in a single process, one on other
+    devices (e.g. a batch decoded on device 0) is moved there device to device; with several
+    processes it must already be a global array sharded over ``'data'`` (a ``ValueError`` says so)."""
     import jax
 
     if mesh is None:
@@ -221,8 +229,18 @@ def place_on_mesh(tree: Any, mesh=None) -> Any:
     from ..mesh import shardings
     _, batch = shardings(mesh)
     nproc = jax.process_count()
-    return jax.tree.map(lambda a: a if isinstance(a, jax.Array) else jax.make_array_from_process_local_data(
-        batch, a, (a.shape[0] * nproc, *a.shape[1:])), tree)
+
+    def one(a):
+        if not isinstance(a, jax.Array):
+            return jax.make_array_from_process_local_data(batch, a, (a.shape[0] * nproc, *a.shape[1:]))
+        if a.sharding.is_equivalent_to(batch, a.ndim):
+            return a
+        if nproc == 1:
+            return jax.device_put(a, batch)
+        raise ValueError(f"a device array for the batch must be sharded over the mesh's 'data' axis with "
+                         f"{nproc} processes (got {a.sharding})")
+
+    return jax.tree.map(one, tree)
 
 
 class DevicePrefetcher:
