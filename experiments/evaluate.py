@@ -17,8 +17,9 @@ Outputs in ``--out``: ``config.json`` (what was run), ``predictions.jsonl`` (one
 appended as batches finish; failed videos too), ``summary.json`` and ``summary.csv`` (written
 atomically at the end). Re-running the same command resumes: videos already in the predictions
 file are skipped, and the summary is recomputed from the file, so it equals an uninterrupted run's.
-The batch is sharded over all devices (``NamedSharding`` over a 1-D ``data`` mesh); see
-docs/evaluation.md.
+The batch is sharded over all devices (``NamedSharding`` over a 1-D ``data`` mesh). Videos are read
+through the input pipeline fine-tuning shares (``co3d_jax.data.eval_loader.EvalLoader``: Grain worker
+processes decode, the devices resize, crop and normalise, one batch ahead); see docs/evaluation.md.
 """
 
 from __future__ import annotations
@@ -80,9 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     r = p.add_argument_group("run")
     r.add_argument("--out", required=True, help="results folder (created; resumed if it holds a matching run)")
     r.add_argument("--batch-size", type=int, default=8, help="global batch (rounded up to a multiple of the devices)")
-    r.add_argument("--workers", type=int, default=None, help="decoding processes (0 = in the main process)")
-    r.add_argument("--loader", default="auto", choices=["auto", "grain", "process"],
-                   help="decoding workers: grain, a process pool, or auto (grain where installed)")
+    r.add_argument("--workers", type=int, default=None,
+                   help="Grain decoding processes (0: decode in the main process; default: cores - 1, at most 8)")
     r.add_argument("--save-scores", action="store_true", help="store every class score per video (always for Charades)")
     r.add_argument("--overwrite", action="store_true", help="discard an existing run in --out")
     r.add_argument("--no-progress", action="store_true", help="no tqdm bar")
@@ -295,8 +295,12 @@ def main(argv=None) -> int:
     # optional packages before any work: a missing one is one line (cli_main)
     from co3d_jax.data.video import resolve_backend
     decoder = resolve_backend(args.decoder)
+    require("grain", "data", "evaluation's input pipeline")
     if args.source == "tfds":
         require("tensorflow_datasets", "tfds", "--source tfds")
+    if args.workers is not None and args.workers < 0:
+        _log("--workers must be >= 0")
+        return 2
 
     import jax
 
@@ -308,9 +312,9 @@ def main(argv=None) -> int:
         jax.distributed.initialize(**kw)
 
     import co3d_jax
-    from co3d_jax.data import ClipSpec, iterate_samples, label_rank, open_dataset
+    from co3d_jax.data import ClipSpec, EvalLoader, label_rank, open_dataset
     from co3d_jax.data.datasets import ClassCountWarning
-    from co3d_jax.data.loader import default_workers, resolve_loader
+    from co3d_jax.data.pipeline import default_workers
     from co3d_jax.predictions import PREDICTIONS, prediction_files, read_predictions, repair_tail
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
@@ -408,24 +412,16 @@ def main(argv=None) -> int:
     # ---------------- devices / sharding
     devices = np.array(jax.devices())
     mesh = Mesh(devices, ("data",))
-    data_sharding = NamedSharding(mesh, P("data"))
     replicated = NamedSharding(mesh, P())
     ndev = devices.size
     global_batch = -(-args.batch_size // ndev) * ndev
-    local_batch = global_batch // nproc
     params = jax.device_put(params, replicated)
     predict = compiled_predict(model, protocol, mesh)
-    # Every process runs the same number of steps over its share of the items (strided).
-    mine = todo[pid::nproc]
-    steps = -(-max(len(todo[p::nproc]) for p in range(nproc)) // local_batch) if todo else 0
     workers = default_workers() if args.workers is None else args.workers
-    loader = resolve_loader(args.loader)   # once: iterate_samples gets the concrete name
-    frame_shape = (protocol.model_frames, model.image_size, model.image_size, 3)
     save_scores = config["save_scores"]
     _log(f"{name}: {protocol.mode}, {protocol.num_frames} frames at rate {protocol.sampling_rate}"
          + (f" (output at frame {protocol.first_output})" if model.continual else "")
-         + f"; {len(todo)} videos to go on {ndev} device(s), batch {global_batch}, {workers} worker(s)"
-         + (f" ({loader})" if workers > 0 else ""))
+         + f"; {len(todo)} videos to go on {ndev} device(s), batch {global_batch}, {workers} worker(s)")
 
     def to_local(x):
         if nproc == 1:
@@ -433,10 +429,10 @@ def main(argv=None) -> int:
         from jax.experimental import multihost_utils
         return np.asarray(multihost_utils.global_array_to_host_local_array(x, mesh, P("data")))
 
-    def finish(batch, result, fh):
+    def finish(windows, result, fh):
         scores, okv = (to_local(a) for a in result)
         lines = []
-        for row, s in enumerate(batch):
+        for row, s in enumerate(windows):
             if s.error is not None:
                 lines.append(dict(id=s.record.id, position=s.position, error=s.error))
                 continue
@@ -473,23 +469,21 @@ def main(argv=None) -> int:
         from tqdm import tqdm
         bar = tqdm(total=len(todo), desc=f"eval {name}", unit="video", dynamic_ncols=True)
     n_ok = n_top1 = 0
-    prefetch = max(2 * local_batch, 2 * max(workers, 1))
-    sample_iter = iterate_samples(spec, mine, workers=workers, loader=loader, prefetch=prefetch)
     interrupted = False
     first = None
+    mine: list = []
+    loader = None
     with open(pred_path, "a", encoding="utf-8") as fh:
         pending = None
         try:
-            for step in range(steps):
-                batch = [s for _, s in zip(range(local_batch), sample_iter)]
-                arr = np.zeros((local_batch,) + frame_shape, np.float32)
-                for row, s in enumerate(batch):
-                    if s.error is None:
-                        arr[row] = s.frames
-                garr = jax.make_array_from_process_local_data(data_sharding, arr)
+            # Every process runs the same number of steps over its share of the items (strided); the
+            # loader decodes ahead in Grain workers and transforms on the devices, one batch ahead.
+            loader = EvalLoader(spec, todo, global_batch, mesh, workers)
+            mine = loader.items
+            for step, (clips, windows) in enumerate(loader):
                 if step == 0:   # compiled aside: Ctrl-C / SIGTERM during the first compile act at once
-                    predict = compile_responsive(predict, params, garr)
-                result = predict(params, garr)          # async: the device works while we collect
+                    predict = compile_responsive(predict, params, clips)
+                result = predict(params, clips)          # async: the device works while we collect
                 if pending is not None:
                     lines = finish(*pending, fh)
                     if first is None:  # batch 0 done (includes compilation): steady rates start here
@@ -500,7 +494,7 @@ def main(argv=None) -> int:
                         bar.update(len(lines) * nproc)
                         if n_ok:
                             bar.set_postfix(top1=f"{n_top1 / n_ok:.3f}")
-                pending = (batch, result)
+                pending = (windows, result)
             if pending is not None:
                 lines = finish(*pending, fh)
                 if bar is not None:
@@ -508,11 +502,11 @@ def main(argv=None) -> int:
         except KeyboardInterrupt:
             interrupted = True
         finally:
+            pending = None
             if bar is not None:
                 bar.close()
-            close = getattr(sample_iter, "close", None)
-            if close is not None:
-                close()
+            if loader is not None:   # stops the decoding workers, frees their shared memory
+                loader.close()
             if old_sigterm is not None:  # a SIGTERM after main returns is the caller's again
                 signal.signal(signal.SIGTERM, old_sigterm)
     t_end = time.time()
@@ -532,7 +526,7 @@ def main(argv=None) -> int:
         elapsed_s=elapsed, videos_this_run=len(todo), devices=ndev,
         steady_videos_per_s=None if first is None or t_end <= first[0] else
         (len(mine) - first[1]) * nproc / (t_end - first[0]), device_kind=str(devices.flat[0].device_kind),
-        batch=global_batch, workers=workers, loader=loader if workers > 0 else "inline"), indent=2) + "\n")
+        batch=global_batch, workers=workers, loader="grain" if workers > 0 else "inline"), indent=2) + "\n")
     metr = ", ".join(f"{k}={v:.4f}" if v == v else f"{k}=none (no video evaluated)"
                      for k, v in summary["metrics"].items() if isinstance(v, float))
     _log(f"done in {elapsed:.1f}s: {summary['num_evaluated']} evaluated ({summary['num_padded']} padded), "

@@ -181,7 +181,7 @@ def _main(argv, stop: dict) -> int:
     from co3d_jax.data import augment as A
     from co3d_jax.checkpoint import CheckpointError, make_manager, restore_latest, save_checkpoint, set_aside
     from co3d_jax.data import open_dataset
-    from co3d_jax.data.loader import default_workers
+    from co3d_jax.data.pipeline import default_workers
     from co3d_jax.data.train_loader import BatchLoader
     from co3d_jax.params import ParamsError, save_params
 

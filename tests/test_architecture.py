@@ -177,7 +177,7 @@ def test_checker_sees_cycles_and_private_imports():
     assert cycle == ["a", "b", "c", "a"]
     assert describe_cycle(graph, cycle) == "a (line 3) -> b (line 5) -> c (line 7) -> a"
     assert find_cycles({"a": {"b": 1}, "b": {}}) == []
-    assert "co3d_jax.data.datasets" in import_graph()["co3d_jax.data.loader"]
+    assert "co3d_jax.data.datasets" in import_graph()["co3d_jax.data.eval_loader"]
 
 
 def test_no_import_cycles():

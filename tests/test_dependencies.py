@@ -27,7 +27,7 @@ NOT_IMPORTED = {
     "importlib_resources": "tensorflow-datasets 4.9.10 imports it but requires it only on Python < 3.9",
 }
 # imported by us and installed by a dependency that requires it
-TRANSITIVE = {"absl": "grain requires absl-py; co3d_jax/data/loader.py marks grain's flags parsed (guarded)"}
+TRANSITIVE = {"absl": "grain requires absl-py; co3d_jax/data/pipeline.py marks grain's flags parsed (guarded)"}
 # what an imported package itself imports without requiring it
 UNDECLARED = {"pytorchvideo": ("torchvision",)}   # pytorchvideo.models imports torchvision.ops
 # the extra each part of the code needs beyond the core dependencies (the longest matching path wins)

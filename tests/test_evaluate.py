@@ -180,6 +180,31 @@ def test_transform_matches_torch():
         np.testing.assert_allclose(eval_transform(x, s, mean, std), t.permute(1, 2, 3, 0).numpy(), atol=2e-6)
 
 
+def test_device_transform_matches_numpy_reference():
+    """The evaluation transform on the device (host taps + device_augment's gather/multiply-add)
+    against the numpy reference eval_transform: upscale, downscale, portrait, landscape, square,
+    odd sizes and frames already at the crop's short side, collated onto one canvas per size."""
+    from co3d_jax.data import center_crop_taps
+    from co3d_jax.data.device_augment import make_augment
+    from co3d_jax.data.pipeline import collate_windows, stack_taps
+
+    rng = np.random.default_rng(0)
+    mean, std = (0.45, 0.4, 0.35), (0.225, 0.2, 0.25)
+    cases = {32: [(24, 40), (16, 16), (48, 64), (64, 48), (33, 33), (32, 45), (45, 32), (32, 32), (31, 200)],
+             160: [(240, 320), (320, 240), (100, 130), (160, 213)], 56: [(90, 161)]}
+    worst = {}
+    for size, shapes in cases.items():
+        frames = [rng.integers(0, 256, (3, h, w, 3), dtype=np.uint8) for h, w in shapes]
+        taps = stack_taps([center_crop_taps(h, w, size) for h, w in shapes])
+        got = np.asarray(make_augment(None, mean, std)(collate_windows(frames), taps))
+        for (h, w), x, g in zip(shapes, frames, got):
+            want = eval_transform(x, size, mean, std)
+            assert g.shape == want.shape == (3, size, size, 3)
+            worst[(h, w, size)] = float(np.abs(g - want).max())
+    print("device vs numpy eval transform, max abs diff:", {f"{h}x{w}->{s}": f"{d:.1e}" for (h, w, s), d in worst.items()})
+    assert max(worst.values()) <= 2e-6
+
+
 def test_decode_takes_the_reference_window(kin):
     split = kin / "data" / "validate"
     for label, ytid, n, fps, _ in VIDEOS[:4]:
@@ -272,6 +297,17 @@ def _direct_frames(kin, model, protocol, ids):
     return np.stack([load_sample(spec, 0, recs[i]).frames for i in ids])
 
 
+def _assert_same_as_direct(preds, ok, direct, what):
+    """The run's scores (device transform) against the model on numpy-reference frames (what
+    evaluation computed before the transform moved to the device): same top-5, scores to 1e-5."""
+    got = np.array([preds[i]["scores"] for i in ok])
+    diff = float(np.abs(got - direct).max())
+    print(f"{what}: {len(ok)} videos, max |score diff| vs numpy-transformed frames {diff:.1e}")
+    np.testing.assert_allclose(got, direct, rtol=1e-5, atol=1e-6)
+    assert [preds[i]["pred"] for i in ok] == [np.argsort(-d.astype(np.float64), kind="stable")[:5].tolist()
+                                             for d in direct]
+
+
 def test_cox3d_run_matches_direct_model_call(kin, weights, co_run):
     s = _summary(co_run)
     assert s["complete"] and s["num_videos"] == 9 and s["num_evaluated"] == 6 and s["num_failed"] == 3
@@ -289,8 +325,7 @@ def test_cox3d_run_matches_direct_model_call(kin, weights, co_run):
     _, out = jax.jit(model.stream)(params, model.init_state(len(ok)), jnp.asarray(frames))
     assert bool(out.valid[:, model.delay].all()) and not bool(out.valid[:, model.delay - 1].any())
     direct = np.asarray(out.scores[:, model.delay])
-    got = np.array([preds[i]["scores"] for i in ok])
-    np.testing.assert_allclose(got, direct, rtol=1e-5, atol=1e-6)
+    _assert_same_as_direct(preds, ok, direct, "cox3d_s_13")
     # metrics by hand from the stored scores, in dataset order
     order = [r["id"] for r in sorted(preds.values(), key=lambda r: r["position"]) if "error" not in r]
     ranks = [list(np.argsort(-np.asarray(preds[i]["scores"]), kind="stable")).index(preds[i]["label"]) for i in order]
@@ -314,7 +349,7 @@ def test_x3d_run_matches_direct_model_call(kin, weights, clip_run):
     frames = _direct_frames(kin, model, E.Protocol("clip", 13, 6, 0, 0, 1), ok)
     params = co3d_jax.load_params(weights["x3d_s"], model)
     direct = np.asarray(jax.jit(model.forward)(params, jnp.asarray(frames)))
-    np.testing.assert_allclose(np.array([preds[i]["scores"] for i in ok]), direct, rtol=1e-5, atol=1e-6)
+    _assert_same_as_direct(preds, ok, direct, "x3d_s")
 
 
 def test_interrupted_run_resumes_to_the_same_summary(kin, weights, co_run, tmp_path):
@@ -352,7 +387,8 @@ def test_sharded_run_equals_single_device(sharded_proc, clip_run):
     proc, out = sharded_proc
     _, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err[-3000:]
-    assert "4 device(s), batch 4" in err
+    assert "4 device(s), batch 4, 2 worker(s)" in err
+    assert "leaked" not in err and "Exception ignored" not in err, err[-3000:]   # workers, shared memory released
     sa, sb = _assert_same_predictions(out, clip_run)
     assert sa["metrics"]["top1"] == sb["metrics"]["top1"]
 
@@ -386,19 +422,35 @@ def test_charades_frames_run(weights, tmp_path):
     assert s["metrics"]["mAP"] == pytest.approx(M.mean_average_precision(scores, targets)[0])
 
 
-def test_grain_loader_matches_inline(kin):
-    pytest.importorskip("grain")
-    from co3d_jax.data import iterate_samples
+def test_eval_loader_workers_match_inline_and_the_reference(kin):
+    """The loader's device-transformed batches: the same bits from 2 Grain workers as decoded in
+    the calling process, each row the numpy reference (load_sample) up to float32 rounding, failed
+    videos and the last batch's padding rows marked, and the workers released."""
+    from co3d_jax.data import EvalLoader
     index = kinetics_folder(str(kin), "validate")
-    items = list(enumerate(index.records[:3]))
+    items = list(enumerate(index.records))             # 6 videos, 3 bad files
     spec = ClipSpec(5, 2, 32)
-    inline = list(iterate_samples(spec, items, workers=0))
-    pooled = list(iterate_samples(spec, items, workers=1, loader="grain"))
-    assert [s.record.id for s in pooled] == [s.record.id for s in inline]
-    for a, b in zip(pooled, inline):
-        assert a.error == b.error
-        if a.error is None:
-            np.testing.assert_array_equal(a.frames, b.frames)
+
+    def run(workers):
+        with EvalLoader(spec, items, 4, workers=workers) as loader:
+            assert loader.steps == 3
+            return [(np.asarray(clips), windows) for clips, windows in loader]
+
+    inline, pooled = run(0), run(2)
+    assert [len(w) for _, w in inline] == [4, 4, 1]
+    worst = 0.0
+    for (a, wa), (b, wb) in zip(inline, pooled):
+        assert a.shape == (4, 5, 32, 32, 3) and a.dtype == np.float32
+        np.testing.assert_array_equal(a, b)
+        assert wa == wb and all(w.frames is None and w.taps is None for w in wa)
+        for row, w in enumerate(wa):
+            ref = load_sample(spec, w.position, w.record)
+            assert ref.error == w.error and ref.info == w.info
+            if w.error is None:
+                worst = max(worst, float(np.abs(a[row] - ref.frames).max()))
+    assert sorted(w.record.id.split("/", 1)[1] for _, ws in inline for w in ws if w.error) == sorted(BAD)
+    print(f"loader vs numpy reference: max abs diff {worst:.2e}")
+    assert worst <= 2e-6
 
 
 def test_opencv_fallback_agrees_with_pyav(kin):

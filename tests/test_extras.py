@@ -67,6 +67,17 @@ def test_evaluate_without_a_decoder(monkeypatch, capsys, tmp_path):
     assert not os.path.exists(tmp_path / "out")  # checked before any work
 
 
+def test_evaluate_without_grain(monkeypatch, capsys, tmp_path):
+    """Evaluation's input pipeline is Grain's (worker processes or, with --workers 0, inline)."""
+    from experiments import evaluate
+    _without(monkeypatch, "grain")
+    rc = evaluate.main(["--model", "x3d_xs", "--random-weights", "--dataset", "kinetics400", "--workers", "0",
+                        "--root", str(tmp_path), "--out", str(tmp_path / "out")])
+    assert rc == 2
+    _one_error_line(capsys.readouterr().err, "grain", "data")
+    assert not os.path.exists(tmp_path / "out")  # checked before any work
+
+
 def test_stream_without_a_decoder(monkeypatch, capsys, tmp_path):
     from experiments import stream
     video = tmp_path / "a.mp4"

@@ -3,7 +3,8 @@ augmentation (random temporal window, short-side scale jitter, random crop, opti
 flip). The data order and every sample's randomness are pure functions of ``(seed, global sample
 number)``, so a run resumed from ``step`` sees exactly the batches an uninterrupted run would.
 The draws are made on the host (:func:`draw_sample`); the spatial part becomes fixed-size
-:class:`CropTaps`, which :mod:`co3d_jax.data.device_augment` applies on the device;
+:class:`~co3d_jax.data.transforms.CropTaps` (as evaluation's centre crop is), which
+:mod:`co3d_jax.data.device_augment` applies on the device;
 :func:`train_sample` is the numpy reference. :mod:`co3d_jax.data.train_loader` decodes and
 batches with these; the train step is in :mod:`co3d_jax.train`.
 """
@@ -19,6 +20,7 @@ import numpy as np
 
 from ..normalisation import KINETICS
 from .sampling import clip_size, num_padded, temporal_indices
+from .transforms import CropTaps
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,22 +75,6 @@ def _bilinear_rows(in_size: int, out_size: int, lo: int, hi: int):
     i1 = np.minimum(i0 + 1, in_size - 1)
     w1 = (src - i0).astype(np.float32)
     return i0, i1, 1.0 - w1, w1
-
-
-class CropTaps(NamedTuple):
-    """Where the ``size``-square crop of a resized frame reads its source pixels: output row ``i``
-    is ``rw0[i] * row r0[i] + rw1[i] * row r1[i]`` of the source, likewise columns. A horizontal
-    flip is the columns reversed. Fixed-size arrays whatever the scale jitter drew, so the resize
-    + crop + flip runs on the device (:mod:`co3d_jax.data.device_augment`) without new shapes."""
-
-    r0: np.ndarray
-    r1: np.ndarray
-    rw0: np.ndarray
-    rw1: np.ndarray
-    c0: np.ndarray
-    c1: np.ndarray
-    cw0: np.ndarray
-    cw1: np.ndarray
 
 
 def crop_taps(h: int, w: int, short: int, size: int, top: float, left: float, flip: bool = False) -> CropTaps:

@@ -1,18 +1,25 @@
-"""Training augmentation on the device: the short-side resize (scale jitter), random crop,
-horizontal flip and normalisation of :func:`co3d_jax.data.augment.train_sample`, as jitted JAX on
-uint8 frames after transfer.
+"""The spatial transform of both input pipelines on the device: a short-side bilinear resize, a
+square crop, an optional horizontal flip and the normalisation, as jitted JAX on uint8 frames after
+transfer, described per sample by host-computed :class:`~co3d_jax.data.transforms.CropTaps`.
 
-The host draws every random choice from :func:`~co3d_jax.data.augment.sample_rng` (a pure
-function of ``(seed, sample number)``) and turns the spatial ones into
-:class:`~co3d_jax.data.augment.CropTaps`: for each of the ``S`` output rows and columns, two source
-indices and two bilinear weights (a flip is the column taps reversed). They have a fixed size
-whatever short side the jitter drew, so the scale jitter moves to the device too without a new
-shape per sample: the device gathers two source columns, then two source rows per output pixel,
-in the same float32 operations as the numpy reference (equal to it up to float32 rounding, a few
-ulp where XLA fuses the multiply-adds; tested).
+* Training (:mod:`co3d_jax.data.train_loader`): the host draws every random choice from
+  :func:`~co3d_jax.data.augment.sample_rng` (a pure function of ``(seed, sample number)``) and
+  turns the scale jitter, random crop and flip into taps (:func:`co3d_jax.data.augment.crop_taps`;
+  a flip is the column taps reversed); the numpy reference is
+  :func:`co3d_jax.data.augment.train_sample`.
+* Evaluation (:mod:`co3d_jax.data.eval_loader`): the taps of the reference's resize + centre crop
+  (:func:`co3d_jax.data.transforms.center_crop_taps`); the numpy reference is
+  :func:`co3d_jax.data.transforms.eval_transform`.
 
-A batch is the uint8 temporal windows ``(B, T, H, W, 3)`` padded to a common canvas (the taps
-never read the padding) plus the taps ``(B, S)`` int32/float32 arrays.
+For each of the ``S`` output rows and columns the taps hold two source indices and two bilinear
+weights, a fixed size whatever the frame size or the resize, so nothing here compiles per sample:
+the device gathers two source columns, then two source rows per output pixel, in the same float32
+operations as the numpy references (equal to them up to float32 rounding, a few ulp where XLA fuses
+the multiply-adds; tested).
+
+A batch is the uint8 frames ``(B, T, H, W, 3)`` padded to a common canvas (the taps never read the
+padding) plus the taps ``(B, S)`` int32/float32 arrays (``TAP_FIELDS``), host arrays or already on
+the devices.
 """
 
 from __future__ import annotations

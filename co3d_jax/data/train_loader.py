@@ -13,24 +13,25 @@ video that fails (the next ones in index order, inside the element) and every ra
 run rebuilds the pipeline at its checkpointed step and sees exactly the batches an uninterrupted
 run sees.
 
-:class:`BatchLoader` collates a batch (uint8 windows padded to a canvas, crop taps), puts it on the
-mesh with ``jax.make_array_from_process_local_data`` and applies the resize/crop/flip/normalisation
-there (:mod:`co3d_jax.data.device_augment`), one batch ahead in a thread, so decoding, transfer and
-augmentation overlap the train step. The CLI is ``experiments/finetune.py``.
+:class:`BatchLoader` runs it through the input pipeline that evaluation shares
+(:mod:`co3d_jax.data.pipeline`): a thread collates a batch (uint8 windows padded to a canvas, crop
+taps), puts it on the mesh with ``jax.make_array_from_process_local_data`` and applies the
+resize/crop/flip/normalisation there (:mod:`co3d_jax.data.device_augment`), one batch ahead, so
+decoding, transfer and augmentation overlap the train step. The CLI is ``experiments/finetune.py``.
 """
 
 from __future__ import annotations
 
 import math
-import queue
-import threading
-import time
 from typing import NamedTuple
 
 import numpy as np
 
-from .augment import CropTaps, crop_taps, draw_sample, epoch_permutation, sample_rng, train_sample
+from ..extras import require
+from .augment import crop_taps, draw_sample, epoch_permutation, sample_rng, train_sample
+from .pipeline import DevicePrefetcher, GrainReader, collate_windows, stack_taps
 from .sources import video_media
+from .transforms import CropTaps
 from .video import VideoError, VideoFrames, check_padding, decode_all
 
 MAX_TRIES = 20   # videos in a row that may fail for one sample before the run stops
@@ -144,20 +145,10 @@ class _Element:
         return load_train_element(self.records, self.spec, self.seed, sample, self.allow_padding)
 
 
-def _absl_parsed():
-    try:  # grain reads absl flags; scripts that don't use absl.app never parse them
-        from absl import flags
-        if not flags.FLAGS.is_parsed():
-            flags.FLAGS.mark_as_parsed()
-    except ImportError:
-        pass
-
-
 def train_dataset(records, spec, seed: int, batch_size: int, start: int, stop: int, allow_padding: bool = True,
                   process: int = 0, num_processes: int = 1):
     """The ``grain.MapDataset`` of this process's elements for updates ``start .. stop - 1``, in order."""
-    import grain
-
+    grain = require("grain", "data", "the input pipeline")
     if batch_size % num_processes:
         raise ValueError(f"batch size {batch_size} is not divisible by the {num_processes} processes")
     bl = batch_size // num_processes
@@ -166,22 +157,11 @@ def train_dataset(records, spec, seed: int, batch_size: int, start: int, stop: i
             .map(_Element(records, spec, seed, allow_padding)))
 
 
-def _round_up(x: int, m: int) -> int:
-    return -(-x // m) * m
-
-
-def collate(elements, canvas: tuple[int, int] = (0, 0)):
+def collate(elements, canvas: tuple[int, int] = (0, 0)) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Stack elements' windows onto a zero canvas of at least ``canvas`` (rounded up to 32) and
-    their taps: ``(frames (B, T, H, W, 3) uint8, taps {field: (B, S)})``."""
-    h = max([canvas[0]] + [e.frames.shape[1] for e in elements])
-    w = max([canvas[1]] + [e.frames.shape[2] for e in elements])
-    h, w = _round_up(h, 32), _round_up(w, 32)
-    t = elements[0].frames.shape[0]
-    out = np.zeros((len(elements), t, h, w, 3), np.uint8)
-    for k, e in enumerate(elements):
-        out[k, :, :e.frames.shape[1], :e.frames.shape[2]] = e.frames
-    taps = {f: np.stack([getattr(e.taps, f) for e in elements]) for f in CropTaps._fields}
-    return out, taps
+    their taps: ``(frames (B, T, H, W, 3) uint8, taps {field: (B, S)})``
+    (:func:`co3d_jax.data.pipeline.collate_windows`, :func:`~co3d_jax.data.pipeline.stack_taps`)."""
+    return collate_windows([e.frames for e in elements], canvas=canvas), stack_taps([e.taps for e in elements])
 
 
 class BatchLoader:
@@ -215,26 +195,20 @@ class BatchLoader:
         self.local = batch_size // self.nproc
         stop = start + (1 << 40) if stop is None else max(stop, start)
         ds = train_dataset(records, spec, seed, batch_size, start, stop, allow_padding, self.pid, self.nproc)
-        it = ds.to_iter_dataset()
-        if workers > 0:
-            import grain
-            _absl_parsed()
-            per_worker = max(1, math.ceil(max(prefetch, 1) * self.local / workers))
-            it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=per_worker))
-        self._it = iter(it)
-        self._augment = make_augment(mesh, tuple(spec.mean), tuple(spec.std))
+        per_worker = max(1, math.ceil(max(prefetch, 1) * self.local / workers)) if workers > 0 else 1
+        self._reader = GrainReader(ds, workers, per_worker)
+        augment = make_augment(mesh, tuple(spec.mean), tuple(spec.std))
         self.canvas = (0, 0)
-        self.stats = dict(wait_s=0.0, host_s=0.0, put_s=0.0, batches=0)
-        self._q: queue.Queue = queue.Queue(maxsize=1)   # one batch ahead on the device
-        self._stop = threading.Event()
-        self._left = stop - start
-        self._thread = threading.Thread(target=self._fill, daemon=True, name="co3d-train-prefetch")
-        self._thread.start()
+        self._prefetcher = DevicePrefetcher(self._host_batch, mesh, transform=lambda x: (augment(x[0], x[1]), x[2]),
+                                            close_source=self._reader.close, name="co3d-train-prefetch")
+        self.stats = self._prefetcher.stats
 
-    # ------------------------------------------------------------------ producer (thread)
     def _host_batch(self):
-        """The next batch's elements from Grain, collated; bookkeeping kept for hand-out."""
-        elems = [next(self._it) for _ in range(self.local)]
+        """The next batch's elements from Grain, collated (in the prefetch thread); bookkeeping kept
+        for hand-out. ``None`` after the last update."""
+        elems = self._reader.take(self.local)
+        if not elems:
+            return None
         failed, padded = [], []
         for e in elems:
             failed.extend((self.records[i].id, err) for i, err in e.failed)
@@ -245,70 +219,17 @@ class BatchLoader:
         frames, taps = collate(elems, self.canvas)
         self.canvas = frames.shape[2:4]
         labels = np.asarray([self.records[e.video].label for e in elems], np.int32)
-        return frames, taps, labels, failed, padded
+        return (frames, taps, labels), (failed, padded)
 
-    def _put(self, x):
-        import jax
-
-        if self.mesh is None:
-            return jax.device_put(x)
-        from ..mesh import shardings
-        _, batch = shardings(self.mesh)
-        return jax.tree.map(lambda a: jax.make_array_from_process_local_data(
-            batch, a, (a.shape[0] * self.nproc, *a.shape[1:])), x)
-
-    def _fill(self):
-        import jax
-
-        try:
-            while self._left > 0 and not self._stop.is_set():
-                t0 = time.perf_counter()
-                frames, taps, labels, failed, padded = self._host_batch()
-                t1 = time.perf_counter()
-                dev = self._put((frames, taps, labels))
-                jax.block_until_ready(dev)
-                t2 = time.perf_counter()
-                xf, xt, yl = dev
-                clips = self._augment(xf, xt)
-                self.stats["host_s"] += t1 - t0
-                self.stats["put_s"] += t2 - t1
-                self._left -= 1
-                self._offer(("batch", clips, yl, failed, padded))
-        except BaseException as e:  # handed to the consumer at its next()
-            self._offer(("error", e))
-
-    def _offer(self, item):
-        while not self._stop.is_set():
-            try:
-                self._q.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                continue
-
-    # ------------------------------------------------------------------ consumer
     def next(self):
-        t0 = time.perf_counter()
-        item = self._q.get()
-        self.stats["wait_s"] += time.perf_counter() - t0
-        if item[0] == "error":
-            raise item[1]
-        _, clips, labels, failed, padded = item
+        (clips, labels), (failed, padded) = next(self._prefetcher)
         for rid, err in failed:
             self.failed[rid] = err
         for rid in padded:
             self.padded[rid] = self.padded.get(rid, 0) + 1
         self.step += 1
-        self.stats["batches"] += 1
         return clips, labels
 
-    def close(self):
-        self._stop.set()
-        while True:   # unblock the producer
-            try:
-                self._q.get_nowait()
-            except queue.Empty:
-                break
-        self._thread.join(timeout=30)
-        close = getattr(self._it, "close", None)
-        if close is not None:
-            close()
+    def close(self) -> None:
+        """Stop reading and release the worker processes (idempotent)."""
+        self._prefetcher.close()
