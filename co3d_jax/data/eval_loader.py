@@ -98,9 +98,13 @@ def _decode_on_device(spec: ClipSpec, media, decoder: str):
     from .nvdec import NvdecFrames, frame_source
 
     video = frame_source(media, decoder, backend=spec.decoder)
-    if isinstance(video, NvdecFrames) and video.index.untrusted is None:
-        positions, info = clip_positions(video.index, spec.sampling_rate, spec.num_frames)
-        return video[positions], info
+    if isinstance(video, NvdecFrames):
+        if video.index.untrusted is None:
+            positions, info = clip_positions(video.index, spec.sampling_rate, spec.num_frames)
+            return video[positions], info
+        from .nvdec import _notice
+        _notice("untrusted-index", f"{video.label}: decoded on the CPU (and any video like it, without further "
+                                   f"notice): its packet index cannot be followed ({video.index.untrusted})")
     return decode_clip(media, spec.sampling_rate, spec.num_frames, spec.decoder)
 
 
