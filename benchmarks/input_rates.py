@@ -12,7 +12,9 @@ user gets (their own JSON summaries: steady rates after the compiling first upda
   updates): ``memory``: the first batch kept on the device and reused for every update (hidden
   ``--repeat-first-batch``: the same jitted step with no input behind it, the compute bound);
   ``cpu``: ``--decoder cpu --workers`` cores-2 Grain processes; ``nvdec``: ``--decoder nvdec
-  --decoder-threads --threads``;
+  --decoder-threads --threads``; for the first codec also ``loader_only_*``: the same input
+  pipeline alone (``BatchLoader``, each batch waited for, no train step), to tell the decoder's own
+  rate from its contention with the step;
 * evaluation (``experiments.evaluate``, X3D-M, random weights, 400 classes, ``--eval-videos``):
   ``cpu`` and ``nvdec``, and whether the top-5 predictions are equal on every video (count equal /
   total, and the largest difference of any class score, ``--save-scores``).
@@ -130,14 +132,19 @@ def child_env(work: str, tiny: bool) -> dict:
     return env
 
 
-def run_child(module: str, argv: list, env: dict, logfile: str, timeout: float) -> dict:
+def run_child_code(code: str, argv: list, env: dict, logfile: str, timeout: float) -> dict:
+    return run_child("-c", [code, *argv], env, logfile, timeout, what="loader-only child")
+
+
+def run_child(module: str, argv: list, env: dict, logfile: str, timeout: float, what: str | None = None) -> dict:
     """``python -m module argv``; its wall time, CPU seconds (with its reaped workers), the
     utilisation seen meanwhile; raises with the log's tail on failure."""
     r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.time()
     with open(logfile, "w") as f, GpuUtil() as util:
         try:
-            p = subprocess.run([sys.executable, "-m", module, *argv], env=env, cwd=REPO, stdout=f,
+            cmd = [sys.executable, *(["-c"] if module == "-c" else ["-m", module]), *argv]
+            p = subprocess.run(cmd, env=env, cwd=REPO, stdout=f,
                                stderr=subprocess.STDOUT, timeout=timeout)
             rc = p.returncode
         except subprocess.TimeoutExpired:
@@ -149,7 +156,7 @@ def run_child(module: str, argv: list, env: dict, logfile: str, timeout: float) 
         with open(logfile) as f:
             tail = f.read()[-1500:]
         said = [ln for ln in tail.splitlines() if ln.startswith("error:")]
-        raise RuntimeError(f"{module} {'timed out after %.0fs' % timeout if rc == 'timeout' else 'exit %s' % rc}"
+        raise RuntimeError(f"{what or module} {'timed out after %.0fs' % timeout if rc == 'timeout' else 'exit %s' % rc}"
                            + (f": {said[-1]}" if said else "") + f"\n...{tail}")
     return dict(wall_s=round(wall, 1), cpu_s=round(cpu, 1), cores_busy_mean=round(cpu / wall, 2) if wall else None,
                 util=util.summary(), log=os.path.basename(logfile))
@@ -168,9 +175,10 @@ def soft(fn, *a, **k):
 # ----------------------------------------------------------------------------- measurements
 def finetune(args, env, data, work, tag, mode, timeout):
     out = os.path.join(work, f"ft_{tag}")
-    argv = [*args.train_model, "--from-scratch", "--data", data, "--split", "validate", "--steps", str(args.steps),
+    steps = args.memory_steps if mode == "memory" else args.steps
+    argv = [*args.train_model, "--from-scratch", "--data", data, "--split", "validate", "--steps", str(steps),
             "--batch-size", str(args.batch), "--out", out, "--overwrite", "--no-progress", "--seed", "0",
-            "--save-every", str(args.steps), "--log-every", str(args.steps)]
+            "--save-every", str(steps), "--log-every", str(steps)]
     if mode == "memory":
         argv += ["--repeat-first-batch", "--workers", str(args.workers)]
     elif mode == "cpu":
@@ -183,7 +191,7 @@ def finetune(args, env, data, work, tag, mode, timeout):
     sps = s.get("steady_steps_per_s")
     return dict(mode=mode, command="python -m experiments.finetune " + " ".join(argv), **run,
                 steady_updates_per_s=sps, steady_clips_per_s=sps * args.batch if sps else None,
-                batch=args.batch, steps=args.steps, seconds=s.get("seconds"), loader_seconds=s.get("loader_seconds"),
+                batch=args.batch, steps=steps, seconds=s.get("seconds"), loader_seconds=s.get("loader_seconds"),
                 failed_videos=len(s.get("failed_videos", {})), decoder=s.get("decoder"), workers=s.get("workers"),
                 decoder_threads=s.get("decoder_threads"), final_loss=s.get("final_loss"))
 
@@ -204,6 +212,53 @@ def evaluate(args, env, data, work, tag, mode, timeout):
                 steady_videos_per_s=t.get("steady_videos_per_s"), elapsed_s=t.get("elapsed_s"),
                 videos=t.get("videos_this_run"), batch=t.get("batch"), evaluated=s.get("num_evaluated"),
                 failed=s.get("num_failed"), predictions=os.path.join(out, "predictions.jsonl"))
+
+
+LOADER_ONLY = r"""
+import json, sys, time
+import jax, numpy as np
+import co3d_jax
+from co3d_jax.data import open_dataset
+from co3d_jax.data.augment import TrainClipSpec
+from co3d_jax.data.nvdec import resolve_decoder
+from co3d_jax.data.train_loader import BatchLoader
+from co3d_jax.train import data_mesh
+a = json.loads(sys.argv[1])
+model = co3d_jax.create_model(a["model"], **a["opts"])
+spec = TrainClipSpec(num_frames=a["frames"] or model.clip_length, sampling_rate=model.frame_rate,
+                     image_size=model.image_size, jitter=TrainClipSpec.default_jitter(model.image_size),
+                     mean=tuple(model.normalisation[0]), std=tuple(model.normalisation[1]))
+records = [r for r in open_dataset("kinetics400", a["data"], "validate").records if r.label is not None]
+try:
+    dec = resolve_decoder(a["decoder"])
+except Exception as e:
+    print(f"error: {e}", flush=True)
+    sys.exit(2)
+loader = BatchLoader(records, spec, 0, a["batch"], 0, a["workers"], 2, mesh=data_mesh(), stop=a["batches"],
+                     decoder=dec, decoder_threads=a["threads"])
+times = []
+try:
+    for _ in range(a["batches"]):
+        x, y = loader.next()
+        jax.block_until_ready(x)
+        times.append(time.perf_counter())
+finally:
+    loader.close()
+steady = (len(times) - 1) * a["batch"] / (times[-1] - times[0]) if len(times) > 1 else None
+print(json.dumps(dict(steady_clips_per_s=steady, batches=len(times), decoder=dec, stats=loader.stats)))
+"""
+
+
+def loader_only(args, env, data, work, tag, mode, timeout):
+    """The fine-tuning input pipeline alone (BatchLoader, each batch waited for, no train step):
+    what it feeds with the GPU otherwise idle."""
+    spec = dict(model=args.train_model[1], opts=args.train_opts, frames=args.train_frames, data=data, batch=args.batch, batches=args.loader_batches,
+                workers=args.workers, decoder=mode, threads=args.threads)
+    logfile = os.path.join(work, f"lo_{tag}.log")
+    run = run_child_code(LOADER_ONLY, [json.dumps(spec)], env, logfile, timeout)
+    with open(logfile) as f:
+        got = json.loads([ln for ln in f.read().splitlines() if ln.startswith("{")][-1])
+    return dict(mode=mode, **run, **got, batch=args.batch)
 
 
 def compare_predictions(a: str, b: str) -> dict:
@@ -286,9 +341,11 @@ def table(res: dict) -> str:
                 rate = ("skipped: " + r["skipped"]) if "skipped" in r else ("error: " + r["error"].splitlines()[0][:60])
                 lines.append(f"{codec:8s} {name:21s} {rate}")
                 continue
-            if "steady_clips_per_s" in r:
+            if "steady_updates_per_s" in r:
                 rate = (f"{r['steady_updates_per_s']:.2f} upd/s = {r['steady_clips_per_s']:.0f} clips/s"
                         if r["steady_clips_per_s"] else "n/a")
+            elif "steady_clips_per_s" in r:
+                rate = f"{r['steady_clips_per_s']:.0f} clips/s (no step)" if r["steady_clips_per_s"] else "n/a"
             else:
                 rate = f"{r['steady_videos_per_s']:.0f} videos/s" if r.get("steady_videos_per_s") else "n/a"
             lines.append(f"{codec:8s} {name:21s} {rate:28s} {r.get('cores_busy_mean', '-'):>10} "
@@ -305,7 +362,9 @@ def build_parser():
     p.add_argument("--copies", type=int, help="files per distinct video (default libx264 6, mpeg4 3)")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--steps", type=int, default=25)
-    p.add_argument("--eval-videos", type=int, default=576)
+    p.add_argument("--memory-steps", type=int, default=60, help="updates of the data-in-memory run")
+    p.add_argument("--loader-batches", type=int, default=10, help="batches of the loader-only runs")
+    p.add_argument("--eval-videos", type=int, default=480)
     p.add_argument("--eval-batch", type=int, default=32)
     p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 3) - 2), help="CPU decoding processes")
     p.add_argument("--threads", type=int, default=4, help="--decoder-threads for NVDEC")
@@ -320,14 +379,17 @@ def main(argv=None) -> int:
     if args.tiny:
         size = dict(n=40, w=96, h=64)
         args.batch, args.steps = min(args.batch, 4), min(args.steps, 3)
+        args.memory_steps, args.loader_batches = min(args.memory_steps, 4), min(args.loader_batches, 3)
         args.eval_videos, args.eval_batch = min(args.eval_videos, 8), min(args.eval_batch, 4)
         args.workers = min(args.workers, 1)
         args.train_model = ["--model", "x3d_xs", "--model-arg", "image_size=32", "--model-arg", "depth_factor=0.3",
                             "--num-frames", "4"]
         args.eval_model = ["--model", "x3d_xs", "--model-arg", "image_size=32", "--model-arg", "depth_factor=0.3"]
+        args.train_opts, args.train_frames = dict(image_size=32, depth_factor=0.3), 4
     else:
         size = dict(n=300, w=340, h=256)
         args.train_model = ["--model", "x3d_s"]
+        args.train_opts, args.train_frames = {}, 0
         args.eval_model = ["--model", "x3d_m"]
     work = args.work or tempfile.mkdtemp(prefix="input_rates_")
     os.makedirs(work, exist_ok=True)
@@ -394,6 +456,9 @@ def main(argv=None) -> int:
             res["results"][codec]["eval_top5"] = soft(compare_predictions, a["predictions"], b["predictions"])
             log(f"{codec} eval top-5: {res['results'][codec]['eval_top5']}")
         save()
+        if codec == first:   # the fine-tuning pipeline alone (no train step): what bounds the rows above
+            measure(codec, "loader_only_nvdec", loader_only, args, env, data, work, f"{codec}_nvdec", "nvdec")
+            measure(codec, "loader_only_cpu", loader_only, args, env, data, work, f"{codec}_cpu", "cpu")
     text = table(res)
     res["table"] = text.splitlines()
     save()
