@@ -458,7 +458,8 @@ def main(argv=None) -> int:
         save()
         if codec == first:   # the fine-tuning pipeline alone (no train step): what bounds the rows above
             measure(codec, "loader_only_nvdec", loader_only, args, env, data, work, f"{codec}_nvdec", "nvdec")
-            measure(codec, "loader_only_cpu", loader_only, args, env, data, work, f"{codec}_cpu", "cpu")
+    if first is not None and "error" not in res["datasets"][first]:
+        measure(first, "loader_only_cpu", loader_only, args, env, roots[first], work, f"{first}_cpu", "cpu")
     text = table(res)
     res["table"] = text.splitlines()
     save()
