@@ -175,7 +175,7 @@ def soft(fn, *a, **k):
 # ----------------------------------------------------------------------------- measurements
 def finetune(args, env, data, work, tag, mode, timeout):
     out = os.path.join(work, f"ft_{tag}")
-    steps = args.memory_steps if mode == "memory" else args.steps
+    steps = args.memory_steps if mode == "memory" and args.memory_steps else args.steps
     argv = [*args.train_model, "--from-scratch", "--data", data, "--split", "validate", "--steps", str(steps),
             "--batch-size", str(args.batch), "--out", out, "--overwrite", "--no-progress", "--seed", "0",
             "--save-every", str(steps), "--log-every", str(steps)]
@@ -362,7 +362,9 @@ def build_parser():
     p.add_argument("--copies", type=int, help="files per distinct video (default libx264 6, mpeg4 3)")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--steps", type=int, default=25)
-    p.add_argument("--memory-steps", type=int, default=60, help="updates of the data-in-memory run")
+    p.add_argument("--memory-steps", type=int, default=None,
+                   help="updates of the data-in-memory run (default --steps: the same learning-rate schedule, so "
+                        "the same compiled step, which the later runs then find in the compilation cache)")
     p.add_argument("--loader-batches", type=int, default=10, help="batches of the loader-only runs")
     p.add_argument("--eval-videos", type=int, default=480)
     p.add_argument("--eval-batch", type=int, default=32)
@@ -379,7 +381,7 @@ def main(argv=None) -> int:
     if args.tiny:
         size = dict(n=40, w=96, h=64)
         args.batch, args.steps = min(args.batch, 4), min(args.steps, 3)
-        args.memory_steps, args.loader_batches = min(args.memory_steps, 4), min(args.loader_batches, 3)
+        args.loader_batches = min(args.loader_batches, 3)
         args.eval_videos, args.eval_batch = min(args.eval_videos, 8), min(args.eval_batch, 4)
         args.workers = min(args.workers, 1)
         args.train_model = ["--model", "x3d_xs", "--model-arg", "image_size=32", "--model-arg", "depth_factor=0.3",
