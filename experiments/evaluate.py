@@ -19,7 +19,8 @@ atomically at the end). Re-running the same command resumes: videos already in t
 file are skipped, and the summary is recomputed from the file, so it equals an uninterrupted run's.
 The batch is sharded over all devices (``NamedSharding`` over a 1-D ``data`` mesh). Videos are read
 through the input pipeline fine-tuning shares (``co3d_jax.data.eval_loader.EvalLoader``: Grain worker
-processes decode, the devices resize, crop and normalise, one batch ahead); see docs/evaluation.md.
+processes decode, the devices resize, crop and normalise, one batch ahead); ``--decoder nvdec``
+decodes on the GPU instead (threads of this process, the same samples); see docs/evaluation.md.
 """
 
 from __future__ import annotations
@@ -74,7 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--classes", default="dataset", choices=["dataset", "shipped"],
                    help="class index: sorted labels present (reference) or the shipped 400 Kinetics names")
     d.add_argument("--limit", type=int, help="evaluate only the first N videos (dataset order)")
-    d.add_argument("--decoder", default="auto", choices=["auto", "pyav", "opencv"])
+    d.add_argument("--decoder", default="cpu", choices=["cpu", "nvdec", "auto", "pyav", "opencv"],
+                   help="cpu (default): Grain worker processes decode with --cpu-decoder; nvdec: NVIDIA's hardware "
+                        "decoder in --decoder-threads threads of this process, frames straight to the GPU (one "
+                        "process); auto: nvdec where available, else cpu with a one-line notice. pyav/opencv: "
+                        "cpu with that --cpu-decoder (the option's former meaning)")
+    d.add_argument("--cpu-decoder", default="auto", choices=["auto", "pyav", "opencv"],
+                   help="the CPU decoder's library (default auto: PyAV, else OpenCV)")
+    d.add_argument("--decoder-threads", type=int, default=4, help="--decoder nvdec: decoding threads (default 4)")
     d.add_argument("--skip-padded", action="store_true",
                    help="fail a video shorter than the clip instead of repeating its last frame (padded clips "
                         "are scored and counted by default)")
@@ -294,7 +302,13 @@ def main(argv=None) -> int:
         return 2
     # optional packages before any work: a missing one is one line (cli_main)
     from co3d_jax.data.video import resolve_backend
-    decoder = resolve_backend(args.decoder)
+    video_decoder = args.decoder
+    if args.decoder in ("pyav", "opencv"):
+        video_decoder, args.cpu_decoder = "cpu", args.decoder
+    decoder = resolve_backend(args.cpu_decoder)
+    if args.decoder_threads < 1:
+        _log("--decoder-threads must be >= 1")
+        return 2
     require("grain", "data", "evaluation's input pipeline")
     if args.source == "tfds":
         require("tensorflow_datasets", "tfds", "--source tfds")
@@ -303,6 +317,13 @@ def main(argv=None) -> int:
         return 2
 
     import jax
+
+    if video_decoder != "cpu":
+        if args.distributed:
+            _log(f"--decoder {video_decoder} decodes in one process: not with --distributed (use --decoder cpu)")
+            return 2
+        from co3d_jax.data.nvdec import resolve_decoder
+        video_decoder = resolve_decoder(video_decoder)   # nvdec unavailable: one line; auto: cpu + notice
 
     if args.distributed:
         kw = {k: v for k, v in dict(coordinator_address=args.coordinator, num_processes=args.num_processes,
@@ -377,6 +398,8 @@ def main(argv=None) -> int:
                                 normalisation=[list(model.normalisation[0]), list(model.normalisation[1])],
                                 delay=model.delay if model.continual else None),
                   save_scores=bool(args.save_scores or index.multilabel), skip_padded=args.skip_padded)
+    if video_decoder != "cpu":   # NVDEC's pixels may differ (docs/nvdec.md): a resume keeps the decoder
+        config["video_decoder"] = "nvdec"
 
     # ---------------- output folder / resume
     pid, nproc = jax.process_index(), jax.process_count()
@@ -417,11 +440,12 @@ def main(argv=None) -> int:
     global_batch = -(-args.batch_size // ndev) * ndev
     params = jax.device_put(params, replicated)
     predict = compiled_predict(model, protocol, mesh)
-    workers = default_workers() if args.workers is None else args.workers
+    workers = (default_workers() if args.workers is None else args.workers) if video_decoder == "cpu" else 0
     save_scores = config["save_scores"]
     _log(f"{name}: {protocol.mode}, {protocol.num_frames} frames at rate {protocol.sampling_rate}"
          + (f" (output at frame {protocol.first_output})" if model.continual else "")
-         + f"; {len(todo)} videos to go on {ndev} device(s), batch {global_batch}, {workers} worker(s)")
+         + f"; {len(todo)} videos to go on {ndev} device(s), batch {global_batch}, "
+         + (f"{workers} worker(s)" if video_decoder == "cpu" else f"NVDEC in {args.decoder_threads} thread(s)"))
 
     def to_local(x):
         if nproc == 1:
@@ -478,7 +502,8 @@ def main(argv=None) -> int:
         try:
             # Every process runs the same number of steps over its share of the items (strided); the
             # loader decodes ahead in Grain workers and transforms on the devices, one batch ahead.
-            loader = EvalLoader(spec, todo, global_batch, mesh, workers)
+            loader = EvalLoader(spec, todo, global_batch, mesh, workers, decoder=video_decoder,
+                                decoder_threads=args.decoder_threads)
             mine = loader.items
             for step, (clips, windows) in enumerate(loader):
                 if step == 0:   # compiled aside: Ctrl-C / SIGTERM during the first compile act at once
@@ -526,7 +551,9 @@ def main(argv=None) -> int:
         elapsed_s=elapsed, videos_this_run=len(todo), devices=ndev,
         steady_videos_per_s=None if first is None or t_end <= first[0] else
         (len(mine) - first[1]) * nproc / (t_end - first[0]), device_kind=str(devices.flat[0].device_kind),
-        batch=global_batch, workers=workers, loader="grain" if workers > 0 else "inline"), indent=2) + "\n")
+        batch=global_batch, workers=workers, decoder=video_decoder,
+        decoder_threads=args.decoder_threads if video_decoder != "cpu" else None,
+        loader="nvdec-threads" if video_decoder != "cpu" else "grain" if workers > 0 else "inline"), indent=2) + "\n")
     metr = ", ".join(f"{k}={v:.4f}" if v == v else f"{k}=none (no video evaluated)"
                      for k, v in summary["metrics"].items() if isinstance(v, float))
     _log(f"done in {elapsed:.1f}s: {summary['num_evaluated']} evaluated ({summary['num_padded']} padded), "

@@ -50,7 +50,7 @@ BROKEN = "checkpoints.damaged"   # damaged checkpoint steps are moved here, not 
 # options that do not change the training trajectory: they may differ between a run and its
 # resumption (precise_bn only changes the export, so a finished run can be re-exported with it)
 NON_SEMANTIC = {"out", "workers", "prefetch", "no_progress", "stop_after", "overwrite", "save_every", "keep",
-                "log_every", "precise_bn"}
+                "log_every", "precise_bn", "decoder_threads"}
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -111,8 +111,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--log-every", type=int, default=10, help="metrics fetched/written every N updates")
     r.add_argument("--workers", type=int, default=None, help="Grain decoding processes (0: in the main process)")
     r.add_argument("--prefetch", type=int, default=2, help="batches decoded ahead by the workers")
+    r.add_argument("--decoder", default="cpu", choices=["cpu", "nvdec", "auto"],
+                   help="cpu (default): Grain worker processes decode; nvdec: NVIDIA's hardware decoder in "
+                        "--decoder-threads threads of this process, frames straight to the GPU (one process); "
+                        "auto: nvdec where available, else cpu with a one-line notice")
+    r.add_argument("--decoder-threads", type=int, default=4, help="--decoder nvdec: decoding threads (default 4)")
     r.add_argument("--overwrite", action="store_true", help="discard an existing run in --out")
     r.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+    r.add_argument("--repeat-first-batch", action="store_true", help=argparse.SUPPRESS)  # benchmarks: compute bound
     r.add_argument("--stop-after", type=int, help=argparse.SUPPRESS)  # tests: stop as if killed after N updates
     return p
 
@@ -171,10 +177,22 @@ def _main(argv, stop: dict) -> int:
         return 2
     from co3d_jax.data.video import resolve_backend
     resolve_backend()   # missing optional packages are one line before any work (cli_main)
+    if args.decoder_threads < 1:
+        _log("--decoder-threads must be >= 1")
+        return 2
     if args.source == "tfds":
         require("tensorflow_datasets", "tfds", "--source tfds")
 
     import jax
+
+    video_decoder = args.decoder
+    if video_decoder != "cpu":
+        if jax.process_count() > 1:
+            _log(f"--decoder {video_decoder} decodes in one process; this run has {jax.process_count()} "
+                 "(use --decoder cpu)")
+            return 2
+        from co3d_jax.data.nvdec import resolve_decoder
+        video_decoder = resolve_decoder(video_decoder)   # nvdec unavailable: one line; auto: cpu + notice
 
     import co3d_jax
     from co3d_jax import train as T
@@ -256,6 +274,8 @@ def _main(argv, stop: dict) -> int:
                 os.remove(f)
     signature = {k: v for k, v in sorted(vars(args).items()) if k not in NON_SEMANTIC}
     signature["weights_sha256"] = file_sha256(args.weights) if args.weights else None
+    if signature.get("decoder") == "cpu":   # runs from before --decoder resume unchanged
+        del signature["decoder"]
     config = dict(args=signature, model=args.model, model_options=opts, num_classes=num_classes,
                   classes=list(index.classes), num_videos=len(records), train=dataclasses.asdict(cfg),
                   clip=dataclasses.asdict(spec))
@@ -322,8 +342,13 @@ def _main(argv, stop: dict) -> int:
     train_step = T.make_train_step(model.net, cfg, mesh, head=model.family.head)
     workers = default_workers() if args.workers is None else args.workers
     stop_at = args.steps if args.stop_after is None else min(args.steps, args.stop_after)
+    dec = dict(decoder=video_decoder, decoder_threads=args.decoder_threads)
+    # --repeat-first-batch (benchmarks.input_rates): the first batch, kept on the devices, for every
+    # update: the same jitted step with no input pipeline behind it (the compute bound)
     loader = BatchLoader(records, spec, args.seed, args.batch_size, start, workers, args.prefetch,
-                         allow_padding=not args.skip_padded, mesh=mesh, stop=stop_at, **seen)
+                         allow_padding=not args.skip_padded, mesh=mesh,
+                         stop=min(stop_at, start + 1) if args.repeat_first_batch else stop_at, **seen, **dec)
+    held = None
     try:
         from tqdm import tqdm
     except ImportError:  # progress is optional
@@ -366,7 +391,12 @@ def _main(argv, stop: dict) -> int:
     compiled = None
     try:
         while step < stop_at:
-            xb, yb = loader.next()   # on the mesh, augmented there
+            if held is not None:
+                xb, yb = held
+            else:
+                xb, yb = loader.next()   # on the mesh, augmented there
+                if args.repeat_first_batch:
+                    held = (xb, yb)
             if compiled is None:   # compiled aside, so a signal during the (long) first compile acts at once
                 compiled = compile_responsive(train_step, params, opt_state, xb, yb, np.int32(step),
                                               stop=lambda: stop["signal"] is not None)
@@ -430,7 +460,8 @@ def _main(argv, stop: dict) -> int:
     mngr.close()
     if args.precise_bn > 0:   # batches after the training ones: deterministic, also on a re-export
         bn_loader = BatchLoader(records, spec, args.seed, args.batch_size, args.steps, workers, args.prefetch,
-                                allow_padding=not args.skip_padded, mesh=mesh, stop=args.steps + args.precise_bn)
+                                allow_padding=not args.skip_padded, mesh=mesh, stop=args.steps + args.precise_bn,
+                                **dec)
         try:
             params = T.precise_bn(model.net, params, (bn_loader.next() for _ in range(args.precise_bn)), mesh)
         finally:
@@ -453,6 +484,8 @@ def _main(argv, stop: dict) -> int:
                    steady_steps_per_s=(n_done - 1) / (t_loop - t_first - save_s) if n_done > 1 else None,
                    checkpoint_seconds=save_s + (t_end - t_loop),
                    loader_seconds={k: v for k, v in loader.stats.items() if k != "batches"},
+                   decoder=video_decoder, workers=workers if video_decoder == "cpu" else 0,
+                   decoder_threads=args.decoder_threads if video_decoder != "cpu" else None,
                    failed_videos=loader.failed, padded_videos=loader.padded,
                    padded_samples=sum(loader.padded.values()), skipped_files=list(index.skipped),
                    export=os.path.join(out, EXPORT))

@@ -27,11 +27,12 @@ import numpy as np
 from ..extras import require
 from ..normalisation import KINETICS
 from .datasets import VideoRecord
-from .pipeline import DevicePrefetcher, GrainReader, collate_windows, default_workers, stack_taps
+from .pipeline import (DevicePrefetcher, GrainReader, ThreadReader, collate_on_device, collate_windows, default_workers,
+                       stack_taps)
 from .sampling import charades_indices, charades_num_padded, num_repeated
 from .sources import frame_media, video_media
 from .transforms import CropTaps, center_crop_taps, eval_transform
-from .video import VideoError, check_padding, decode_clip, read_image
+from .video import VideoError, check_padding, clip_positions, decode_clip, read_image
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,9 +89,30 @@ class Sample:
     error: str | None = None
 
 
-def load_window(spec: ClipSpec, position: int, record: VideoRecord) -> EvalWindow:
+def _decode_on_device(spec: ClipSpec, media, decoder: str):
+    """:func:`~co3d_jax.data.video.decode_clip`'s frames and info, decoded by
+    ``frame_source(media, decoder)`` (:mod:`co3d_jax.data.nvdec`): the same frames, chosen from
+    the demux index by :func:`~co3d_jax.data.video.clip_positions`, as a ``jax.Array`` on the GPU.
+    A video NVDEC does not open (``decoder="auto"``) or whose index a seek decode cannot follow
+    (``untrusted``) is decoded by decode_clip on the CPU (numpy frames)."""
+    from .nvdec import NvdecFrames, frame_source
+
+    video = frame_source(media, decoder, backend=spec.decoder)
+    if isinstance(video, NvdecFrames):
+        if video.index.untrusted is None:
+            positions, info = clip_positions(video.index, spec.sampling_rate, spec.num_frames)
+            return video[positions], info
+        from .nvdec import _notice
+        _notice("untrusted-index", f"{video.label}: decoded on the CPU (and any video like it, without further "
+                                   f"notice): its packet index cannot be followed ({video.index.untrusted})")
+    return decode_clip(media, spec.sampling_rate, spec.num_frames, spec.decoder)
+
+
+def load_window(spec: ClipSpec, position: int, record: VideoRecord, decoder: str = "cpu") -> EvalWindow:
     """Decode and sample one video (or frame folder) without transforming it; errors become
-    ``EvalWindow.error``."""
+    ``EvalWindow.error``. ``decoder``: ``"cpu"`` (:func:`~co3d_jax.data.video.decode_clip`, numpy
+    frames) or ``"nvdec"``/``"auto"`` (videos decoded by NVDEC: the same sampled frames as a
+    ``jax.Array`` on the GPU, :func:`_decode_on_device`; Charades frame folders stay on the CPU)."""
     try:
         if spec.kind == "frames":
             paths = frame_media(record)
@@ -104,10 +126,14 @@ def load_window(spec: ClipSpec, position: int, record: VideoRecord) -> EvalWindo
             raw = np.stack([uniq[int(i)] for i in idx])
             info = dict(decoded=len(paths), indices=idx.tolist(), repeated=num_repeated(idx),
                         padded=charades_num_padded(len(paths), spec.num_frames, spec.sampling_rate))
+        elif decoder != "cpu":
+            raw, info = _decode_on_device(spec, video_media(record), decoder)
         else:
             raw, info = decode_clip(video_media(record), spec.sampling_rate, spec.num_frames, spec.decoder)
         check_padding(info["padded"], spec.num_frames, spec.allow_padding)
-        raw = np.ascontiguousarray(raw[spec.drop_first:], dtype=np.uint8)
+        raw = raw[spec.drop_first:]
+        if isinstance(raw, np.ndarray):
+            raw = np.ascontiguousarray(raw, dtype=np.uint8)
         if raw.ndim != 4 or raw.shape[0] != spec.out_frames or raw.shape[-1] != 3:
             raise VideoError(f"decoded {raw.shape}, expected ({spec.out_frames}, H, W, 3)")
         h, w = raw.shape[1:3]
@@ -132,17 +158,17 @@ def load_sample(spec: ClipSpec, position: int, record: VideoRecord) -> Sample:
 class _WindowLoader:
     """``(position, record)`` -> :class:`EvalWindow` (picklable, for Grain's workers)."""
 
-    def __init__(self, spec: ClipSpec):
-        self.spec = spec
+    def __init__(self, spec: ClipSpec, decoder: str = "cpu"):
+        self.spec, self.decoder = spec, decoder
 
     def __call__(self, item: tuple[int, VideoRecord]) -> EvalWindow:
-        return load_window(self.spec, *item)
+        return load_window(self.spec, *item, decoder=self.decoder)
 
 
-def eval_dataset(spec: ClipSpec, items: Sequence[tuple[int, VideoRecord]]):
+def eval_dataset(spec: ClipSpec, items: Sequence[tuple[int, VideoRecord]], decoder: str = "cpu"):
     """The ``grain.MapDataset`` of :class:`EvalWindow` s of ``items`` (``(position, record)``), in order."""
     grain = require("grain", "data", "the input pipeline")
-    return grain.MapDataset.source(list(items)).map(_WindowLoader(spec))
+    return grain.MapDataset.source(list(items)).map(_WindowLoader(spec, decoder))
 
 
 class EvalLoader:
@@ -157,10 +183,16 @@ class EvalLoader:
     Process ``p`` of ``P`` evaluates ``items[p::P]`` (:attr:`items`); every process runs the same
     :attr:`steps` (the longest share's), so collective programs line up. ``workers`` Grain
     processes decode about ``prefetch`` batches ahead (``0``: in the calling process). Close it
-    (or use ``with``) on every exit path: that stops the workers and frees their shared memory."""
+    (or use ``with``) on every exit path: that stops the workers and frees their shared memory.
+
+    ``decoder="nvdec"`` (or ``"auto"`` where NVDEC is available: :func:`co3d_jax.data.nvdec.resolve_decoder`)
+    decodes in ``decoder_threads`` threads of this process instead of Grain's workers (one NVDEC
+    decoder per thread; CUDA does not belong in worker processes), the same samples in the same
+    order (:func:`load_window`), collated on the device (:func:`~co3d_jax.data.pipeline.collate_on_device`):
+    no host copy of the frames. One process only."""
 
     def __init__(self, spec: ClipSpec, items: Sequence[tuple[int, VideoRecord]], batch_size: int, mesh=None,
-                 workers: int | None = None, prefetch: int = 2):
+                 workers: int | None = None, prefetch: int = 2, decoder: str = "cpu", decoder_threads: int = 4):
         import jax
 
         from .device_augment import make_augment
@@ -173,9 +205,18 @@ class EvalLoader:
         self.local = batch_size // nproc
         self.items = items[pid::nproc]
         self.steps = -(-len(items[0::nproc]) // self.local) if items else 0
-        self.workers = default_workers() if workers is None else workers
-        per_worker = -(-max(prefetch, 1) * self.local // self.workers) if self.workers > 0 else 1
-        self._reader = GrainReader(eval_dataset(spec, self.items), self.workers, per_worker)
+        self.decoder = decoder
+        if decoder == "cpu":
+            self.workers = default_workers() if workers is None else workers
+            per_worker = -(-max(prefetch, 1) * self.local // self.workers) if self.workers > 0 else 1
+            self._reader = GrainReader(eval_dataset(spec, self.items), self.workers, per_worker)
+        else:
+            if nproc > 1:
+                raise ValueError(f"decoder={decoder!r} decodes in one process; this run has {nproc} "
+                                 "(use the CPU decoder)")
+            self.workers = 0
+            self._reader = ThreadReader(eval_dataset(spec, self.items, decoder), decoder_threads,
+                                        max(prefetch, 1) * self.local, name="co3d-nvdec")
         self._made = 0
         transform = make_augment(mesh, tuple(spec.mean), tuple(spec.std))
         self._prefetcher = DevicePrefetcher(self._host_batch, mesh, transform=lambda x: transform(*x),
@@ -189,8 +230,9 @@ class EvalLoader:
         self._made += 1
         windows = self._reader.take(self.local)
         ok = [w.error is None for w in windows]
-        frames = collate_windows([w.frames if k else None for w, k in zip(windows, ok)], rows=self.local,
-                                 num_frames=self.spec.out_frames)
+        collate = collate_windows if self.decoder == "cpu" else collate_on_device
+        frames = collate([w.frames if k else None for w, k in zip(windows, ok)], rows=self.local,
+                         num_frames=self.spec.out_frames)
         taps = stack_taps([w.taps if k else None for w, k in zip(windows, ok)], rows=self.local,
                           size=self.spec.image_size)
         # handed out without arrays: they are Grain's shared memory, released at close()

@@ -308,6 +308,7 @@ class NvdecFrames:
             raise VideoError(f"{self.label}: cannot open (nvdec): {self.codec} from bytes: PyNvVideoCodec's reads "
                              "fail (GetFramesByIdxList; benchmarks/nvdec_speed.py), pass a path or decode on the CPU")
         index = self._check_container()
+        self.index = index               # the demux index (pts in presentation order: clip_positions)
         if self.color == "nv12" and (index.pix_fmt not in (None, "yuv420p") or self.width % 2):
             what = f"{index.pix_fmt}" if self.width % 2 == 0 else f"{self.width} pixels wide"
             raise VideoError(f"{self.label}: cannot open (nvdec): color='nv12' reads yuv420p (8-bit 4:2:0, limited "
@@ -413,6 +414,23 @@ class NvdecFrames:
             stacked = nv12_to_rgb(stacked, self.height)
         stacked.block_until_ready()                              # before the decoder reuses its buffers
         return stacked
+
+
+def resolve_decoder(decoder: str) -> str:
+    """A command's ``--decoder`` before any work: ``"cpu"`` stays; ``"nvdec"`` stays where
+    :func:`available`, else raises as :func:`frame_source` does (one line); ``"auto"`` stays where
+    available (each video then opened with ``frame_source(..., "auto")``: one NVDEC cannot open is
+    decoded on the CPU), else is ``"cpu"``, with :func:`frame_source`'s one-line notice."""
+    if decoder not in DECODERS:
+        raise ValueError(f"unknown decoder {decoder!r} ({', '.join(DECODERS)})")
+    if decoder == "cpu":
+        return decoder
+    if available():
+        return decoder
+    if decoder == "nvdec":
+        raise _unavailable_error()
+    _notice("unavailable", f"decoding video on the CPU: NVDEC not used ({unavailable_reason()})")
+    return "cpu"
 
 
 def frame_source(media: Media, decoder: str = "auto", *, backend: str = "auto", **nvdec_options):

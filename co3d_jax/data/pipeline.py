@@ -159,6 +159,65 @@ class GrainReader:
             _drain_shared_memory_deletes()
 
 
+class ThreadReader:
+    """:class:`GrainReader`'s interface (``take``, ``remaining``, ``close``) over a random-access
+    ``dataset`` (``len`` and ``dataset[i]``, e.g. the same ``grain.MapDataset``) read by
+    ``threads`` threads of this process, for a decoder that belongs in the main process (NVDEC:
+    :mod:`co3d_jax.data.nvdec` keeps one decoder per thread). Element ``i`` is ``dataset[i]``,
+    handed out in order whatever the thread count; at most ``ahead`` elements are in flight or
+    waiting. :meth:`close` (idempotent) cancels what has not started and waits for the rest."""
+
+    def __init__(self, dataset, threads: int = 4, ahead: int = 8, name: str = "co3d-decode"):
+        import collections
+        from concurrent.futures import ThreadPoolExecutor
+
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        self._dataset, self._n = dataset, len(dataset)
+        self._ahead = max(int(ahead), threads)
+        self._next = 0                                   # the next element to submit
+        self._left = self._n
+        self._futures: collections.deque = collections.deque()
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix=name) if self._n else None
+        self._lock = threading.Lock()
+
+    @property
+    def remaining(self) -> int:
+        return self._left
+
+    def _submit(self) -> None:
+        while self._next < self._n and len(self._futures) < self._ahead:
+            self._futures.append(self._pool.submit(self._dataset.__getitem__, self._next))
+            self._next += 1
+
+    def take(self, n: int) -> list:
+        """The next ``min(n, remaining)`` elements, in order (an element's exception is raised here)."""
+        out = []
+        with self._lock:
+            if self._left > 0 and self._pool is None:
+                raise RuntimeError("the reader is closed")
+            while len(out) < n and self._left > 0:
+                self._submit()
+                out.append(self._futures.popleft().result())
+                self._left -= 1
+            if self._pool is not None:
+                self._submit()                           # keep reading ahead while the batch computes
+            if self._left == 0:
+                self._close_pool()
+        return out
+
+    def _close_pool(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            for f in self._futures:
+                f.cancel()
+            self._futures.clear()
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def close(self) -> None:
+        self._close_pool()
+
+
 # ----------------------------------------------------------------------------- collation
 def _round_up(x: int, m: int) -> int:
     return -(-x // m) * m
@@ -189,6 +248,44 @@ def collate_windows(windows: Sequence[np.ndarray | None], rows: int | None = Non
         if w is not None:
             out[k, :, :w.shape[1], :w.shape[2]] = w
     return out
+
+
+def collate_on_device(windows: Sequence[Any], rows: int | None = None, canvas: tuple[int, int] = (0, 0),
+                      num_frames: int | None = None, device=None):
+    """:func:`collate_windows` for windows that are ``jax.Array`` s on a device (a device decoder's
+    frames; numpy windows, e.g. a video decoded on the CPU instead, are transferred): the same
+    zero canvas, built on ``device`` (default: the first window's, else JAX's default) without a
+    host copy. Returns a ``jax.Array`` ``(rows, T, H, W, 3)`` uint8."""
+    import jax
+    import jax.numpy as jnp
+
+    rows = len(windows) if rows is None else rows
+    have = [w for w in windows if w is not None]
+    if have:
+        t = have[0].shape[0]
+        if any(w.shape[0] != t or w.shape[3] != 3 or w.dtype != np.uint8 for w in have):
+            found = sorted({(tuple(w.shape), str(w.dtype)) for w in have})
+            raise ValueError(f"windows of different lengths or not uint8 RGB: {found}")
+    elif num_frames is None:
+        raise ValueError("no window to collate and no num_frames")
+    else:
+        t = num_frames
+    h = _round_up(max([canvas[0], 1] + [w.shape[1] for w in have]), CANVAS_MULTIPLE)
+    w_ = _round_up(max([canvas[1], 1] + [w.shape[2] for w in have]), CANVAS_MULTIPLE)
+    if device is None:
+        on = [w for w in have if isinstance(w, jax.Array)]
+        device = next(iter(on[0].devices())) if on else jax.devices()[0]
+    out = []
+    for k in range(rows):
+        w = windows[k] if k < len(windows) else None
+        if w is None:
+            out.append(jnp.zeros((t, h, w_, 3), jnp.uint8, device=device))
+            continue
+        w = jax.device_put(w, device)
+        if w.shape[1:3] != (h, w_):
+            w = jnp.pad(w, ((0, 0), (0, h - w.shape[1]), (0, w_ - w.shape[2]), (0, 0)))
+        out.append(w)
+    return jnp.stack(out)
 
 
 def stack_taps(taps: Sequence[CropTaps | None], rows: int | None = None,
@@ -360,5 +457,5 @@ class DevicePrefetcher:
         self.close()
 
 
-__all__ = ["CANVAS_MULTIPLE", "DevicePrefetcher", "GrainReader", "collate_windows", "default_workers",
-           "place_on_mesh", "stack_taps"]
+__all__ = ["CANVAS_MULTIPLE", "DevicePrefetcher", "GrainReader", "ThreadReader", "collate_on_device",
+           "collate_windows", "default_workers", "place_on_mesh", "stack_taps"]

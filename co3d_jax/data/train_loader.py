@@ -29,7 +29,7 @@ import numpy as np
 
 from ..extras import require
 from .augment import crop_taps, draw_sample, epoch_permutation, sample_rng, train_sample
-from .pipeline import DevicePrefetcher, GrainReader, collate_windows, stack_taps
+from .pipeline import DevicePrefetcher, GrainReader, ThreadReader, collate_on_device, collate_windows, stack_taps
 from .sources import video_media
 from .transforms import CropTaps
 from .video import VideoError, VideoFrames, check_padding, decode_all
@@ -69,16 +69,26 @@ class TrainWindow(NamedTuple):
     padded: int = 0
 
 
-def load_train_window(spec, seed: int, record, sample: int, allow_padding: bool = True) -> TrainWindow:
+def load_train_window(spec, seed: int, record, sample: int, allow_padding: bool = True,
+                      decoder: str = "cpu") -> TrainWindow:
     """:func:`load_train_sample` up to the spatial augmentation: the uint8 temporal window and the
-    :class:`CropTaps` drawn for global sample ``sample``; the same errors."""
+    :class:`CropTaps` drawn for global sample ``sample``; the same errors. ``decoder``: ``"cpu"``
+    (:class:`~co3d_jax.data.video.VideoFrames`, numpy frames) or ``"nvdec"``/``"auto"``
+    (:func:`co3d_jax.data.nvdec.frame_source`: the same indices and draws, from ``len``/``fps``;
+    the window a ``jax.Array`` on the GPU)."""
     try:
-        video = VideoFrames(video_media(record))   # decodes only the sampled window (bit-exact)
+        if decoder == "cpu":
+            video = VideoFrames(video_media(record))   # decodes only the sampled window (bit-exact)
+        else:
+            from .nvdec import frame_source
+            video = frame_source(video_media(record), decoder)
         if len(video) == 0:
             return TrainWindow(None, None, "no frames")
         d = draw_sample(len(video), video.fps, spec, sample_rng(seed, sample))
         check_padding(d.padded, spec.num_frames, allow_padding)
-        window = np.ascontiguousarray(video[d.indices])
+        window = video[d.indices]
+        if isinstance(window, np.ndarray):
+            window = np.ascontiguousarray(window)
         h, w = window.shape[1:3]
         taps = crop_taps(h, w, d.short, spec.image_size, d.top, d.left, d.flip)
         return TrainWindow(window, taps, None, d.padded)
@@ -107,14 +117,15 @@ def video_of_sample(seed: int, num_videos: int, sample: int) -> int:
     return int(epoch_permutation(seed, epoch, num_videos)[pos])
 
 
-def load_train_element(records, spec, seed: int, sample: int, allow_padding: bool = True) -> TrainElement:
+def load_train_element(records, spec, seed: int, sample: int, allow_padding: bool = True,
+                       decoder: str = "cpu") -> TrainElement:
     """Global sample ``sample``: its video, or when that fails to decode the next video in index
     order (the same sample number, so the same draws), up to ``min(N, MAX_TRIES)`` videos."""
     n = len(records)
     idx = video_of_sample(seed, n, sample)
     failed = []
     while True:
-        got = load_train_window(spec, seed, records[idx], sample, allow_padding)
+        got = load_train_window(spec, seed, records[idx], sample, allow_padding, decoder)
         if got.error is None:
             return TrainElement(sample, idx, got.frames, got.taps, got.padded, tuple(failed))
         failed.append((idx, got.error))
@@ -138,15 +149,16 @@ class _LocalToGlobal:
 class _Element:
     """Global sample number -> :class:`TrainElement` (picklable, for Grain's workers)."""
 
-    def __init__(self, records, spec, seed: int, allow_padding: bool):
+    def __init__(self, records, spec, seed: int, allow_padding: bool, decoder: str = "cpu"):
         self.records, self.spec, self.seed, self.allow_padding = list(records), spec, seed, allow_padding
+        self.decoder = decoder
 
     def __call__(self, sample: int) -> TrainElement:
-        return load_train_element(self.records, self.spec, self.seed, sample, self.allow_padding)
+        return load_train_element(self.records, self.spec, self.seed, sample, self.allow_padding, self.decoder)
 
 
 def train_dataset(records, spec, seed: int, batch_size: int, start: int, stop: int, allow_padding: bool = True,
-                  process: int = 0, num_processes: int = 1):
+                  process: int = 0, num_processes: int = 1, decoder: str = "cpu"):
     """The ``grain.MapDataset`` of this process's elements for updates ``start .. stop - 1``, in order."""
     grain = require("grain", "data", "the input pipeline")
     if batch_size % num_processes:
@@ -154,14 +166,16 @@ def train_dataset(records, spec, seed: int, batch_size: int, start: int, stop: i
     bl = batch_size // num_processes
     return (grain.MapDataset.range(start * bl, stop * bl)
             .map(_LocalToGlobal(batch_size, bl, process))
-            .map(_Element(records, spec, seed, allow_padding)))
+            .map(_Element(records, spec, seed, allow_padding, decoder)))
 
 
-def collate(elements, canvas: tuple[int, int] = (0, 0)) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def collate(elements, canvas: tuple[int, int] = (0, 0), on_device: bool = False) -> tuple:
     """Stack elements' windows onto a zero canvas of at least ``canvas`` (rounded up to 32) and
     their taps: ``(frames (B, T, H, W, 3) uint8, taps {field: (B, S)})``
-    (:func:`co3d_jax.data.pipeline.collate_windows`, :func:`~co3d_jax.data.pipeline.stack_taps`)."""
-    return collate_windows([e.frames for e in elements], canvas=canvas), stack_taps([e.taps for e in elements])
+    (:func:`co3d_jax.data.pipeline.collate_windows`, :func:`~co3d_jax.data.pipeline.stack_taps`);
+    ``on_device``: the frames are a ``jax.Array`` built on the device (:func:`~co3d_jax.data.pipeline.collate_on_device`)."""
+    stack = collate_on_device if on_device else collate_windows
+    return stack([e.frames for e in elements], canvas=canvas), stack_taps([e.taps for e in elements])
 
 
 class BatchLoader:
@@ -177,11 +191,16 @@ class BatchLoader:
     unless ``allow_padding`` is False, when the video fails. Both cover the batches handed out so
     far; a resumed run passes the saved ones back (``failed``, ``padded``). ``stats`` holds the
     seconds spent waiting in ``next()`` (``wait_s``), reading and collating (``host_s``) and
-    transferring (``put_s``, measured in the thread) and the batches handed out."""
+    transferring (``put_s``, measured in the thread) and the batches handed out.
+
+    ``decoder="nvdec"`` (or ``"auto"`` where NVDEC is available) decodes in ``decoder_threads``
+    threads of this process instead of Grain's workers (``workers`` is then unused): the same
+    elements (:func:`load_train_element`: videos, replacements, draws), the windows on the GPU,
+    collated there. One process only."""
 
     def __init__(self, records, spec, seed: int, batch_size: int, start: int, workers: int, prefetch: int,
                  allow_padding: bool = True, failed: dict | None = None, padded: dict | None = None,
-                 mesh=None, stop: int | None = None):
+                 mesh=None, stop: int | None = None, decoder: str = "cpu", decoder_threads: int = 4):
         import jax
 
         from .device_augment import make_augment
@@ -194,9 +213,17 @@ class BatchLoader:
         self.nproc, self.pid = jax.process_count(), jax.process_index()
         self.local = batch_size // self.nproc
         stop = start + (1 << 40) if stop is None else max(stop, start)
-        ds = train_dataset(records, spec, seed, batch_size, start, stop, allow_padding, self.pid, self.nproc)
-        per_worker = max(1, math.ceil(max(prefetch, 1) * self.local / workers)) if workers > 0 else 1
-        self._reader = GrainReader(ds, workers, per_worker)
+        self.decoder = decoder
+        ds = train_dataset(records, spec, seed, batch_size, start, stop, allow_padding, self.pid, self.nproc,
+                           decoder)
+        if decoder == "cpu":
+            per_worker = max(1, math.ceil(max(prefetch, 1) * self.local / workers)) if workers > 0 else 1
+            self._reader = GrainReader(ds, workers, per_worker)
+        else:
+            if self.nproc > 1:
+                raise ValueError(f"decoder={decoder!r} decodes in one process; this run has {self.nproc} "
+                                 "(use the CPU decoder)")
+            self._reader = ThreadReader(ds, decoder_threads, max(prefetch, 1) * self.local, name="co3d-nvdec")
         augment = make_augment(mesh, tuple(spec.mean), tuple(spec.std))
         self.canvas = (0, 0)
         self._prefetcher = DevicePrefetcher(self._host_batch, mesh, transform=lambda x: (augment(x[0], x[1]), x[2]),
@@ -216,7 +243,7 @@ class BatchLoader:
                 raise RuntimeError(e.error)
             if e.padded:
                 padded.append(self.records[e.video].id)
-        frames, taps = collate(elems, self.canvas)
+        frames, taps = collate(elems, self.canvas, on_device=self.decoder != "cpu")
         self.canvas = frames.shape[2:4]
         labels = np.asarray([self.records[e.video].label for e in elems], np.int32)
         return (frames, taps, labels), (failed, padded)

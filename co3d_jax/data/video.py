@@ -29,7 +29,7 @@ import io
 import math
 import os
 import tempfile
-from typing import NamedTuple, Union
+from typing import Any, NamedTuple, Union
 
 import numpy as np
 
@@ -149,6 +149,41 @@ def decode_clip(path: Media, sampling_rate: float, num_frames: int, backend: str
     if backend == "opencv":
         return _decode_opencv(path, sampling_rate, num_frames, target_fps)
     raise ValueError(f"unknown backend {backend!r}")
+
+
+def clip_positions(index: PacketIndex, sampling_rate: float, num_frames: int,
+                   target_fps: float = TARGET_FPS) -> tuple[np.ndarray, dict]:
+    """The frames :func:`decode_clip` (PyAV) samples, from a trusted demux index (no decoding):
+    ``(positions, info)``, ``positions`` indexing the video's frames in presentation order (the
+    ``indices`` of a frame source such as :class:`~co3d_jax.data.nvdec.NvdecFrames`), ``info`` as
+    decode_clip's. The same window (the centred one by pts, or the whole video without a
+    duration), the frames kept by pts (from ``start_pts``, up to the first past ``end_pts``) and the
+    same :func:`temporal_indices` over them, on the packets' pts where decode_clip reads the decoded
+    frames' (equal where ``index.untrusted`` is None; callers decode other videos with decode_clip).
+    Raises :class:`VideoError` as decode_clip does where the window holds no frame."""
+    fps = float(index.fps)
+    frames_meta = frames_length = int(index.meta_frames or 0)
+    duration, tb = index.duration, index.time_base
+    size = clip_size(sampling_rate, num_frames, fps, target_fps)
+    if duration is not None and frames_length <= 0 and tb is not None:
+        frames_length = int(round(float(duration * tb) * fps))
+    pts = np.asarray(index.pts, np.int64)
+    if duration is None or frames_length <= 0:
+        decode_all = True
+        lo, hi = int(np.searchsorted(pts, 0, side="left")), len(pts)     # decode_clip keeps pts >= 0
+    else:
+        decode_all = False
+        start_idx, end_idx = centered_window(frames_length, size)
+        timebase = duration / frames_length
+        start_pts, end_pts = int(start_idx * timebase), int(end_idx * timebase)
+        lo = int(np.searchsorted(pts, start_pts, side="left"))          # first pts >= start_pts
+        hi = min(int(np.searchsorted(pts, end_pts, side="right")) + 1, len(pts))   # and one past end_pts
+    if hi <= lo:
+        raise VideoError("no frames decoded" if len(pts) == 0 else "no frames in the sampling window")
+    idx = temporal_indices(hi - lo, size, num_frames)
+    info = dict(fps=fps, frames_meta=frames_meta, decoded=hi - lo, indices=idx.tolist(),
+                repeated=num_repeated(idx), padded=num_padded(hi - lo, size, num_frames), decode_all=decode_all)
+    return lo + idx, info
 
 
 def _decode_pyav(path, sampling_rate, num_frames, target_fps):
@@ -372,6 +407,8 @@ class PacketIndex(NamedTuple):
     keyframes: list[int]      # positions in ``pts`` of the keyframes
     pix_fmt: str | None       # the stream's pixel format (e.g. "yuv420p"), None where not known
     untrusted: str | None     # why a seek decode cannot follow this index (None: it can)
+    duration: int | None = None       # the stream's duration in its time base (None: not given)
+    time_base: Any = None             # seconds per pts unit, a Fraction (None: not given)
 
     def check_complete(self) -> None:
         """The truncation rule of every decoder (:func:`_check_complete`) on the demuxed packets:
@@ -400,6 +437,8 @@ def demux_index(media: Media) -> PacketIndex:
         fps = float(stream.average_rate or 30.0)
         promised = _promised_stream_end(stream, fps)
         meta_frames = int(stream.frames or 0)
+        duration = None if stream.duration is None else int(stream.duration)
+        time_base = stream.time_base     # a Fraction, as decode_clip uses it
         try:
             pix_fmt = stream.codec_context.pix_fmt
         except Exception:  # noqa: BLE001 (not known: None)
@@ -427,7 +466,8 @@ def demux_index(media: Media) -> PacketIndex:
             untrusted = "truncated"
         elif not keyframes:
             untrusted = "no keyframe"
-    return PacketIndex(fps, meta_frames, promised, pts, keyframes, pix_fmt and str(pix_fmt), untrusted)
+    return PacketIndex(fps, meta_frames, promised, pts, keyframes, pix_fmt and str(pix_fmt), untrusted, duration,
+                       time_base)
 
 
 _LATE = object()
