@@ -45,6 +45,8 @@ from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 
+from .gpu_util import GpuUtil
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLASSES = ("archery", "bowling", "capoeira", "dancing ballet")
 T0 = time.time()
@@ -85,43 +87,6 @@ def make_data(root: str, codec: str, distinct: int, copies: int, n: int, w: int,
 
 
 # ----------------------------------------------------------------------------- children
-class GpuUtil:
-    """``nvidia-smi``'s decoder and GPU utilisation sampled in the background (none without it)."""
-
-    def __init__(self, period=0.5):
-        import threading
-        self.samples, self.period, self.stop = [], period, threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self):
-        while not self.stop.is_set():
-            try:
-                r = subprocess.run(["nvidia-smi", "--query-gpu=utilization.decoder,utilization.gpu",
-                                    "--format=csv,noheader,nounits", "-i", "0"],
-                                   capture_output=True, text=True, timeout=5)
-                dec, gpu = (float(x) for x in r.stdout.strip().split(",")[:2])
-                self.samples.append((time.time(), dec, gpu))
-            except Exception:  # noqa: BLE001 (no nvidia-smi: no samples)
-                return
-            self.stop.wait(self.period)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        self.thread.join(timeout=10)
-
-    def summary(self, since: float | None = None):
-        s = [x for x in self.samples if since is None or x[0] >= since]
-        if not s:
-            return None
-        a = np.asarray(s)
-        return {"decoder_util_mean": round(float(a[:, 1].mean()), 1), "decoder_util_max": float(a[:, 1].max()),
-                "gpu_util_mean": round(float(a[:, 2].mean()), 1), "samples": len(a)}
-
-
 def child_env(work: str, tiny: bool) -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO, env.get("PYTHONPATH")]))

@@ -57,6 +57,8 @@ import traceback
 
 import numpy as np
 
+from .gpu_util import GpuUtil
+
 W, H, N, FPS = 340, 256, 300, 30
 CODECS = {"libx264": ("libx264", None), "libx264_g48": ("libx264", 48), "mpeg4": ("mpeg4", None)}
 
@@ -216,41 +218,6 @@ def parts(paths, reps, keys, idx_of):
 
 
 # -- threads -----------------------------------------------------------------------------------
-class DecoderUtil:
-    """``nvidia-smi``'s decoder (and GPU) utilisation, sampled in the background."""
-
-    def __init__(self, period=0.2):
-        self.samples, self.period, self.stop = [], period, threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self):
-        while not self.stop.is_set():
-            try:
-                r = subprocess.run(["nvidia-smi", "--query-gpu=utilization.decoder,utilization.gpu",
-                                    "--format=csv,noheader,nounits", "-i", "0"],
-                                   capture_output=True, text=True, timeout=5)
-                dec, gpu = (float(x) for x in r.stdout.strip().split(",")[:2])
-                self.samples.append((dec, gpu))
-            except Exception:  # noqa: BLE001 (no nvidia-smi: no samples)
-                return
-            self.stop.wait(self.period)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        self.thread.join(timeout=10)
-
-    def summary(self):
-        if not self.samples:
-            return None
-        a = np.asarray(self.samples)
-        return {"decoder_util_mean": float(a[:, 0].mean()), "decoder_util_max": float(a[:, 0].max()),
-                "gpu_util_mean": float(a[:, 1].mean()), "samples": len(a)}
-
-
 def run_threads(read, paths, k, clips):
     """clips/s of ``k`` threads reading eval clips of ``paths`` round robin, ``clips`` in all."""
     idx = eval_indices(N)
@@ -282,7 +249,7 @@ def run_threads(read, paths, k, clips):
     except threading.BrokenBarrierError:
         pass
     r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-    with DecoderUtil() as util:
+    with GpuUtil(period=0.2) as util:
         [t.join() for t in threads]
     wall = time.perf_counter() - t0
     r1 = resource.getrusage(resource.RUSAGE_SELF)

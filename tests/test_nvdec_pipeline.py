@@ -110,6 +110,7 @@ def _square(n, size, rng):
     return out
 
 
+@pytest.mark.filterwarnings("ignore:found 2 classes")   # a 2-class toy split, on purpose
 def test_finetune_nvdec_gives_the_cpu_batches(real_fake, tmp_path):
     from co3d_jax.data.augment import TrainClipSpec
     from co3d_jax.data.datasets import VideoRecord

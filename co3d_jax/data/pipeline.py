@@ -223,6 +223,24 @@ def _round_up(x: int, m: int) -> int:
     return -(-x // m) * m
 
 
+def _canvas(windows, rows, canvas, num_frames):
+    """``(rows, T, H, W, windows present)`` of a collated batch (see :func:`collate_windows`)."""
+    rows = len(windows) if rows is None else rows
+    have = [w for w in windows if w is not None]
+    if have:
+        t = have[0].shape[0]
+        if any(w.shape[0] != t or w.shape[3] != 3 or w.dtype != np.uint8 for w in have):
+            found = sorted({(tuple(w.shape), str(w.dtype)) for w in have})
+            raise ValueError(f"windows of different lengths or not uint8 RGB: {found}")
+    elif num_frames is None:
+        raise ValueError("no window to collate and no num_frames")
+    else:
+        t = num_frames
+    h = _round_up(max([canvas[0], 1] + [w.shape[1] for w in have]), CANVAS_MULTIPLE)
+    w = _round_up(max([canvas[1], 1] + [w.shape[2] for w in have]), CANVAS_MULTIPLE)
+    return rows, t, h, w, have
+
+
 def collate_windows(windows: Sequence[np.ndarray | None], rows: int | None = None, canvas: tuple[int, int] = (0, 0),
                     num_frames: int | None = None) -> np.ndarray:
     """uint8 windows ``(T, h_i, w_i, 3)`` -> ``(rows, T, H, W, 3)`` uint8, each in the top-left
@@ -230,19 +248,7 @@ def collate_windows(windows: Sequence[np.ndarray | None], rows: int | None = Non
     ``CANVAS_MULTIPLE``. ``None`` entries and rows past ``len(windows)`` (``rows`` defaults to it)
     stay zero (failed samples, the padding of a last batch); ``num_frames`` gives ``T`` when there
     is no window."""
-    rows = len(windows) if rows is None else rows
-    have = [w for w in windows if w is not None]
-    if have:
-        t = have[0].shape[0]
-        if any(w.shape[0] != t or w.shape[3] != 3 or w.dtype != np.uint8 for w in have):
-            found = sorted({(w.shape, str(w.dtype)) for w in have})
-            raise ValueError(f"windows of different lengths or not uint8 RGB: {found}")
-    elif num_frames is None:
-        raise ValueError("no window to collate and no num_frames")
-    else:
-        t = num_frames
-    h = _round_up(max([canvas[0], 1] + [w.shape[1] for w in have]), CANVAS_MULTIPLE)
-    w_ = _round_up(max([canvas[1], 1] + [w.shape[2] for w in have]), CANVAS_MULTIPLE)
+    rows, t, h, w_, have = _canvas(windows, rows, canvas, num_frames)
     out = np.zeros((rows, t, h, w_, 3), np.uint8)
     for k, w in enumerate(windows):
         if w is not None:
@@ -259,19 +265,7 @@ def collate_on_device(windows: Sequence[Any], rows: int | None = None, canvas: t
     import jax
     import jax.numpy as jnp
 
-    rows = len(windows) if rows is None else rows
-    have = [w for w in windows if w is not None]
-    if have:
-        t = have[0].shape[0]
-        if any(w.shape[0] != t or w.shape[3] != 3 or w.dtype != np.uint8 for w in have):
-            found = sorted({(tuple(w.shape), str(w.dtype)) for w in have})
-            raise ValueError(f"windows of different lengths or not uint8 RGB: {found}")
-    elif num_frames is None:
-        raise ValueError("no window to collate and no num_frames")
-    else:
-        t = num_frames
-    h = _round_up(max([canvas[0], 1] + [w.shape[1] for w in have]), CANVAS_MULTIPLE)
-    w_ = _round_up(max([canvas[1], 1] + [w.shape[2] for w in have]), CANVAS_MULTIPLE)
+    rows, t, h, w_, have = _canvas(windows, rows, canvas, num_frames)
     if device is None:
         on = [w for w in have if isinstance(w, jax.Array)]
         device = next(iter(on[0].devices())) if on else jax.devices()[0]
