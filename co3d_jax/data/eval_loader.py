@@ -102,8 +102,8 @@ def _decode_on_device(spec: ClipSpec, media, decoder: str):
         if video.index.untrusted is None:
             positions, info = clip_positions(video.index, spec.sampling_rate, spec.num_frames)
             return video[positions], info
-        from .nvdec import _notice
-        _notice("untrusted-index", f"{video.label}: decoded on the CPU (and any video like it, without further "
+        from .nvdec import notice_once
+        notice_once("untrusted-index", f"{video.label}: decoded on the CPU (and any video like it, without further "
                                    f"notice): its packet index cannot be followed ({video.index.untrusted})")
     return decode_clip(media, spec.sampling_rate, spec.num_frames, spec.decoder)
 

@@ -193,7 +193,7 @@ _notice_lock = threading.Lock()
 _noticed: set[str] = set()
 
 
-def _notice(key: str, message: str) -> None:
+def notice_once(key: str, message: str) -> None:
     """Print ``note: message`` on stderr, once per process for ``key``."""
     with _notice_lock:
         if key in _noticed:
@@ -429,7 +429,7 @@ def resolve_decoder(decoder: str) -> str:
         return decoder
     if decoder == "nvdec":
         raise _unavailable_error()
-    _notice("unavailable", f"decoding video on the CPU: NVDEC not used ({unavailable_reason()})")
+    notice_once("unavailable", f"decoding video on the CPU: NVDEC not used ({unavailable_reason()})")
     return "cpu"
 
 
@@ -450,13 +450,13 @@ def frame_source(media: Media, decoder: str = "auto", *, backend: str = "auto", 
             raise _unavailable_error()
         return NvdecFrames(media, **nvdec_options)
     if not available():
-        _notice("unavailable", f"decoding video on the CPU: NVDEC not used ({unavailable_reason()})")
+        notice_once("unavailable", f"decoding video on the CPU: NVDEC not used ({unavailable_reason()})")
         return VideoFrames(media, backend)
     label = media if isinstance(media, str) else "(bytes)"
     _check_media(media, label)            # a missing or empty file is an error for both decoders
     try:
         return NvdecFrames(media, **nvdec_options)
     except VideoError as e:
-        _notice("open-failed", f"NVDEC could not open a video, so it is decoded on the CPU (and any like it, "
+        notice_once("open-failed", f"NVDEC could not open a video, so it is decoded on the CPU (and any like it, "
                                f"without further notice): {e}")
         return VideoFrames(media, backend)
