@@ -42,7 +42,6 @@ def main(argv=None) -> int:
 
     import jax
     import jax.numpy as jnp
-    import numpy as np
     from jax import lax
 
     from co3d_jax.benchmark import median_time

@@ -20,7 +20,25 @@ import argparse
 import json
 import math
 
-PEAK = {"fp32_flops": 67e12, "bf16_flops": 989e12, "hbm_bytes": 3.35e12}
+HBM_BYTES_PER_S = {"H200": 4.8e12, "H100": 3.35e12}   # HBM bandwidth by device name
+PEAK = {"fp32_flops": 67e12, "bf16_flops": 989e12, "hbm_bytes": HBM_BYTES_PER_S["H100"]}
+
+
+def hbm_bytes_per_s(device: str) -> float | None:
+    """The HBM bandwidth of the device named ``device`` (e.g. "NVIDIA H200"), None if unknown."""
+    return next((v for k, v in HBM_BYTES_PER_S.items() if k in device), None)
+
+
+def min_bytes(model, dtype: str = "fp32") -> tuple[int, int]:
+    """``(state bytes per stream, bytes_min per frame)``: the state (float leaves in ``dtype``,
+    int32 counters) read and written once, plus the input frame."""
+    import jax
+    import jax.numpy as jnp
+
+    item = 2 if dtype == "bf16" else 4
+    state = jax.eval_shape(lambda: model.init_state(1, jnp.bfloat16 if dtype == "bf16" else jnp.float32))
+    state_bytes = sum(math.prod(a.shape) * a.dtype.itemsize for a in jax.tree.leaves(state))
+    return state_bytes, 2 * state_bytes + math.prod(model.frame_shape) * item
 
 
 def leaf_traffic(layer, in_shape, itemsize: int) -> int:
@@ -48,12 +66,10 @@ def estimate(name: str, dtype: str = "fp32") -> dict:
     model = co3d_jax.create_model(name)
     params = jax.eval_shape(model.init, jax.random.key(0))
     item = 2 if dtype == "bf16" else 4
-    state = jax.eval_shape(lambda: model.init_state(1))
-    state_bytes = sum(math.prod(a.shape) * (item if a.dtype != "int32" else 4) for a in jax.tree.leaves(state))
-    frame = math.prod(model.frame_shape) * item
+    state_bytes, bytes_min = min_bytes(model, dtype)
     flops = model_xla_flops(model, params, "step", compiled=False)
     return {"model": name, "dtype": dtype, "xla_flops_per_frame": flops, "paper_macs_per_frame": paper_macs(model, "step"),
-            "state_bytes_per_stream": state_bytes, "bytes_min_per_frame": 2 * state_bytes + frame,
+            "state_bytes_per_stream": state_bytes, "bytes_min_per_frame": bytes_min,
             "bytes_unfused_per_frame": leaf_traffic(model.net, model.frame_shape, item) + 2 * state_bytes}
 
 

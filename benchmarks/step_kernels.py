@@ -28,13 +28,14 @@ import datetime
 import glob
 import gzip
 import json
-import math
 import os
 import platform
 import re
 import sys
 import tempfile
 import time
+
+from .roofline import hbm_bytes_per_s, min_bytes
 
 # instructions that launch no work of their own
 _NO_KERNEL = {"parameter", "constant", "get-tuple-element", "tuple", "bitcast", "while", "conditional", "call",
@@ -243,7 +244,6 @@ def measure(model_name: str, batch: int, dtype: str, *, options: dict, image_siz
             repeats: int, trace_steps: int, dump_dir: str | None, label: str, timing: bool | None = None) -> dict:
     import jax
     import jax.numpy as jnp
-    import numpy as np
 
     import co3d_jax
     from co3d_jax.benchmark import cast_tree
@@ -360,16 +360,10 @@ def measure(model_name: str, batch: int, dtype: str, *, options: dict, image_siz
 
 def roofline(model_name: str, dtype: str, device: str, fps: float | None, image_size: int | None) -> dict:
     """Bytes a step must move per frame (state read + written, the frame) against the device's HBM."""
-    import jax
-    import jax.numpy as jnp
-
     import co3d_jax
     model = co3d_jax.create_model(model_name, **({"image_size": image_size} if image_size else {}))
-    item = 2 if dtype == "bf16" else 4
-    state = jax.eval_shape(lambda: model.init_state(1, jnp.bfloat16 if dtype == "bf16" else jnp.float32))
-    state_bytes = sum(math.prod(a.shape) * a.dtype.itemsize for a in jax.tree.leaves(state))
-    bmin = 2 * state_bytes + math.prod(model.frame_shape) * item
-    hbm = 4.8e12 if "H200" in device else 3.35e12 if "H100" in device else None
+    state_bytes, bmin = min_bytes(model, dtype)
+    hbm = hbm_bytes_per_s(device)
     out = {"state_bytes_per_stream": state_bytes, "bytes_min_per_frame": bmin, "hbm_bytes_per_s": hbm}
     if hbm:
         out["memory_roofline_frames_per_s"] = hbm / bmin
