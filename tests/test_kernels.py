@@ -134,3 +134,15 @@ def test_x3d_default_is_fused_on_nvidia_gpus_only(monkeypatch):
     assert _rel(np.asarray(b.scores)[v], np.asarray(a.scores)[v]) <= 1e-5
     np.testing.assert_array_equal(np.asarray(fused.forward(params, frames[:, :13])),
                                   np.asarray(xla.forward(params, frames[:, :13])))  # clip mode: XLA either way
+
+
+@pytest.mark.parametrize("impl", ["auto", "pallas"])
+def test_a_frame_that_does_not_match_the_state_is_one_error(impl):
+    """Both step paths refuse a frame of another batch or spatial size than the state's, naming both."""
+    from co3d_jax.layers import Conv
+    conv = Conv(8, 8, (3, 3, 3), 1, (1, 1, 1), groups=8, impl=impl)
+    params = conv.init(jax.random.key(0))
+    state = conv.init_state(2, (16, 16, 8))
+    for shape in [(2, 12, 16, 8), (3, 16, 16, 8)]:
+        with pytest.raises(ValueError, match=r"frame of shape .* does not match the state.*\(2, 2, 16, 16, 8\)"):
+            conv.step(params, state, jnp.zeros(shape), jnp.ones((2,), bool))

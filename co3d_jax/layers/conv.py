@@ -317,13 +317,12 @@ class Conv(Layer):
             return state, Out(self.apply(params, x), valid)
         emit, n_next, first = counter_advance(state["n"], valid, self.delay, self.stride)
         acc = state["acc"]
+        if x.shape[0] != acc.shape[0] or tuple(self.out_shape(x.shape[1:])) != acc.shape[2:]:
+            raise ValueError(f"Conv: frame of shape {tuple(x.shape)} does not match the state, which was built "
+                             f"for outputs (B, kT-1, H', W', C) = {tuple(acc.shape)}")
         if self.depthwise and (self.impl == "pallas" or self._gpu_fused()) and self._pallas_ok():
             return self._pallas_step(params, state, x, valid, emit, n_next)
         z = self.taps(params, x.astype(acc.dtype))
-        want = (x.shape[0], *acc.shape[1:])
-        if z.shape[0] != acc.shape[0] or z.shape[2:] != acc.shape[2:]:
-            raise ValueError(f"Conv: frame of shape {tuple(x.shape)} does not match the state, which was built "
-                             f"for outputs (B, kT-1, H', W', C) = {want}")
         kt = self.kernel[0]
         if self.temporal_fill == "replicate" and kt > 1:
             rep = jnp.stack([jnp.sum(z[:, : kt - 1 - i], axis=1) for i in range(kt - 1)], axis=1)
@@ -344,10 +343,6 @@ class Conv(Layer):
         acc = state["acc"]
         ph, pw = self.pads[1:]
         xp = jnp.pad(x.astype(acc.dtype), ((0, 0), (ph, ph), (pw, pw), (0, 0)))
-        if xp.shape[0] != acc.shape[0] or xp.shape[1:3] != (acc.shape[2] + self.kernel[1] - 1,
-                                                            acc.shape[3] + self.kernel[2] - 1):
-            raise ValueError(f"Conv: frame of shape {tuple(x.shape)} does not match the state, which was built "
-                             f"for outputs (B, kT-1, H', W', C) = {(x.shape[0], *acc.shape[1:])}")
         y, new_acc = depthwise_step(xp, acc, params["kernel"][:, :, :, 0, :], params.get("bias") if self.bias else None,
                                     valid)
         return {"acc": new_acc, "n": gate(valid, n_next, state["n"])}, Out(y.astype(x.dtype), emit)
