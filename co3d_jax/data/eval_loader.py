@@ -27,7 +27,7 @@ import numpy as np
 from ..extras import require
 from ..normalisation import KINETICS
 from .datasets import VideoRecord
-from .pipeline import (DevicePrefetcher, GrainReader, ThreadReader, collate_on_device, collate_windows, default_workers,
+from .pipeline import (DevicePrefetcher, collate_on_device, collate_windows, default_workers, open_reader,
                        stack_taps)
 from .sampling import charades_indices, charades_num_padded, num_repeated
 from .sources import frame_media, video_media
@@ -206,17 +206,9 @@ class EvalLoader:
         self.items = items[pid::nproc]
         self.steps = -(-len(items[0::nproc]) // self.local) if items else 0
         self.decoder = decoder
-        if decoder == "cpu":
-            self.workers = default_workers() if workers is None else workers
-            per_worker = -(-max(prefetch, 1) * self.local // self.workers) if self.workers > 0 else 1
-            self._reader = GrainReader(eval_dataset(spec, self.items), self.workers, per_worker)
-        else:
-            if nproc > 1:
-                raise ValueError(f"decoder={decoder!r} decodes in one process; this run has {nproc} "
-                                 "(use the CPU decoder)")
-            self.workers = 0
-            self._reader = ThreadReader(eval_dataset(spec, self.items, decoder), decoder_threads,
-                                        max(prefetch, 1) * self.local, name="co3d-nvdec")
+        self.workers = (default_workers() if workers is None else workers) if decoder == "cpu" else 0
+        self._reader = open_reader(eval_dataset(spec, self.items, decoder), decoder, self.workers, decoder_threads,
+                                   max(prefetch, 1) * self.local)
         self._made = 0
         transform = make_augment(mesh, tuple(spec.mean), tuple(spec.std))
         self._prefetcher = DevicePrefetcher(self._host_batch, mesh, transform=lambda x: transform(*x),

@@ -218,6 +218,20 @@ class ThreadReader:
         self._close_pool()
 
 
+def open_reader(dataset, decoder: str = "cpu", workers: int = 0, threads: int = 4, ahead: int = 1):
+    """The reader of ``dataset`` for ``decoder``: :class:`GrainReader` over ``workers`` processes
+    (each queueing its share of ``ahead`` elements) for the CPU decoder, :class:`ThreadReader` over
+    ``threads`` threads of this process (``ahead`` in flight) for a device decoder, which decodes
+    in one process only."""
+    if decoder == "cpu":
+        return GrainReader(dataset, workers, max(1, -(-ahead // workers)) if workers > 0 else 1)
+    import jax
+    if jax.process_count() > 1:
+        raise ValueError(f"decoder={decoder!r} decodes in one process; this run has {jax.process_count()} "
+                         "(use the CPU decoder)")
+    return ThreadReader(dataset, threads, ahead, name="co3d-nvdec")
+
+
 # ----------------------------------------------------------------------------- collation
 def _round_up(x: int, m: int) -> int:
     return -(-x // m) * m
@@ -452,4 +466,4 @@ class DevicePrefetcher:
 
 
 __all__ = ["CANVAS_MULTIPLE", "DevicePrefetcher", "GrainReader", "ThreadReader", "collate_on_device",
-           "collate_windows", "default_workers", "place_on_mesh", "stack_taps"]
+           "collate_windows", "default_workers", "open_reader", "place_on_mesh", "stack_taps"]

@@ -22,14 +22,13 @@ decoding, transfer and augmentation overlap the train step. The CLI is ``experim
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import numpy as np
 
 from ..extras import require
 from .augment import crop_taps, draw_sample, epoch_permutation, sample_rng, train_sample
-from .pipeline import DevicePrefetcher, GrainReader, ThreadReader, collate_on_device, collate_windows, stack_taps
+from .pipeline import DevicePrefetcher, collate_on_device, collate_windows, open_reader, stack_taps
 from .sources import video_media
 from .transforms import CropTaps
 from .video import VideoError, VideoFrames, check_padding, decode_all
@@ -216,14 +215,7 @@ class BatchLoader:
         self.decoder = decoder
         ds = train_dataset(records, spec, seed, batch_size, start, stop, allow_padding, self.pid, self.nproc,
                            decoder)
-        if decoder == "cpu":
-            per_worker = max(1, math.ceil(max(prefetch, 1) * self.local / workers)) if workers > 0 else 1
-            self._reader = GrainReader(ds, workers, per_worker)
-        else:
-            if self.nproc > 1:
-                raise ValueError(f"decoder={decoder!r} decodes in one process; this run has {self.nproc} "
-                                 "(use the CPU decoder)")
-            self._reader = ThreadReader(ds, decoder_threads, max(prefetch, 1) * self.local, name="co3d-nvdec")
+        self._reader = open_reader(ds, decoder, workers, decoder_threads, max(prefetch, 1) * self.local)
         augment = make_augment(mesh, tuple(spec.mean), tuple(spec.std))
         self.canvas = (0, 0)
         self._prefetcher = DevicePrefetcher(self._host_batch, mesh, transform=lambda x: (augment(x[0], x[1]), x[2]),
