@@ -151,6 +151,23 @@ def decode_clip(path: Media, sampling_rate: float, num_frames: int, backend: str
     raise ValueError(f"unknown backend {backend!r}")
 
 
+def _clip_window(fps: float, frames_meta: int, duration, time_base, sampling_rate: float, num_frames: int,
+                 target_fps: float):
+    """decode_clip's sampling window from the stream's metadata: ``(size, frames_length, timebase,
+    start_pts, end_pts)``, the centred window of ``size`` frames in pts; ``timebase``, ``start_pts``
+    and ``end_pts`` None where the whole video is read (no duration or frame count)."""
+    size = clip_size(sampling_rate, num_frames, fps, target_fps)
+    frames_length = frames_meta
+    if duration is not None and frames_length <= 0 and time_base is not None:
+        # Reference: ZeroDivisionError. Estimate the count from the duration instead.
+        frames_length = int(round(float(duration * time_base) * fps))
+    if duration is None or frames_length <= 0:
+        return size, frames_length, None, None, None
+    start_idx, end_idx = centered_window(frames_length, size)
+    timebase = duration / frames_length
+    return size, frames_length, timebase, int(start_idx * timebase), int(end_idx * timebase)
+
+
 def clip_positions(index: PacketIndex, sampling_rate: float, num_frames: int,
                    target_fps: float = TARGET_FPS) -> tuple[np.ndarray, dict]:
     """The frames :func:`decode_clip` (PyAV) samples, from a trusted demux index (no decoding):
@@ -162,20 +179,14 @@ def clip_positions(index: PacketIndex, sampling_rate: float, num_frames: int,
     frames' (equal where ``index.untrusted`` is None; callers decode other videos with decode_clip).
     Raises :class:`VideoError` as decode_clip does where the window holds no frame."""
     fps = float(index.fps)
-    frames_meta = frames_length = int(index.meta_frames or 0)
-    duration, tb = index.duration, index.time_base
-    size = clip_size(sampling_rate, num_frames, fps, target_fps)
-    if duration is not None and frames_length <= 0 and tb is not None:
-        frames_length = int(round(float(duration * tb) * fps))
+    frames_meta = int(index.meta_frames or 0)
+    size, _, timebase, start_pts, end_pts = _clip_window(fps, frames_meta, index.duration, index.time_base,
+                                                         sampling_rate, num_frames, target_fps)
     pts = np.asarray(index.pts, np.int64)
-    if duration is None or frames_length <= 0:
-        decode_all = True
+    decode_all = timebase is None
+    if decode_all:
         lo, hi = int(np.searchsorted(pts, 0, side="left")), len(pts)     # decode_clip keeps pts >= 0
     else:
-        decode_all = False
-        start_idx, end_idx = centered_window(frames_length, size)
-        timebase = duration / frames_length
-        start_pts, end_pts = int(start_idx * timebase), int(end_idx * timebase)
         lo = int(np.searchsorted(pts, start_pts, side="left"))          # first pts >= start_pts
         hi = min(int(np.searchsorted(pts, end_pts, side="right")) + 1, len(pts))   # and one past end_pts
     if hi <= lo:
@@ -200,21 +211,14 @@ def _decode_pyav(path, sampling_rate, num_frames, target_fps):
         if stream.average_rate is None or float(stream.average_rate) <= 0:
             raise VideoError("unknown frame rate")
         fps = float(stream.average_rate)
-        frames_meta = frames_length = int(stream.frames or 0)   # read while open (PyAV >= 19 asserts)
-        duration = stream.duration
-        size = clip_size(sampling_rate, num_frames, fps, target_fps)
-        if duration is not None and frames_length <= 0 and stream.time_base is not None:
-            # Reference: ZeroDivisionError. Estimate the count from the duration instead.
-            frames_length = int(round(float(duration * stream.time_base) * fps))
-        if duration is None or frames_length <= 0:
-            decode_all = True
+        frames_meta = int(stream.frames or 0)   # read while open (PyAV >= 19 asserts)
+        size, frames_length, timebase, start_pts, end_pts = _clip_window(
+            fps, frames_meta, stream.duration, stream.time_base, sampling_rate, num_frames, target_fps)
+        decode_all = timebase is None
+        if decode_all:
             start_pts, end_pts = 0, math.inf
             expect_last = None
         else:
-            decode_all = False
-            start_idx, end_idx = centered_window(frames_length, size)
-            timebase = duration / frames_length
-            start_pts, end_pts = int(start_idx * timebase), int(end_idx * timebase)
             expect_last = _promised_last(min(end_pts, (frames_length - 1) * timebase), timebase)
         frames = {}
         max_pts = None
