@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .layers import Layer, fold_batchnorm
+from .layers import Layer, fold_batchnorm, fuse_activations
 from .layers.base import Out
 from .normalisation import KINETICS
 from .stream import reset_state, scan_stream
@@ -75,9 +75,12 @@ class Model:
         return self.net.init(key, self.frame_shape)
 
     def fold_batchnorm(self, params) -> tuple["Model", Any]:
-        """An inference-only copy with every Conv->BatchNorm merged (same outputs)."""
+        """An inference-only copy with every Conv->BatchNorm merged (same outputs), then the
+        activations next to convs built to take them moved into those convs
+        (:func:`~co3d_jax.layers.fuse_activations`: X3D's depthwise convs, whose Pallas step applies
+        them in its kernel). The params pytree keeps its paths (less the BatchNorms' entries)."""
         net, params = fold_batchnorm(self.net, params)
-        return dataclasses.replace(self, net=net), params
+        return dataclasses.replace(self, net=fuse_activations(net)), params
 
     # ------------------------------------------------------------------ clip mode
     def forward(self, params, clip: jax.Array) -> jax.Array:

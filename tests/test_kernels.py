@@ -19,27 +19,45 @@ def _rel(a, b):
     return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30))
 
 
-@pytest.mark.parametrize("kernel,hw,c,bias,activation", [
-    ((3, 3, 3), (6, 5), 12, True, ""),
-    ((3, 3, 3), (5, 5), 20, False, "swish"),
-    ((5, 1, 1), (4, 7), 8, True, ""),
+@pytest.mark.parametrize("kernel,hw,c,bias,in_act,activation,padded", [
+    ((3, 3, 3), (6, 5), 12, True, "", "", True),          # an already padded frame: no halo
+    ((3, 3, 3), (7, 5), 13, True, "relu", "swish", False),  # odd H/W, channels not a power of 2, halo
+    ((3, 3, 3), (5, 6), 20, False, "swish", "relu", False),
+    ((5, 1, 1), (4, 7), 8, True, "", "relu", False),
 ])
-def test_depthwise_step_kernel_matches_xla(kernel, hw, c, bias, activation):
+def test_depthwise_step_kernel_matches_xla(kernel, hw, c, bias, in_act, activation, padded):
     kt, kh, kw = kernel
     ho, wo = hw
     ks = jax.random.split(jax.random.key(0), 4)
-    xp = jax.random.normal(ks[0], (3, ho + kh - 1, wo + kw - 1, c))
+    x = jax.random.normal(ks[0], (3, ho + kh - 1, wo + kw - 1, c) if padded else (3, ho, wo, c))
     acc = jax.random.normal(ks[1], (3, kt - 1, ho, wo, c))
     k = jax.random.normal(ks[2], (kt, kh, kw, c))
     b = jax.random.normal(ks[3], (c,)) if bias else None
     valid = jnp.array([True, False, True])
-    # a small tile budget: several row, column and channel tiles, masked edges
-    y, new = depthwise_step(xp, acc, k, b, valid, activation=activation, budget=64, max_tc=8, max_tw=4,
-                            interpret=True)
-    y_ref, new_ref = depthwise_step_reference(xp, acc, k, b, valid, activation=activation)
-    assert y.shape == y_ref.shape and new.shape == new_ref.shape
+    # a small tile budget: several row, column and channel tiles, masked edges (and halos)
+    y, new = depthwise_step(x, acc, k, b, valid, in_activation=in_act, activation=activation, budget=64, max_tc=8,
+                            max_tw=4, interpret=True)
+    y_ref, new_ref = depthwise_step_reference(x, acc, k, b, valid, in_activation=in_act, activation=activation)
+    assert y.shape == y_ref.shape == (3, ho, wo, c) and new.shape == new_ref.shape
     assert _rel(y, y_ref) <= 1e-6 and _rel(new, new_ref) <= 1e-6
     np.testing.assert_array_equal(np.asarray(new[1]), np.asarray(acc[1]))  # invalid stream: state kept
+    if not padded:  # the reference is the XLA path: activation, zero padding, shift-and-add
+        xp = jnp.pad(jax.nn.relu(x) if in_act == "relu" else jax.nn.silu(x) if in_act == "swish" else x,
+                     ((0, 0), ((kh - 1) // 2,) * 2, ((kw - 1) // 2,) * 2, (0, 0)))
+        y0, _ = depthwise_step_reference(xp, acc, k, b, valid, activation=activation)
+        assert _rel(y_ref, y0) <= 1e-6
+
+
+def test_kernel_activations_vanish_at_zero_and_others_are_refused():
+    """The input activation stands for the zero padding of f(x): only f(0) = 0 is accepted."""
+    from co3d_jax.kernels.depthwise import IN_ACTIVATIONS, _act
+    for name in IN_ACTIVATIONS:
+        assert float(_act(jnp.zeros(()), name)) == 0.0
+    x, acc, k = jnp.ones((1, 4, 4, 2)), jnp.zeros((1, 2, 4, 4, 2)), jnp.ones((3, 3, 3, 2))
+    with pytest.raises(ValueError, match="activations must be one of"):
+        depthwise_step(x, acc, k, None, jnp.ones((1,), bool), in_activation="sigmoid", interpret=True)
+    with pytest.raises(ValueError, match="in_activation and out_activation must be one of"):
+        Conv(4, 4, (3, 3, 3), 1, (1, 1, 1), groups=4, in_activation="sigmoid")
 
 
 def test_tiles_are_powers_of_two():
@@ -79,13 +97,44 @@ def test_conv_pallas_step_equals_shift_over_a_stream(kernel, strides, pads, fill
     np.testing.assert_array_equal(np.asarray(pal.forward(p, x)), np.asarray(ref.forward(p, x)))
 
 
+def _ops(jaxpr) -> set:
+    """Primitive names of a jaxpr and its sub-jaxprs, not looking inside Pallas kernels."""
+    names = set()
+    for e in jaxpr.eqns:
+        names.add(e.primitive.name)
+        if e.primitive.name == "pallas_call":
+            continue
+        for v in e.params.values():
+            for sub in (v if isinstance(v, (tuple, list)) else (v,)):
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    names |= _ops(inner)
+    return names
+
+
+def _fused_convs(layer, strides=False):
+    """``(in_activation, out_activation)`` (or the strides) of every conv that has one."""
+    from co3d_jax.layers import Parallel, Sequential
+    if isinstance(layer, Sequential):
+        return [f for n, c in layer.children for f in _fused_convs(c, strides)]
+    if isinstance(layer, Parallel):
+        return [f for n, c in layer.branches for f in _fused_convs(c, strides)]
+    if isinstance(layer, Conv) and (layer.in_activation or layer.out_activation):
+        return [layer.strides if strides else (layer.in_activation, layer.out_activation)]
+    return []
+
+
 def test_cox3d_pallas_equals_xla_over_300_frames_with_validity_reset_and_chunks():
     kw = dict(image_size=32, depth_factor=0.6, num_classes=5)
-    xla = co3d_jax.create_model("cox3d_s_13", **kw)
-    pal = co3d_jax.create_model("cox3d_s_13", depthwise_impl="pallas", **kw)
+    xla = co3d_jax.create_model("cox3d_s_13", depthwise_impl="auto", fuse_activations=False, **kw)
+    pal = co3d_jax.create_model("cox3d_s_13", depthwise_impl="pallas", **kw)  # with the activation fusion
     params = xla.init(jax.random.key(0))
     xla, fp = xla.fold_batchnorm(params)
-    pal, _ = pal.fold_batchnorm(params)
+    pal, fp2 = pal.fold_batchnorm(params)
+    assert jax.tree.structure(fp) == jax.tree.structure(fp2)
+    fused = _fused_convs(pal.net)
+    assert ("relu", "") in fused and ("relu", "swish") in fused and ("", "relu") in fused  # b with/without SE, stem
+    assert not _fused_convs(xla.net)
     t = 300
     frames = jax.random.normal(jax.random.key(1), (2, t, 32, 32, 3))
     valid = np.asarray(jax.random.uniform(jax.random.key(2), (2, t)) > 0.2)
@@ -109,8 +158,8 @@ def test_cox3d_pallas_equals_xla_over_300_frames_with_validity_reset_and_chunks(
 
 
 def test_x3d_default_is_fused_on_nvidia_gpus_only(monkeypatch):
-    """X3D's default ``impl='fused'``: XLA only off NVIDIA GPUs (here), and on one (simulated) the
-    step runs the Pallas kernels (interpreted here) and no library convolution, with the same outputs."""
+    """X3D's default ``impl='fused'`` (unfolded): XLA only off NVIDIA GPUs (here), and on one (simulated)
+    the step runs the Pallas kernels and no library convolution (outputs: the folded test below)."""
     import co3d_jax.kernels as kernels
     kw = dict(image_size=32, depth_factor=0.6, num_classes=5)
     fused, xla = co3d_jax.create_model("cox3d_s_13", **kw), co3d_jax.create_model(
@@ -126,14 +175,92 @@ def test_x3d_default_is_fused_on_nvidia_gpus_only(monkeypatch):
     monkeypatch.setattr(kernels, "on_nvidia_gpu", lambda: True)
     on_gpu = jaxpr(fused)
     assert "pallas_call" in on_gpu and "conv_general_dilated" not in on_gpu
+    frames = jax.random.normal(jax.random.key(2), (2, 13, 32, 32, 3))
+    np.testing.assert_array_equal(np.asarray(fused.forward(params, frames)),
+                                  np.asarray(xla.forward(params, frames)))  # clip mode: XLA either way
+
+
+def test_fused_default_folded_is_the_xla_program_off_gpus_and_fuses_on_them(monkeypatch):
+    """Folded (BN merged, activations moved into the depthwise convs): off NVIDIA GPUs the step and
+    the clip forward are the very program of the unfused XLA model (prefill: the same bits); on a (simulated) one the step
+    has no activation left outside the Pallas kernels of the stride-1 depthwise convs, same outputs."""
+    import co3d_jax.kernels as kernels
+    kw = dict(image_size=32, depth_factor=0.6, num_classes=5)
+    fused = co3d_jax.create_model("cox3d_s_13", **kw)
+    xla = co3d_jax.create_model("cox3d_s_13", depthwise_impl="auto", dense_impl="auto", fuse_activations=False, **kw)
+    params = xla.init(jax.random.key(0))
+    fused, fp = fused.fold_batchnorm(params)
+    xla, xp = xla.fold_batchnorm(params)
+    assert _fused_convs(fused.net) and not _fused_convs(xla.net)
+    frame = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
+    clip = jax.random.normal(jax.random.key(3), (2, 13, 32, 32, 3))
+
+    def step(model):
+        return str(jax.make_jaxpr(model.step)(fp, model.init_state(2), frame))
+
+    assert step(fused) == step(xla)
+    assert str(jax.make_jaxpr(fused.forward)(fp, clip)) == str(jax.make_jaxpr(xla.forward)(fp, clip))
+    # prefill: the same elementwise ops (an Activation layer prefills frame-flattened): the same bits
+    for a, b in zip(jax.tree.leaves(jax.jit(fused.prefill)(fp, clip)), jax.tree.leaves(jax.jit(xla.prefill)(fp, clip))):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    monkeypatch.setattr(kernels, "on_nvidia_gpu", lambda: True)
+    on_gpu = step(fused)
+    assert "conv_general_dilated" not in on_gpu
+    # one kernel per stride-1 fused conv (the stages' first, strided, b convs apply theirs on XLA)
+    stride1 = [f for f, st in zip(_fused_convs(fused.net), _fused_convs(fused.net, strides=True)) if st == (1, 1, 1)]
+    assert on_gpu.count("pallas_call[") == len(stride1) == 5
     frames = jax.random.normal(jax.random.key(2), (2, 30, 32, 32, 3))
-    _, a = xla.stream_fn()(params, xla.init_state(2), frames)
-    _, b = fused.stream_fn()(params, fused.init_state(2), frames)
+    _, a = xla.stream_fn()(fp, xla.init_state(2), frames)
+    _, b = fused.stream_fn()(fp, fused.init_state(2), frames)
     v = np.asarray(a.valid)
     assert v.any() and (v == np.asarray(b.valid)).all()
     assert _rel(np.asarray(b.scores)[v], np.asarray(a.scores)[v]) <= 1e-5
-    np.testing.assert_array_equal(np.asarray(fused.forward(params, frames[:, :13])),
-                                  np.asarray(xla.forward(params, frames[:, :13])))  # clip mode: XLA either way
+
+
+@pytest.mark.parametrize("impl", ["auto", "pallas"])
+def test_conv_activations_mean_the_activation_layers_in_every_mode(impl):
+    """``Conv(in_activation, out_activation)`` = ``Activation -> Conv -> Activation`` in clip mode,
+    prefill and a stream of steps with validity gaps (XLA and Pallas paths), with the same MACs."""
+    from co3d_jax.layers import Activation, Sequential
+    c = 6
+    conv = Conv(c, c, (3, 3, 3), 1, (1, 1, 1), groups=c, bias=True, impl=impl)
+    fused = Conv(c, c, (3, 3, 3), 1, (1, 1, 1), groups=c, bias=True, impl=impl, in_activation="relu",
+                 out_activation="swish")
+    ref = Sequential.of(("i", Activation("relu")), ("c", conv), ("o", Activation("swish")))
+    p = conv.init(jax.random.key(0), (7, 5, c))
+    x = jax.random.normal(jax.random.key(1), (2, 10, 7, 5, c))
+    valid = jnp.array([[True] * 10, [True, False, True, True, False, False] + [True] * 4])
+    assert _rel(fused.forward(p, x), ref.forward({"c": p}, x)) <= 1e-6
+    (sf, yf), (sr, yr) = fused.prefill(p, x), ref.prefill({"c": p}, x)
+    assert _rel(yf, yr) <= 1e-6 and _rel(sf["acc"], sr["c"]["acc"]) <= 1e-6
+    s1, o1 = run_layer(fused, p, fused.init_state(2, (7, 5, c)), x, valid)
+    s2, o2 = run_layer(ref, {"c": p}, ref.init_state(2, (7, 5, c)), x, valid)
+    v = np.asarray(o2.valid)
+    assert v.any() and (np.asarray(o1.valid) == v).all()
+    assert _rel(np.asarray(o1.y)[v], np.asarray(o2.y)[v]) <= 1e-6 and _rel(s1["acc"], s2["c"]["acc"]) <= 1e-6
+    for t in (None, 10):
+        assert fused.macs((7, 5, c), t) == ref.macs((7, 5, c), t) > conv.macs((7, 5, c), t)
+    if impl == "pallas":  # the kernel reads the unpadded frame and activates it itself: no op around it
+        ops = _ops(jax.make_jaxpr(fused.step)(p, fused.init_state(2, (7, 5, c)), x[:, 0], valid[:, 0]).jaxpr)
+        assert "pallas_call" in ops and not {"pad", "max", "logistic", "custom_jvp_call"} & ops, ops
+
+
+def test_fuse_activations_stops_at_a_batchnorm_and_keeps_names():
+    """Unfolded, only the input activation moves (the output one must follow the BatchNorm); folded,
+    both; the layer names, params and MACs are those of the original."""
+    from co3d_jax.flops import paper_macs
+    from co3d_jax.layers import fuse_activations
+    kw = dict(image_size=32, depth_factor=0.6, num_classes=5)
+    model = co3d_jax.create_model("cox3d_s_13", **kw)
+    plain = fuse_activations(model.net)
+    assert set(_fused_convs(plain)) == {("relu", "")}
+    names = lambda n: [k for k, _ in n.children]  # noqa: E731
+    folded, _ = model.fold_batchnorm(model.init(jax.random.key(0)))
+    assert names(folded.net) == names(model.net)
+    unfused, _ = co3d_jax.create_model("cox3d_s_13", fuse_activations=False, **kw).fold_batchnorm(
+        model.init(jax.random.key(0)))
+    for mode in ("clip", "step"):
+        assert paper_macs(folded, mode) == paper_macs(unfused, mode)
 
 
 @pytest.mark.parametrize("impl", ["auto", "pallas"])

@@ -1,19 +1,22 @@
 """One fused Pallas kernel for the continual depthwise convolution step (X3D's ``b`` conv).
 
 The XLA path (:meth:`co3d_jax.layers.Conv.step` with shift-and-add taps) computes, for a frame
-``x`` padded spatially to ``xp`` ``(B, H+2p, W+2p, C)`` and the partial sums ``acc``
-``(B, kT-1, H', W', C)``::
+``x`` ``(B, H, W, C)`` (optionally activated by ``f``, f(0) = 0), padded spatially to ``xp``
+``(B, H+2p, W+2p, C)``, and the partial sums ``acc`` ``(B, kT-1, H', W', C)``::
 
+    xp        = pad(f(x))
     z[t]      = sum_{i, j} kernel[t, i, j] * xp[:, i:i+H', j:j+W']        (i then j, as the XLA path)
-    y         = acc[0] + z[kT-1] (+ bias) (then optionally swish)
+    y         = g(acc[0] + z[kT-1] (+ bias))                               (g: relu, swish or none)
     acc'[i]   = acc[i+1] + z[kT-2-i]  (i < kT-2),   acc'[kT-2] = z[0]
     acc'      = where(valid, acc', acc)                                    (per stream)
 
-This kernel does all of it in one pass over ``xp`` and ``acc`` (``acc`` updated in place), one
-program per ``(stream, row tile, channel tile)``. Spatial stride 1 only (strided loads are not
-supported by Pallas' interpret mode, which the CPU tests use); ``zeros`` temporal fill only
-(``replicate`` fill stays on the XLA path). Triton needs power-of-2 tiles: a tile is
-``(TH, next_pow2(W'), TC)``, masked at the edges.
+This kernel does all of it in one pass over ``x`` and ``acc`` (``acc`` updated in place), one
+program per ``(stream, row tile, channel tile)``: it reads the unpadded frame with masked halo
+loads (positions outside the frame read 0, which is the padding of ``f(x)`` since f(0) = 0), so
+no padded copy is made. Spatial stride 1 only (strided loads are not supported by Pallas'
+interpret mode, which the CPU tests use); ``zeros`` temporal fill only (``replicate`` fill stays on
+the XLA path). Triton needs power-of-2 tiles: a tile is ``(TH, next_pow2(W'), TC)``, masked at the
+edges.
 """
 
 from __future__ import annotations
@@ -45,7 +48,50 @@ def tiles(ho: int, wo: int, c: int, budget: int = 2048, max_tc: int = 64, max_tw
     return th, tw, tc
 
 
-def _kernel(valid_ref, xp_ref, acc_ref, k_ref, *rest, kt, kh, kw, ho, wo, c, th, tw, tc, has_bias, activation):
+# activations the kernel applies (prologue: on the loaded input, only f(0) = 0, since positions
+# outside the frame read 0 and stand for the zero padding of the activated input; epilogue: after bias)
+ACTIVATIONS = ("", "relu", "swish")
+IN_ACTIVATIONS = ("", "relu", "swish")  # f(0) = 0 (tests/test_kernels.py checks it)
+
+
+def _act(v, name: str):
+    if name == "relu":
+        return jnp.maximum(v, 0.0)
+    if name == "swish":
+        return v * (1.0 / (1.0 + jnp.exp(-v)))
+    return v
+
+
+def _pads(x_shape, acc_shape, kernel_shape) -> tuple[int, int]:
+    """The symmetric spatial padding ``(ph, pw)`` that maps a frame of ``x_shape`` to outputs of
+    ``acc_shape`` at stride 1 (``(0, 0)`` for an already padded frame)."""
+    kh, kw = kernel_shape[1:3]
+    dh, dw = acc_shape[2] + kh - 1 - x_shape[1], acc_shape[3] + kw - 1 - x_shape[2]
+    if dh < 0 or dw < 0 or dh % 2 or dw % 2:
+        raise ValueError(f"depthwise_step: frame {tuple(x_shape)} does not map to acc {tuple(acc_shape)} with kernel "
+                         f"{tuple(kernel_shape)} at stride 1 and symmetric padding")
+    return dh // 2, dw // 2
+
+
+def _load_window(ref, b, r0, c0, ch0, shape, mask, interpret):
+    """``ref[b, r0:r0+TH, c0:c0+TW, ch0:ch0+TC]`` with 0 where ``mask`` is False; ``r0``/``c0`` may
+    be negative (the halo above/left of the frame). Triton: slices at those starts (masked lanes
+    are never dereferenced); the interpreter clamps slice starts into the array, so it gathers with
+    index arrays instead (the same positions, the same mask)."""
+    from jax.experimental import pallas as pl
+    from jax.experimental.pallas import triton as plgpu
+    th, tw, tc = shape
+    if not interpret:
+        return plgpu.load(ref.at[b, pl.ds(r0, th), pl.ds(c0, tw), pl.ds(ch0, tc)], mask=mask, other=0.0)
+    rows = r0 + jax.lax.broadcasted_iota(jnp.int32, shape, 0)
+    cols = c0 + jax.lax.broadcasted_iota(jnp.int32, shape, 1)
+    chans = ch0 + jax.lax.broadcasted_iota(jnp.int32, shape, 2)
+    return plgpu.load(ref.at[b, jnp.where(mask, rows, 0), jnp.where(mask, cols, 0), jnp.where(mask, chans, 0)],
+                      mask=mask, other=0.0)
+
+
+def _kernel(valid_ref, x_ref, acc_ref, k_ref, *rest, kt, kh, kw, ph, pw, h, w, ho, wo, c, th, tw, tc, has_bias,
+            in_activation, activation, interpret):
     from jax.experimental import pallas as pl
     from jax.experimental.pallas import triton as plgpu
     if has_bias:
@@ -66,9 +112,13 @@ def _kernel(valid_ref, xp_ref, acc_ref, k_ref, *rest, kt, kh, kw, ho, wo, c, th,
     f32 = jnp.float32
     z = [None] * kt
     for i in range(kh):
+        r = rows + (i - ph)  # input row of output row `rows`, tap i (outside the frame: zero padding)
+        rmask = (r >= 0) & (r < h) & (chans < c)
         for j in range(kw):
-            xv = plgpu.load(xp_ref.at[b, pl.ds(h0 + i, th), pl.ds(w0 + j, tw), pl.ds(c0, tc)], mask=mask,
-                            other=0.0).astype(f32)
+            q = cols + (j - pw)
+            xmask = rmask & (q >= 0) & (q < w)
+            xv = _load_window(x_ref, b, h0 + (i - ph), w0 + (j - pw), c0, (th, tw, tc), xmask, interpret)
+            xv = _act(xv.astype(f32), in_activation)
             for t in range(kt):
                 kv = plgpu.load(k_ref.at[zero + t, zero + i, zero + j, pl.ds(c0, tc)], mask=cmask, other=0.0).astype(f32)
                 term = xv * kv[None, None, :]
@@ -78,8 +128,7 @@ def _kernel(valid_ref, xp_ref, acc_ref, k_ref, *rest, kt, kh, kw, ho, wo, c, th,
     y = acc[0] + z[kt - 1]
     if has_bias:
         y = y + plgpu.load(b_ref.at[pl.ds(c0, tc)], mask=cmask, other=0.0).astype(f32)[None, None, :]
-    if activation == "swish":
-        y = y * (1.0 / (1.0 + jnp.exp(-y)))
+    y = _act(y, activation)
     plgpu.store(y_ref.at[b, pl.ds(h0, th), pl.ds(w0, tw), pl.ds(c0, tc)], y.astype(y_ref.dtype), mask=mask)
     valid = valid_ref[b] != 0
     for s in range(kt - 1):
@@ -89,42 +138,60 @@ def _kernel(valid_ref, xp_ref, acc_ref, k_ref, *rest, kt, kh, kw, ho, wo, c, th,
                     mask=mask)
 
 
-@functools.partial(jax.jit, static_argnames=("activation", "interpret", "budget", "max_tc", "max_tw", "num_warps"))
-def depthwise_step(xp, acc, kernel, bias, valid, *, activation: str = "", interpret: bool | None = None,
-                   budget: int = 2048, max_tc: int = 64, max_tw: int = 128, num_warps: int = 4):
+@functools.partial(jax.jit, static_argnames=("in_activation", "activation", "interpret", "budget", "max_tc", "max_tw",
+                                             "num_warps"))
+def depthwise_step(x, acc, kernel, bias, valid, *, in_activation: str = "", activation: str = "",
+                   interpret: bool | None = None, budget: int = 2048, max_tc: int = 64, max_tw: int = 128,
+                   num_warps: int = 4):
     """``(y, acc')`` of one continual depthwise step (module docstring), stride 1.
 
-    ``xp``: ``(B, H'+kH-1, W'+kW-1, C)`` the spatially padded frame; ``acc``: ``(B, kT-1, H', W', C)``
-    (donate it: it is updated in place); ``kernel``: ``(kT, kH, kW, C)``; ``bias``: ``(C,)`` or
-    None; ``valid``: ``(B,)`` bool. ``interpret=None`` runs Pallas' interpreter off GPUs."""
+    ``x``: ``(B, H, W, C)`` the frame, unpadded (the symmetric spatial padding follows from the
+    shapes: ``H' = H + 2 ph - kH + 1``; positions outside the frame read 0; an already padded frame
+    ``(B, H'+kH-1, W'+kW-1, C)`` means no padding); ``acc``: ``(B, kT-1, H', W', C)`` (donate it: it
+    is updated in place); ``kernel``: ``(kT, kH, kW, C)``; ``bias``: ``(C,)`` or None; ``valid``:
+    ``(B,)`` bool or int (nonzero: valid). ``in_activation`` (``''``, ``'relu'``, ``'swish'``: f(0) = 0)
+    is applied to the frame as loaded, ``activation`` (same choices) to the output after the bias.
+    ``interpret=None`` runs Pallas' interpreter off GPUs."""
     from jax.experimental import pallas as pl
     from jax.experimental.pallas import triton as plgpu
+    if in_activation not in IN_ACTIVATIONS or activation not in ACTIVATIONS:
+        raise ValueError(f"depthwise_step: activations must be one of {ACTIVATIONS} (input: f(0) = 0), got "
+                         f"{in_activation!r}, {activation!r}")
     kt, kh, kw, c = kernel.shape
-    b, h2, w2, _ = xp.shape
-    ho, wo = h2 - kh + 1, w2 - kw + 1
-    if acc.shape != (b, kt - 1, ho, wo, c):
-        raise ValueError(f"depthwise_step: acc {acc.shape} does not match xp {xp.shape} and kernel {kernel.shape}")
+    b, h, w, _ = x.shape
+    if acc.shape[:2] != (b, kt - 1) or acc.shape[4] != c or x.shape[3] != c:
+        raise ValueError(f"depthwise_step: acc {acc.shape} does not match x {x.shape} and kernel {kernel.shape}")
+    ph, pw = _pads(x.shape, acc.shape, kernel.shape)
+    ho, wo = acc.shape[2:4]
     if interpret is None:
         interpret = jax.devices()[0].platform != "gpu"
     th, tw, tc = tiles(ho, wo, c, budget, max_tc, max_tw)
     grid = (b, math.ceil(ho / th), math.ceil(wo / tw) * math.ceil(c / tc))
     has_bias = bias is not None
-    body = functools.partial(_kernel, kt=kt, kh=kh, kw=kw, ho=ho, wo=wo, c=c, th=th, tw=tw, tc=tc,
-                             has_bias=has_bias, activation=activation)
-    args = [valid.astype(jnp.int32), xp, acc, kernel.astype(xp.dtype)] + ([bias.astype(xp.dtype)] if has_bias else [])
+    body = functools.partial(_kernel, kt=kt, kh=kh, kw=kw, ph=ph, pw=pw, h=h, w=w, ho=ho, wo=wo, c=c, th=th, tw=tw,
+                             tc=tc, has_bias=has_bias, in_activation=in_activation, activation=activation,
+                             interpret=interpret)
+    v = valid if valid.dtype == jnp.int32 else valid.astype(jnp.int32)
+    args = [v, x, acc, kernel.astype(x.dtype)] + ([bias.astype(x.dtype)] if has_bias else [])
     return pl.pallas_call(
         body, grid=grid,
-        out_shape=(jax.ShapeDtypeStruct((b, ho, wo, c), xp.dtype), jax.ShapeDtypeStruct(acc.shape, acc.dtype)),
+        out_shape=(jax.ShapeDtypeStruct((b, ho, wo, c), x.dtype), jax.ShapeDtypeStruct(acc.shape, acc.dtype)),
         input_output_aliases={2: 1}, interpret=interpret,
         compiler_params=None if interpret else plgpu.CompilerParams(num_warps=num_warps, num_stages=1),
         name="co3d_depthwise_step",
     )(*args)
 
 
-def depthwise_step_reference(xp, acc, kernel, bias, valid, *, activation: str = ""):
-    """The same step in plain XLA ops, in the XLA path's order of summation (for tests and timing)."""
+_XLA_ACTIVATIONS = {"": lambda v: v, "relu": jax.nn.relu, "swish": lambda v: v * jax.nn.sigmoid(v)}
+
+
+def depthwise_step_reference(x, acc, kernel, bias, valid, *, in_activation: str = "", activation: str = ""):
+    """The same step in plain XLA ops, in the XLA path's order of summation (for tests and timing):
+    the activated frame zero-padded, the taps, the output (+ bias, then ``activation``)."""
     kt, kh, kw, c = kernel.shape
-    ho, wo = xp.shape[1] - kh + 1, xp.shape[2] - kw + 1
+    ph, pw = _pads(x.shape, acc.shape, kernel.shape)
+    ho, wo = acc.shape[2:4]
+    xp = jnp.pad(_XLA_ACTIVATIONS[in_activation](x), ((0, 0), (ph, ph), (pw, pw), (0, 0)))
     k = kernel.astype(xp.dtype)
     z = None
     for i in range(kh):
@@ -134,7 +201,6 @@ def depthwise_step_reference(xp, acc, kernel, bias, valid, *, activation: str = 
     y = acc[:, 0] + z[:, kt - 1]
     if bias is not None:
         y = y + bias.astype(y.dtype)
-    if activation == "swish":
-        y = jax.nn.silu(y)
+    y = _XLA_ACTIVATIONS[activation](y)
     new = jnp.concatenate([acc[:, 1:], jnp.zeros_like(acc[:, :1])], axis=1) + z[:, kt - 2::-1]
-    return y, jnp.where(valid.reshape(-1, 1, 1, 1, 1), new, acc)
+    return y, jnp.where(valid.reshape(-1, 1, 1, 1, 1) != 0, new, acc)

@@ -5,7 +5,7 @@ from .base import Layer, Out, counter_advance, gate
 from .containers import (Broadcast, BroadcastReduce, ClipOnlySequential, Parallel, Pathways, Reduce, Sequential,
                          StridedSequential, broadcast_reduce, clip_length, delayed, residual)
 from .conv import Conv
-from .fold import fold_batchnorm
+from .fold import fold_batchnorm, fuse_activations
 from .pool import GlobalAvgPool, IdentityPool, Pool
 from .se import squeeze_excitation
 from .simple import Activation, BatchNorm, Delay, Dense
@@ -14,5 +14,6 @@ __all__ = [
     "Layer", "Out", "Conv", "Pool", "IdentityPool", "GlobalAvgPool", "Delay", "BatchNorm", "Activation", "Dense",
     "Sequential", "StridedSequential", "ClipOnlySequential", "Broadcast", "Parallel", "Pathways", "Reduce",
     "BroadcastReduce", "broadcast_reduce", "delayed", "residual", "clip_length", "squeeze_excitation", "fold_batchnorm",
+    "fuse_activations",
     "counter_advance", "gate",
 ]

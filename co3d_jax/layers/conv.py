@@ -30,9 +30,13 @@ from jax import lax
 from .base import (Array, Layer, Out, Shape, bcast, check_channels, check_input, counter_advance, counter_after,
                    counter_full, counter_init, fan_in_uniform, gate, static, tuple3)
 from .macs import count_padded_taps, valid_taps
+from .simple import ACTIVATIONS, Activation
 
 FILLS = ("zeros", "replicate")
 IMPLS = ("auto", "lax", "shift", "pallas", "fused")
+# activations a Conv can apply to its input (f(0) = 0: the zero padding of f(x) is f of the zero
+# padding, so the fused kernel may read the unpadded frame) and to its output
+CONV_ACTIVATIONS = ("", "relu", "swish")
 
 
 def conv_out_size(size: int, k: int, s: int, p: int) -> int:
@@ -115,6 +119,13 @@ class Conv(Layer):
     depthwise conv and ``'shift'`` for a dense one, everywhere else ``'auto'`` (X3D's default: the
     fastest exact path measured on an H200, ``results/README.md``)); ``clip_impl`` overrides it for clip mode (on an H100 the grouped
     convolution won for X3D-L clips, shift-and-add everywhere else we measured).
+
+    ``in_activation`` / ``out_activation`` (``''``, ``'relu'``, ``'swish'``): ``y = out_act(conv(in_act(x)) + bias)``
+    in every mode (clip, prefill, step; XLA and Pallas paths), what an ``Activation`` before / after the conv
+    computes; the Pallas step applies them inside its kernel. They are set by
+    :func:`co3d_jax.layers.fuse_activations` on convs built with ``takes_activations=True`` (which marks
+    the conv as a place for that pass to move neighbouring activations into; it changes nothing else).
+    MACs count the activations as the ``Activation`` layers they replace do.
     """
 
     in_channels: int
@@ -127,6 +138,9 @@ class Conv(Layer):
     temporal_fill: str = "zeros"
     impl: str = "auto"
     clip_impl: str = ""
+    in_activation: str = ""
+    out_activation: str = ""
+    takes_activations: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "kernel", tuple3(self.kernel))
@@ -140,6 +154,9 @@ class Conv(Layer):
             raise ValueError(f"Conv: channels {self.in_channels}->{self.out_channels} not divisible by groups {self.groups}")
         if self.pads[0] > self.kernel[0] - 1:
             raise ValueError(f"Conv: temporal padding {self.pads[0]} exceeds kernel {self.kernel[0]} - 1")
+        if self.in_activation not in CONV_ACTIVATIONS or self.out_activation not in CONV_ACTIVATIONS:
+            raise ValueError(f"Conv: in_activation and out_activation must be one of {CONV_ACTIVATIONS}, got "
+                             f"{self.in_activation!r}, {self.out_activation!r}")
 
     # ---------------------------------------------------------------- metadata
     @property
@@ -184,7 +201,11 @@ class Conv(Layer):
         else:
             taps = ((frames * kt if t is None else valid_taps(t, kt, self.strides[0], self.pads[0]))
                     * valid_taps(h, kh, self.strides[1], self.pads[1]) * valid_taps(w, kw, self.strides[2], self.pads[2]))
-        return taps * (self.in_channels // self.groups) * self.out_channels + (positions * self.out_channels if self.bias else 0)
+        acts = ((Activation(self.in_activation).macs(in_shape, t) if self.in_activation else 0)
+                + (Activation(self.out_activation).macs((ho, wo, self.out_channels), None if t is None else frames)
+                   if self.out_activation else 0))
+        return (taps * (self.in_channels // self.groups) * self.out_channels
+                + (positions * self.out_channels if self.bias else 0) + acts)
 
     def store_macs(self, in_shape: Shape) -> int:
         # the accumulator form convolves every input frame with all kT taps, emitting or not; the
@@ -240,13 +261,20 @@ class Conv(Layer):
     def _bias(self, params, y):
         return y + params["bias"].astype(y.dtype) if self.bias else y
 
+    def _in(self, x):
+        return ACTIVATIONS[self.in_activation](x) if self.in_activation else x
+
+    def _out(self, y):
+        return ACTIVATIONS[self.out_activation](y) if self.out_activation else y
+
     def forward(self, params, x):
         check_input(self, x, clip=True)
         check_channels(self, x, self.in_channels)
-        return self._bias(params, self._conv(params, x, self.strides[0], self.pads[0], self.clip_impl or self.impl))
+        return self._out(self._bias(params, self._conv(params, self._in(x), self.strides[0], self.pads[0],
+                                                       self.clip_impl or self.impl)))
 
     def apply(self, params, x):  # stateless frame-wise use
-        return self._bias(params, self._conv(params, x[:, None], 1, 0, step=True)[:, 0])
+        return self._out(self._bias(params, self._conv(params, self._in(x)[:, None], 1, 0, step=True)[:, 0]))
 
     def taps(self, params, x: Array) -> Array:
         """Per-tap spatial convolutions of one frame: ``(B, H, W, C_in) -> (B, kT, H', W', C_out)``,
@@ -286,7 +314,7 @@ class Conv(Layer):
         b, n = xs.shape[:2]
         kt, s, d = self.kernel[0], self.stride, self.delay
         impl = self.clip_impl or self.impl
-        x = xs.astype(dtype)
+        x = self._in(xs).astype(dtype)
         # Position m's output is the window of inputs m-kT+1 .. m; positions from `start` on are
         # computed, so `lo` fill frames go before input 0 (zeros as conv padding, or copies).
         start = min(d, n)
@@ -305,7 +333,7 @@ class Conv(Layer):
             acc = (self._conv(params, tail, 1, (kt - 1 - tail.shape[1], kt - 1), impl) if kt > 1
                    else jnp.zeros((b, 0, ho, wo, c), dtype))
         # acc[i]: the taps of position n+i over the inputs seen so far (the step's partial sums)
-        return {"acc": acc, "n": counter_full(b, counter_after(n, d, s))}, self._bias(params, ys).astype(xs.dtype)
+        return {"acc": acc, "n": counter_full(b, counter_after(n, d, s))}, self._out(self._bias(params, ys).astype(xs.dtype))
 
     def step(self, params, state, x, valid):
         """Accumulator form (reference §4): ``y = acc[0] + z[kT-1] (+ bias)``;
@@ -315,14 +343,16 @@ class Conv(Layer):
         check_channels(self, x, self.in_channels)
         if self.stateless:
             return state, Out(self.apply(params, x), valid)
-        emit, n_next, first = counter_advance(state["n"], valid, self.delay, self.stride)
         acc = state["acc"]
         if x.shape[0] != acc.shape[0] or tuple(self.out_shape(x.shape[1:])) != acc.shape[2:]:
             raise ValueError(f"Conv: frame of shape {tuple(x.shape)} does not match the state, which was built "
                              f"for outputs (B, kT-1, H', W', C) = {tuple(acc.shape)}")
         if self.depthwise and (self.impl == "pallas" or self._gpu_fused()) and self._pallas_ok():
+            emit, n_next, _ = counter_advance(state["n"], valid, self.delay, self.stride)
             return self._pallas_step(params, state, x, valid, emit, n_next)
-        z = self.taps(params, x.astype(acc.dtype))
+        xa = self._in(x)  # before the counters: the program of an Activation layer followed by this conv
+        emit, n_next, first = counter_advance(state["n"], valid, self.delay, self.stride)
+        z = self.taps(params, xa.astype(acc.dtype))
         kt = self.kernel[0]
         if self.temporal_fill == "replicate" and kt > 1:
             rep = jnp.stack([jnp.sum(z[:, : kt - 1 - i], axis=1) for i in range(kt - 1)], axis=1)
@@ -331,18 +361,18 @@ class Conv(Layer):
         y = self._bias(params, acc[:, 0] + z[:, kt - 1] if kt > 1 else z[:, 0])
         rev = z[:, kt - 2::-1] if kt > 1 else z[:, :0]  # z[kT-2], ..., z[0]
         new_acc = jnp.concatenate([acc[:, 1:], jnp.zeros_like(acc[:, :1])], axis=1) + rev
-        return gate(valid, {"acc": new_acc, "n": n_next}, state), Out(y.astype(x.dtype), emit)
+        return gate(valid, {"acc": new_acc, "n": n_next}, state), Out(self._out(y.astype(x.dtype)), emit)
 
     def _pallas_ok(self) -> bool:
         from ..kernels import pallas_supported
         return pallas_supported(self.kernel, self.strides, self.temporal_fill)
 
     def _pallas_step(self, params, state, x, valid, emit, n_next):
-        """:meth:`step` as one fused kernel: taps, output (+ bias), partial-sum update, gating."""
+        """:meth:`step` as one fused kernel: input activation, taps over the unpadded frame (masked
+        halo loads), output (+ bias, output activation), partial-sum update, gating."""
         from ..kernels import depthwise_step
         acc = state["acc"]
-        ph, pw = self.pads[1:]
-        xp = jnp.pad(x.astype(acc.dtype), ((0, 0), (ph, ph), (pw, pw), (0, 0)))
-        y, new_acc = depthwise_step(xp, acc, params["kernel"][:, :, :, 0, :], params.get("bias") if self.bias else None,
-                                    valid)
+        y, new_acc = depthwise_step(x.astype(acc.dtype), acc, params["kernel"][:, :, :, 0, :],
+                                    params.get("bias") if self.bias else None, valid,
+                                    in_activation=self.in_activation, activation=self.out_activation)
         return {"acc": new_acc, "n": gate(valid, n_next, state["n"])}, Out(y.astype(x.dtype), emit)

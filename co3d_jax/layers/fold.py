@@ -67,3 +67,47 @@ def fold_batchnorm(layer: Layer, params):
     if callable(hook):
         return hook(params)
     return layer, params
+
+
+def _fuse_in_sequence(children: tuple) -> tuple:
+    """One Sequential's ``(name, layer)`` children with activations moved into the convs that
+    take them (see :func:`fuse_activations`)."""
+    items = list(children)
+    for k, (name, child) in enumerate(items):
+        if not (isinstance(child, Conv) and child.takes_activations):
+            continue
+        conv = child
+        # the input activation: the child right before the conv (it feeds the conv alone)
+        if k > 0 and not conv.in_activation:
+            pname, prev = items[k - 1]
+            if isinstance(prev, Activation) and prev.fn in ("relu", "swish"):  # f(0) = 0
+                conv = dataclasses.replace(conv, in_activation=prev.fn)
+                items[k - 1] = (pname, Activation("identity"))
+        # the output activation: the first non-identity child after the conv (identities are folded
+        # BatchNorms); an unfolded BatchNorm or any other layer in between stops it
+        j = k + 1
+        while j < len(items) and isinstance(items[j][1], Activation) and items[j][1].fn == "identity":
+            j += 1
+        if j < len(items) and not conv.out_activation:
+            nname, nxt = items[j]
+            if isinstance(nxt, Activation) and nxt.fn in ("relu", "swish"):
+                conv = dataclasses.replace(conv, out_activation=nxt.fn)
+                items[j] = (nname, Activation("identity"))
+        items[k] = (name, conv)
+    return tuple(items)
+
+
+def fuse_activations(layer: Layer) -> Layer:
+    """``layer`` with each ``Activation`` (relu or swish) that directly precedes or follows a
+    ``Conv(takes_activations=True)`` inside a :class:`Sequential` moved into that conv's
+    ``in_activation`` / ``out_activation`` and replaced by an identity ``Activation`` (the
+    Sequential keeps its names, delays and params; outputs are the same computation). An output
+    activation is moved only across identities (the slots of folded BatchNorms), never across a
+    BatchNorm, so apply it after :func:`fold_batchnorm` to fuse those too. X3D marks its depthwise
+    convs (``b``, the stem's ``conv``), whose Pallas step then applies both activations in its kernel."""
+    if isinstance(layer, Sequential):
+        children = tuple((n, fuse_activations(c)) for n, c in layer.children)
+        return dataclasses.replace(layer, children=_fuse_in_sequence(children))
+    if isinstance(layer, Parallel):
+        return dataclasses.replace(layer, branches=tuple((n, fuse_activations(b)) for n, b in layer.branches))
+    return layer

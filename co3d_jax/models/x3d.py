@@ -57,6 +57,10 @@ class X3DConfig:
     depthwise_impl: str = "fused"
     clip_depthwise_impl: str = ""     # clip-mode override ("" = depthwise_impl); X3D-L uses "lax"
     dense_impl: str = "fused"         # "auto"/"lax" (library conv), "shift" (always without), "fused"
+    # the depthwise convs (``b``, the stem's ``conv``) take the neighbouring activations when BN is folded
+    # (Model.fold_batchnorm -> layers.fuse_activations): a_relu as b's input activation, b_relu (blocks
+    # without SE) and the stem's relu as output activations, applied inside the fused Pallas step's kernel
+    fuse_activations: bool = True
 
     @property
     def stem_dim(self) -> int:
@@ -78,7 +82,7 @@ def _bottleneck(cfg: X3DConfig, c_in: int, c_out: int, inner: int, stride: int, 
         ("a_bn", BatchNorm(inner)),
         ("a_relu", Activation("relu")),
         ("b", Conv(inner, inner, (3, 3, 3), (1, stride, stride), (1, 1, 1), groups=inner, temporal_fill=fill,
-                   impl=cfg.depthwise_impl, clip_impl=cfg.clip_depthwise_impl)),
+                   impl=cfg.depthwise_impl, clip_impl=cfg.clip_depthwise_impl, takes_activations=cfg.fuse_activations)),
         ("b_bn", BatchNorm(inner)),
     ]
     if use_se:
@@ -104,7 +108,7 @@ def build_x3d(cfg: X3DConfig) -> Sequential:
     stem = Sequential.of(
         ("conv_xy", Conv(3, c, (1, 3, 3), (1, 2, 2), (0, 1, 1), impl=cfg.dense_impl)),
         ("conv", Conv(c, c, (5, 1, 1), 1, (2, 0, 0), groups=c, temporal_fill=fill, impl=cfg.depthwise_impl,
-                     clip_impl=cfg.clip_depthwise_impl)),
+                     clip_impl=cfg.clip_depthwise_impl, takes_activations=cfg.fuse_activations)),
         ("bn", BatchNorm(c)),
         ("relu", Activation("relu")),
     )
