@@ -22,7 +22,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.fused_parity", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="cox3d_s_64")
-    ap.add_argument("--variants", default="pd:dense_impl=shift,depthwise_impl=pallas")
+    ap.add_argument("--variants", default="pd:dense_impl=shift,depthwise_impl=pallas",
+                    help="';'-separated 'label:key=value,...' model options (values parsed as JSON when they can be)")
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--frames", type=int, default=300)
     ap.add_argument("--image-size", type=int, default=None)
@@ -41,7 +42,14 @@ def main(argv=None) -> int:
     variants = [("default", {})]
     for v in filter(None, args.variants.split(";")):
         label, _, kvs = v.partition(":")
-        variants.append((label, dict(kv.split("=", 1) for kv in kvs.split(",") if kv)))
+        opts = {}
+        for kv in filter(None, kvs.split(",")):
+            k, _, val = kv.partition("=")
+            try:  # JSON values (false, 2) as in step_kernels; anything else is a string
+                opts[k] = json.loads(val)
+            except json.JSONDecodeError:
+                opts[k] = val
+        variants.append((label, opts))
     base = {"image_size": args.image_size} if args.image_size else {}
     t, b = args.frames, args.batch
     half = t // 2

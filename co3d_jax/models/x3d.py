@@ -158,6 +158,8 @@ def x3d(size: str, *, continual: bool, window: int | None = None, name: str | No
     if unknown:
         raise TypeError(f"unknown X3D options {sorted(unknown)}")
     cfg = X3DConfig(**{**base, **options})
+    if not isinstance(cfg.fuse_activations, bool):
+        raise TypeError(f"X3D option fuse_activations must be a bool, got {cfg.fuse_activations!r}")
     if not continual:
         clip_length = cfg.window
     return Model(name=name or f"{'co' if continual else ''}x3d_{size}", net=build_x3d(cfg),
