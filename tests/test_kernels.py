@@ -48,6 +48,23 @@ def test_depthwise_step_kernel_matches_xla(kernel, hw, c, bias, in_act, activati
         assert _rel(y_ref, y0) <= 1e-6
 
 
+@pytest.mark.parametrize("hw,c,strides", [((9, 7), 13, (2, 2)), ((8, 8), 6, (2, 1))])
+def test_strided_depthwise_step_kernel_matches_xla(hw, c, strides):
+    """Spatial strides: the kernel (strided loads; gathers in the interpreter) equals the reference."""
+    h, w = hw
+    ho, wo = (h - 1) // strides[0] + 1, (w - 1) // strides[1] + 1
+    ks = jax.random.split(jax.random.key(0), 4)
+    x, acc = jax.random.normal(ks[0], (3, h, w, c)), jax.random.normal(ks[1], (3, 2, ho, wo, c))
+    k, b = jax.random.normal(ks[2], (3, 3, 3, c)), jax.random.normal(ks[3], (c,))
+    valid = jnp.array([True, False, True])
+    kw = dict(strides=strides, pads=(1, 1), in_activation="relu", activation="swish")
+    y, new = depthwise_step(x, acc, k, b, valid, budget=16, max_tc=8, max_tw=2, interpret=True, **kw)
+    y_ref, new_ref = depthwise_step_reference(x, acc, k, b, valid, **kw)
+    assert y.shape == (3, ho, wo, c) and _rel(y, y_ref) <= 1e-6 and _rel(new, new_ref) <= 1e-6
+    with pytest.raises(ValueError, match="pass pads with spatial strides"):
+        depthwise_step(x, acc, k, b, valid, strides=strides, interpret=True)
+
+
 def test_kernel_activations_vanish_at_zero_and_others_are_refused():
     """The input activation stands for the zero padding of f(x): only f(0) = 0 is accepted."""
     from co3d_jax.kernels.depthwise import IN_ACTIVATIONS, _act
@@ -68,7 +85,9 @@ def test_tiles_are_powers_of_two():
 
 def test_supported_shapes():
     assert pallas_supported((3, 3, 3), (1, 1, 1), "zeros") and pallas_supported((5, 1, 1), (1, 1, 1), "zeros")
-    assert not pallas_supported((3, 3, 3), (1, 2, 2), "zeros")       # spatial stride: XLA path
+    assert not pallas_supported((3, 3, 3), (1, 2, 2), "zeros")       # spatial stride: XLA path unless asked
+    assert pallas_supported((3, 3, 3), (1, 2, 2), "zeros", spatial_strides=True)
+    assert not pallas_supported((3, 3, 3), (2, 1, 1), "zeros", spatial_strides=True)  # temporal stride
     assert not pallas_supported((3, 3, 3), (1, 1, 1), "replicate")   # replicate fill: XLA path
     assert not pallas_supported((1, 3, 3), (1, 1, 1), "zeros")       # no temporal state
 
@@ -76,7 +95,7 @@ def test_supported_shapes():
 @pytest.mark.parametrize("kernel,strides,pads,fill", [
     ((3, 3, 3), 1, (1, 1, 1), "zeros"),
     ((5, 1, 1), 1, (2, 0, 0), "zeros"),
-    ((3, 3, 3), (1, 2, 2), (1, 1, 1), "zeros"),      # falls back to the XLA step
+    ((3, 3, 3), (1, 2, 2), (1, 1, 1), "zeros"),      # strided loads (impl='pallas'; 'fused' keeps XLA)
     ((3, 3, 3), 1, (1, 1, 1), "replicate"),         # falls back to the XLA step
 ])
 def test_conv_pallas_step_equals_shift_over_a_stream(kernel, strides, pads, fill):
@@ -124,10 +143,14 @@ def _fused_convs(layer, strides=False):
     return []
 
 
-def test_cox3d_pallas_equals_xla_over_300_frames_with_validity_reset_and_chunks():
+def test_cox3d_pallas_equals_xla_over_300_frames_with_validity_reset_and_chunks(monkeypatch):
+    """The default X3D on a (simulated) NVIDIA GPU, folded: stride-1 depthwise steps in the kernel with
+    the activations fused, dense one-frame convs without library convolutions; vs XLA unfused."""
+    import co3d_jax.kernels as kernels
+    monkeypatch.setattr(kernels, "on_nvidia_gpu", lambda: True)
     kw = dict(image_size=32, depth_factor=0.6, num_classes=5)
-    xla = co3d_jax.create_model("cox3d_s_13", depthwise_impl="auto", fuse_activations=False, **kw)
-    pal = co3d_jax.create_model("cox3d_s_13", depthwise_impl="pallas", **kw)  # with the activation fusion
+    xla = co3d_jax.create_model("cox3d_s_13", depthwise_impl="auto", dense_impl="auto", fuse_activations=False, **kw)
+    pal = co3d_jax.create_model("cox3d_s_13", **kw)
     params = xla.init(jax.random.key(0))
     xla, fp = xla.fold_batchnorm(params)
     pal, fp2 = pal.fold_batchnorm(params)

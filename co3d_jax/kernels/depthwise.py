@@ -13,9 +13,9 @@ The XLA path (:meth:`co3d_jax.layers.Conv.step` with shift-and-add taps) compute
 This kernel does all of it in one pass over ``x`` and ``acc`` (``acc`` updated in place), one
 program per ``(stream, row tile, channel tile)``: it reads the unpadded frame with masked halo
 loads (positions outside the frame read 0, which is the padding of ``f(x)`` since f(0) = 0), so
-no padded copy is made. Spatial stride 1 only (strided loads are not supported by Pallas'
-interpret mode, which the CPU tests use); ``zeros`` temporal fill only (``replicate`` fill stays on
-the XLA path). Triton needs power-of-2 tiles: a tile is ``(TH, next_pow2(W'), TC)``, masked at the
+no padded copy is made. Spatial strides too (strided loads on Triton; Pallas' interpreter, which
+the CPU tests use, has no strided slices and gathers the same positions); ``zeros`` temporal fill
+only (``replicate`` fill stays on the XLA path). Triton needs power-of-2 tiles: a tile is ``(TH, next_pow2(W'), TC)``, masked at the
 edges.
 """
 
@@ -32,10 +32,13 @@ def _pow2(n: int) -> int:
     return 1 << max(0, (int(n) - 1).bit_length())
 
 
-def pallas_supported(kernel: tuple, strides: tuple, temporal_fill: str) -> bool:
+def pallas_supported(kernel: tuple, strides: tuple, temporal_fill: str, spatial_strides: bool = False) -> bool:
     """Whether :func:`depthwise_step` covers a depthwise conv with this ``(kT, kH, kW)`` kernel,
-    ``(t, h, w)`` strides and temporal fill."""
-    return kernel[0] >= 2 and tuple(strides) == (1, 1, 1) and temporal_fill == "zeros"
+    ``(t, h, w)`` strides and temporal fill: temporal stride 1, zeros fill, spatial stride 1 (or any
+    spatial strides with ``spatial_strides=True``)."""
+    strides = tuple(strides)
+    return (kernel[0] >= 2 and strides[0] == 1 and temporal_fill == "zeros"
+            and (spatial_strides or strides[1:] == (1, 1)))
 
 
 def tiles(ho: int, wo: int, c: int, budget: int = 2048, max_tc: int = 64, max_tw: int = 128) -> tuple[int, int, int]:
@@ -62,35 +65,43 @@ def _act(v, name: str):
     return v
 
 
-def _pads(x_shape, acc_shape, kernel_shape) -> tuple[int, int]:
+def _pads(x_shape, acc_shape, kernel_shape, strides=(1, 1), pads=None) -> tuple[int, int]:
     """The symmetric spatial padding ``(ph, pw)`` that maps a frame of ``x_shape`` to outputs of
-    ``acc_shape`` at stride 1 (``(0, 0)`` for an already padded frame)."""
+    ``acc_shape``: ``pads`` checked, or (``None``, stride 1 only) inferred from the shapes (``(0, 0)``
+    for an already padded frame)."""
     kh, kw = kernel_shape[1:3]
-    dh, dw = acc_shape[2] + kh - 1 - x_shape[1], acc_shape[3] + kw - 1 - x_shape[2]
-    if dh < 0 or dw < 0 or dh % 2 or dw % 2:
+    if pads is None:
+        if tuple(strides) != (1, 1):
+            raise ValueError("depthwise_step: pass pads with spatial strides (the shapes do not determine them)")
+        dh, dw = acc_shape[2] + kh - 1 - x_shape[1], acc_shape[3] + kw - 1 - x_shape[2]
+        pads = (dh // 2, dw // 2) if dh >= 0 and dw >= 0 and not dh % 2 and not dw % 2 else (-1, -1)
+    ok = all(p >= 0 and (n + 2 * p - k) // s + 1 == o for n, p, k, s, o in
+             zip(x_shape[1:3], pads, (kh, kw), strides, acc_shape[2:4]))
+    if not ok:
         raise ValueError(f"depthwise_step: frame {tuple(x_shape)} does not map to acc {tuple(acc_shape)} with kernel "
-                         f"{tuple(kernel_shape)} at stride 1 and symmetric padding")
-    return dh // 2, dw // 2
+                         f"{tuple(kernel_shape)}, strides {tuple(strides)} and symmetric padding {pads}")
+    return int(pads[0]), int(pads[1])
 
 
-def _load_window(ref, b, r0, c0, ch0, shape, mask, interpret):
-    """``ref[b, r0:r0+TH, c0:c0+TW, ch0:ch0+TC]`` with 0 where ``mask`` is False; ``r0``/``c0`` may
-    be negative (the halo above/left of the frame). Triton: slices at those starts (masked lanes
-    are never dereferenced); the interpreter clamps slice starts into the array, so it gathers with
-    index arrays instead (the same positions, the same mask)."""
+def _load_window(ref, b, r0, c0, ch0, shape, mask, interpret, sh=1, sw=1):
+    """``ref[b, r0:r0+TH*sh:sh, c0:c0+TW*sw:sw, ch0:ch0+TC]`` with 0 where ``mask`` is False;
+    ``r0``/``c0`` may be negative (the halo above/left of the frame). Triton: (strided) slices at
+    those starts (masked lanes are never dereferenced); the interpreter clamps slice starts into the
+    array and has no strided slices, so it gathers with index arrays instead (the same positions,
+    the same mask)."""
     from jax.experimental import pallas as pl
     from jax.experimental.pallas import triton as plgpu
     th, tw, tc = shape
     if not interpret:
-        return plgpu.load(ref.at[b, pl.ds(r0, th), pl.ds(c0, tw), pl.ds(ch0, tc)], mask=mask, other=0.0)
-    rows = r0 + jax.lax.broadcasted_iota(jnp.int32, shape, 0)
-    cols = c0 + jax.lax.broadcasted_iota(jnp.int32, shape, 1)
+        return plgpu.load(ref.at[b, pl.ds(r0, th, sh), pl.ds(c0, tw, sw), pl.ds(ch0, tc)], mask=mask, other=0.0)
+    rows = r0 + sh * jax.lax.broadcasted_iota(jnp.int32, shape, 0)
+    cols = c0 + sw * jax.lax.broadcasted_iota(jnp.int32, shape, 1)
     chans = ch0 + jax.lax.broadcasted_iota(jnp.int32, shape, 2)
     return plgpu.load(ref.at[b, jnp.where(mask, rows, 0), jnp.where(mask, cols, 0), jnp.where(mask, chans, 0)],
                       mask=mask, other=0.0)
 
 
-def _kernel(valid_ref, x_ref, acc_ref, k_ref, *rest, kt, kh, kw, ph, pw, h, w, ho, wo, c, th, tw, tc, has_bias,
+def _kernel(valid_ref, x_ref, acc_ref, k_ref, *rest, kt, kh, kw, sh, sw, ph, pw, h, w, ho, wo, c, th, tw, tc, has_bias,
             in_activation, activation, interpret):
     from jax.experimental import pallas as pl
     from jax.experimental.pallas import triton as plgpu
@@ -112,12 +123,13 @@ def _kernel(valid_ref, x_ref, acc_ref, k_ref, *rest, kt, kh, kw, ph, pw, h, w, h
     f32 = jnp.float32
     z = [None] * kt
     for i in range(kh):
-        r = rows + (i - ph)  # input row of output row `rows`, tap i (outside the frame: zero padding)
+        r = rows * sh + (i - ph)  # input row of output row `rows`, tap i (outside the frame: zero padding)
         rmask = (r >= 0) & (r < h) & (chans < c)
         for j in range(kw):
-            q = cols + (j - pw)
+            q = cols * sw + (j - pw)
             xmask = rmask & (q >= 0) & (q < w)
-            xv = _load_window(x_ref, b, h0 + (i - ph), w0 + (j - pw), c0, (th, tw, tc), xmask, interpret)
+            xv = _load_window(x_ref, b, h0 * sh + (i - ph), w0 * sw + (j - pw), c0, (th, tw, tc), xmask, interpret,
+                              sh, sw)
             xv = _act(xv.astype(f32), in_activation)
             for t in range(kt):
                 kv = plgpu.load(k_ref.at[zero + t, zero + i, zero + j, pl.ds(c0, tc)], mask=cmask, other=0.0).astype(f32)
@@ -138,16 +150,18 @@ def _kernel(valid_ref, x_ref, acc_ref, k_ref, *rest, kt, kh, kw, ph, pw, h, w, h
                     mask=mask)
 
 
-@functools.partial(jax.jit, static_argnames=("in_activation", "activation", "interpret", "budget", "max_tc", "max_tw",
-                                             "num_warps"))
-def depthwise_step(x, acc, kernel, bias, valid, *, in_activation: str = "", activation: str = "",
+@functools.partial(jax.jit, static_argnames=("strides", "pads", "in_activation", "activation", "interpret", "budget",
+                                             "max_tc", "max_tw", "num_warps"))
+def depthwise_step(x, acc, kernel, bias, valid, *, strides: tuple = (1, 1), pads: tuple | None = None,
+                   in_activation: str = "", activation: str = "",
                    interpret: bool | None = None, budget: int = 2048, max_tc: int = 64, max_tw: int = 128,
                    num_warps: int = 4):
-    """``(y, acc')`` of one continual depthwise step (module docstring), stride 1.
+    """``(y, acc')`` of one continual depthwise step (module docstring).
 
-    ``x``: ``(B, H, W, C)`` the frame, unpadded (the symmetric spatial padding follows from the
-    shapes: ``H' = H + 2 ph - kH + 1``; positions outside the frame read 0; an already padded frame
-    ``(B, H'+kH-1, W'+kW-1, C)`` means no padding); ``acc``: ``(B, kT-1, H', W', C)`` (donate it: it
+    ``x``: ``(B, H, W, C)`` the frame, unpadded; positions outside it read 0. ``strides``: the
+    spatial ``(sh, sw)``; ``pads``: the symmetric spatial ``(ph, pw)``, at stride 1 inferred from the
+    shapes when None (``H' = H + 2 ph - kH + 1``; an already padded frame ``(B, H'+kH-1, W'+kW-1, C)``
+    means no padding); ``acc``: ``(B, kT-1, H', W', C)`` (donate it: it
     is updated in place); ``kernel``: ``(kT, kH, kW, C)``; ``bias``: ``(C,)`` or None; ``valid``:
     ``(B,)`` bool or int (nonzero: valid). ``in_activation`` (``''``, ``'relu'``, ``'swish'``: f(0) = 0)
     is applied to the frame as loaded, ``activation`` (same choices) to the output after the bias.
@@ -161,14 +175,15 @@ def depthwise_step(x, acc, kernel, bias, valid, *, in_activation: str = "", acti
     b, h, w, _ = x.shape
     if acc.shape[:2] != (b, kt - 1) or acc.shape[4] != c or x.shape[3] != c:
         raise ValueError(f"depthwise_step: acc {acc.shape} does not match x {x.shape} and kernel {kernel.shape}")
-    ph, pw = _pads(x.shape, acc.shape, kernel.shape)
+    sh, sw = (int(s) for s in strides)
+    ph, pw = _pads(x.shape, acc.shape, kernel.shape, (sh, sw), pads)
     ho, wo = acc.shape[2:4]
     if interpret is None:
         interpret = jax.devices()[0].platform != "gpu"
     th, tw, tc = tiles(ho, wo, c, budget, max_tc, max_tw)
     grid = (b, math.ceil(ho / th), math.ceil(wo / tw) * math.ceil(c / tc))
     has_bias = bias is not None
-    body = functools.partial(_kernel, kt=kt, kh=kh, kw=kw, ph=ph, pw=pw, h=h, w=w, ho=ho, wo=wo, c=c, th=th, tw=tw,
+    body = functools.partial(_kernel, kt=kt, kh=kh, kw=kw, sh=sh, sw=sw, ph=ph, pw=pw, h=h, w=w, ho=ho, wo=wo, c=c, th=th, tw=tw,
                              tc=tc, has_bias=has_bias, in_activation=in_activation, activation=activation,
                              interpret=interpret)
     v = valid if valid.dtype == jnp.int32 else valid.astype(jnp.int32)
@@ -185,18 +200,20 @@ def depthwise_step(x, acc, kernel, bias, valid, *, in_activation: str = "", acti
 _XLA_ACTIVATIONS = {"": lambda v: v, "relu": jax.nn.relu, "swish": lambda v: v * jax.nn.sigmoid(v)}
 
 
-def depthwise_step_reference(x, acc, kernel, bias, valid, *, in_activation: str = "", activation: str = ""):
+def depthwise_step_reference(x, acc, kernel, bias, valid, *, strides: tuple = (1, 1), pads: tuple | None = None,
+                             in_activation: str = "", activation: str = ""):
     """The same step in plain XLA ops, in the XLA path's order of summation (for tests and timing):
     the activated frame zero-padded, the taps, the output (+ bias, then ``activation``)."""
     kt, kh, kw, c = kernel.shape
-    ph, pw = _pads(x.shape, acc.shape, kernel.shape)
+    sh, sw = strides
+    ph, pw = _pads(x.shape, acc.shape, kernel.shape, strides, pads)
     ho, wo = acc.shape[2:4]
     xp = jnp.pad(_XLA_ACTIVATIONS[in_activation](x), ((0, 0), (ph, ph), (pw, pw), (0, 0)))
     k = kernel.astype(xp.dtype)
     z = None
     for i in range(kh):
         for j in range(kw):
-            t = xp[:, None, i:i + ho, j:j + wo] * k[:, i, j][None, :, None, None, :]
+            t = xp[:, None, i:i + (ho - 1) * sh + 1:sh, j:j + (wo - 1) * sw + 1:sw] * k[:, i, j][None, :, None, None, :]
             z = t if z is None else z + t
     y = acc[:, 0] + z[:, kt - 1]
     if bias is not None:

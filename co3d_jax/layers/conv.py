@@ -113,10 +113,10 @@ class Conv(Layer):
     depthwise algorithm (``'lax'`` grouped convolution, ``'shift'`` shift-and-add, ``'auto'``:
     shift for depthwise; for a dense conv with a one-frame kernel, ``'shift'`` avoids the library
     convolution: a 1x1 kernel as a matmul then subsampled, a spatial kernel over at most 4 input
-    channels as shifted multiply-adds; ``'pallas'``: the step of a stride-1, zero-filled depthwise conv runs as
-    one fused Pallas kernel, :func:`co3d_jax.kernels.depthwise_step` (interpreted off GPUs), and
+    channels as shifted multiply-adds; ``'pallas'``: the step of a zero-filled depthwise conv with temporal
+    stride 1 (any spatial stride) runs as one fused Pallas kernel, :func:`co3d_jax.kernels.depthwise_step` (interpreted off GPUs), and
     everything else as ``'shift'``; ``'fused'``: in step mode on an NVIDIA GPU, ``'pallas'`` for a
-    depthwise conv and ``'shift'`` for a dense one, everywhere else ``'auto'`` (X3D's default: the
+    depthwise conv at spatial stride 1 and ``'shift'`` for a dense one, everywhere else ``'auto'`` (X3D's default: the
     fastest exact path measured on an H200, ``results/README.md``)); ``clip_impl`` overrides it for clip mode (on an H100 the grouped
     convolution won for X3D-L clips, shift-and-add everywhere else we measured).
 
@@ -364,8 +364,10 @@ class Conv(Layer):
         return gate(valid, {"acc": new_acc, "n": n_next}, state), Out(self._out(y.astype(x.dtype)), emit)
 
     def _pallas_ok(self) -> bool:
+        """Whether the kernel covers this conv: ``'pallas'`` wherever it can (spatial strides too),
+        ``'fused'`` at spatial stride 1 only (what was measured faster on an H200)."""
         from ..kernels import pallas_supported
-        return pallas_supported(self.kernel, self.strides, self.temporal_fill)
+        return pallas_supported(self.kernel, self.strides, self.temporal_fill, spatial_strides=self.impl == "pallas")
 
     def _pallas_step(self, params, state, x, valid, emit, n_next):
         """:meth:`step` as one fused kernel: input activation, taps over the unpadded frame (masked
@@ -373,6 +375,7 @@ class Conv(Layer):
         from ..kernels import depthwise_step
         acc = state["acc"]
         y, new_acc = depthwise_step(x.astype(acc.dtype), acc, params["kernel"][:, :, :, 0, :],
-                                    params.get("bias") if self.bias else None, valid,
-                                    in_activation=self.in_activation, activation=self.out_activation)
+                                    params.get("bias") if self.bias else None, valid, strides=self.strides[1:],
+                                    pads=self.pads[1:], in_activation=self.in_activation,
+                                    activation=self.out_activation)
         return {"acc": new_acc, "n": gate(valid, n_next, state["n"])}, Out(y.astype(x.dtype), emit)
