@@ -48,10 +48,11 @@ def bench_model(name: str, depthwise: str = "auto", **options):
 
 
 def bench_stream(name: str, batch: int, dtype: str, chunk: int, repeats: int, unroll: int = 1,
-                 depthwise: str = "auto", image_size: int | None = None) -> dict:
+                 depthwise: str = "auto", image_size: int | None = None, options: dict | None = None) -> dict:
     """Frames/s of ``stream`` over ``chunk``-frame calls for ``batch`` streams (BN folded, params,
-    state and frames in ``dtype``, state donated between calls); ``memory_mb`` of the executable."""
-    model = bench_model(name, depthwise, **({"image_size": image_size} if image_size else {}))
+    state and frames in ``dtype``, state donated between calls); ``memory_mb`` of the executable.
+    ``options``: more ``create_model`` options (recorded in the row when given)."""
+    model = bench_model(name, depthwise, **({"image_size": image_size} if image_size else {}), **(options or {}))
     params = model.init(jax.random.key(0))
     model, params = model.fold_batchnorm(params)
     dt = jnp.bfloat16 if dtype == "bf16" else jnp.float32
@@ -73,15 +74,15 @@ def bench_stream(name: str, batch: int, dtype: str, chunk: int, repeats: int, un
     run()  # second warm-up (steady state)
     sec = median_time(run, repeats)
     return {"kind": "stream", "model": name, "batch": batch, "dtype": dtype, "chunk": chunk, "unroll": unroll,
-            "depthwise": depthwise, "seconds_per_chunk": sec, "frames_per_s": batch * chunk / sec,
-            "compile_s": compile_s, "memory_mb": memory_mb(fn)}
+            "depthwise": depthwise, **({"options": options} if options else {}), "seconds_per_chunk": sec,
+            "frames_per_s": batch * chunk / sec, "compile_s": compile_s, "memory_mb": memory_mb(fn)}
 
 
 def bench_clip(name: str, batch: int, dtype: str, repeats: int, depthwise: str = "auto",
-               image_size: int | None = None) -> dict:
+               image_size: int | None = None, options: dict | None = None) -> dict:
     """Clips/s of ``forward`` on ``batch`` clips (BN folded, params and clips in ``dtype``);
-    ``memory_mb`` of the executable."""
-    model = bench_model(name, depthwise, **({"image_size": image_size} if image_size else {}))
+    ``memory_mb`` of the executable. ``options``: more ``create_model`` options (recorded when given)."""
+    model = bench_model(name, depthwise, **({"image_size": image_size} if image_size else {}), **(options or {}))
     params = model.init(jax.random.key(0))
     model, params = model.fold_batchnorm(params)
     dt = jnp.bfloat16 if dtype == "bf16" else jnp.float32
@@ -94,4 +95,4 @@ def bench_clip(name: str, batch: int, dtype: str, repeats: int, depthwise: str =
     compile_s = time.perf_counter() - t0
     sec = median_time(lambda: jax.block_until_ready(fn(params, clip)), repeats)
     return {"kind": "clip", "model": name, "batch": batch, "dtype": dtype, "depthwise": depthwise,
-            "seconds_per_batch": sec, "clips_per_s": batch / sec, "compile_s": compile_s, "memory_mb": memory_mb(fn)}
+            **({"options": options} if options else {}), "seconds_per_batch": sec, "clips_per_s": batch / sec, "compile_s": compile_s, "memory_mb": memory_mb(fn)}
