@@ -5,6 +5,7 @@ device, one warm-up call (compilation, reported as ``compile_s``) and then the m
 
 from __future__ import annotations
 
+import math
 import time
 
 import jax
@@ -36,6 +37,23 @@ def memory_mb(compiled) -> float | None:
         return None
     return (mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
             - getattr(mem, "alias_size_in_bytes", 0)) / 2 ** 20
+
+
+HBM_BYTES_PER_S = {"H200": 4.8e12, "H100": 3.35e12}   # HBM bandwidth by device name
+
+
+def hbm_bytes_per_s(device: str) -> float | None:
+    """The HBM bandwidth of the device named ``device`` (e.g. "NVIDIA H200"), None if unknown."""
+    return next((v for k, v in HBM_BYTES_PER_S.items() if k in device), None)
+
+
+def min_bytes(model, dtype: str = "fp32") -> tuple[int, int]:
+    """``(state bytes per stream, bytes_min per frame)`` of a continual model's step: the state (float
+    leaves in ``dtype``, int32 counters) read and written once, plus the input frame."""
+    item = 2 if dtype == "bf16" else 4
+    state = jax.eval_shape(lambda: model.init_state(1, jnp.bfloat16 if dtype == "bf16" else jnp.float32))
+    state_bytes = sum(math.prod(a.shape) * a.dtype.itemsize for a in jax.tree.leaves(state))
+    return state_bytes, 2 * state_bytes + math.prod(model.frame_shape) * item
 
 
 def bench_model(name: str, depthwise: str = "auto", **options):

@@ -74,9 +74,9 @@ def target_status(kind: str, value: float | None, target: float | None, ratio: f
 
 def memory_roofline_fraction(model_name: str, dtype: str, fps: float, device: str) -> float | None:
     """``fps`` over the memory roofline of a continual step (state read and written once plus the
-    frame, :func:`benchmarks.roofline.min_bytes`, at the device's HBM bandwidth); None off a known GPU."""
+    frame, :func:`co3d_jax.benchmark.min_bytes`, at the device's HBM bandwidth); None off a known GPU."""
     import co3d_jax
-    from benchmarks.roofline import hbm_bytes_per_s, min_bytes
+    from co3d_jax.benchmark import hbm_bytes_per_s, min_bytes
     hbm = hbm_bytes_per_s(device)
     if not hbm:
         return None

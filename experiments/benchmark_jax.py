@@ -115,6 +115,7 @@ def main(argv=None) -> int:
     ap.add_argument("--xla-models", default="cox3d_s_64,cox3d_m_64",
                     help="continual models also run on the XLA path (section xla: depthwise_impl=auto, "
                          "dense_impl=auto) for stream, and cox3d_s_64's latency in fp32")
+    ap.add_argument("--clip-dtypes", default=None, help="dtypes of the clip section (default: --dtypes)")
     ap.add_argument("--image-size", type=int, default=None, help="override every model's frame size (smoke runs)")
     ap.add_argument("--batch", type=int, default=None, help="override the paper batch sizes (smoke runs)")
     ap.add_argument("--quick", action="store_true", help="tiny CPU smoke run (small images, batch 2)")
@@ -139,11 +140,6 @@ def main(argv=None) -> int:
         for name, batch in co_models:
             for dt in dtypes:
                 record(bench_stream(name, batch, dt, args.chunk, args.repeats, **size))
-    if "xla" in sections:
-        for name, batch in co_models:
-            if name in args.xla_models.split(","):
-                for dt in dtypes:
-                    record(bench_stream(name, batch, dt, args.chunk, args.repeats, options=XLA, **size))
     if "latency" in sections:
         for dt in dtypes:
             record(bench_latency("cox3d_s_64", dt, args.latency_steps, **size))
@@ -151,8 +147,13 @@ def main(argv=None) -> int:
             record(bench_latency("cox3d_s_64", "fp32", args.latency_steps, options=XLA, **size))
     if "clip" in sections:
         for name, batch in clip_models:
-            for dt in dtypes:
+            for dt in (args.clip_dtypes or args.dtypes).split(","):
                 record(bench_clip(name, batch, dt, args.repeats, **size))
+    if "xla" in sections:
+        for name, batch in co_models:
+            if name in args.xla_models.split(","):
+                for dt in dtypes:
+                    record(bench_stream(name, batch, dt, args.chunk, args.repeats, options=XLA, **size))
     if "depthwise" in sections:
         record(bench_stream("cox3d_s_64", 64, "fp32", args.chunk, args.repeats, depthwise="lax"))
         record(bench_stream("cox3d_s_64", 64, "bf16", args.chunk, args.repeats, depthwise="lax"))

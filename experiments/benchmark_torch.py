@@ -111,7 +111,7 @@ def main(argv=None) -> int:
     continual = require("continual", "bench", "the PyTorch benchmark")
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     env = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-           "device": torch.cuda.get_device_name() if dev.type == "cuda" else platform.processor(),
+           "device": torch.cuda.get_device_name() if dev.type == "cuda" else (platform.processor() or platform.machine()),
            "torch": torch.__version__, "continual_inference": continual.__version__,
            "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32, "cudnn": torch.backends.cudnn.version(),
            "pytorchvideo": require("pytorchvideo", "bench", "the PyTorch benchmark").__version__, "python": platform.python_version(),
