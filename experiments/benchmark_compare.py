@@ -98,7 +98,7 @@ def table(jax_res: dict, torch_res: dict) -> str:
              "step on NVIDIA GPUs); JAX XLA: `depthwise_impl=auto, dense_impl=auto`. Targets: issue 19 on one H200 "
              "(stream frames/s, latency ms per batch-1 `LiveStep` call, clip the JAX/PyTorch ratio in fp32). "
              "Roofline: JAX fused frames/s as a fraction of the memory roofline (state read and written once plus "
-             "the frame, `benchmarks/roofline.py`).", "",
+             "the frame, `benchmarks/roofline.py`; issue 19's goal: >= 35% for the CoX3D-S step).", "",
              "| kind | model | dtype | batch | JAX fused | JAX XLA | PyTorch | JAX/PyTorch | target | status | roofline |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for k, impls in rows.items():
