@@ -5,7 +5,7 @@
 Runs :mod:`experiments.benchmark_torch` then :mod:`experiments.benchmark_jax` in separate
 processes (so neither framework's allocator sees the other), merges both into
 ``OUT.json`` and writes ``OUT.md``: a table per model and dtype of JAX's default (fused) and XLA
-paths and PyTorch, the JAX/PyTorch ratio, issue 19's targets on one H200 with what was met or by
+paths and PyTorch, the JAX/PyTorch ratio, the project's targets on one H200 with what was met or by
 how much it was missed, and the stream rows' fraction of the memory roofline.
 """
 
@@ -95,10 +95,10 @@ def table(jax_res: dict, torch_res: dict) -> str:
              f"PyTorch: {te['device']} · torch {te['torch']} · continual-inference {te['continual_inference']} · "
              f"pytorchvideo {te.get('pytorchvideo', '?')} · {te['date']} · `{te.get('command', '')}`", "",
              "JAX fused: the models' defaults (X3D `depthwise_impl`/`dense_impl=\"fused\"`: the Pallas depthwise "
-             "step on NVIDIA GPUs); JAX XLA: `depthwise_impl=auto, dense_impl=auto`. Targets: issue 19 on one H200 "
+             "step on NVIDIA GPUs); JAX XLA: `depthwise_impl=auto, dense_impl=auto`. Targets: the project's on one H200 "
              "(stream frames/s, latency ms per batch-1 `LiveStep` call, clip the JAX/PyTorch ratio in fp32). "
              "Roofline: JAX fused frames/s as a fraction of the memory roofline (state read and written once plus "
-             "the frame, `benchmarks/roofline.py`; issue 19's goal: >= 35% for the CoX3D-S step).", "",
+             "the frame, `benchmarks/roofline.py`; the goal: >= 35% for the CoX3D-S step).", "",
              "| kind | model | dtype | batch | JAX fused | JAX XLA | PyTorch | JAX/PyTorch | target | status | roofline |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for k, impls in rows.items():
