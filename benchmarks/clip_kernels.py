@@ -167,6 +167,25 @@ def summary(r: dict) -> str:
     return line
 
 
+def layer_table(rows: list[dict], top: int = 12) -> str:
+    """Markdown: GPU µs per clip by layer kind (the ``top`` kinds by the rows' largest time), one
+    column per traced row (model/label/dtype), plus kernels and total µs per clip."""
+    rows = [r for r in rows if "trace_per_call" in r]
+    if not rows:
+        return ""
+    cols = [f"{r['model']}/{r['label']}/{r['dtype']}" for r in rows]
+    per = [{k: v["us_per_step"] / r["batch"] for k, v in r["trace_per_call"].get("by_layer_kind", {}).items()}
+           for r in rows]
+    kinds = sorted({k for p in per for k in p}, key=lambda k: -max(p.get(k, 0.0) for p in per))[:top]
+    lines = ["| layer kind (µs per clip) | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    lines += [f"| {k} | " + " | ".join(f"{p.get(k, 0.0):.1f}" for p in per) + " |" for k in kinds]
+    lines.append("| all (GPU µs per clip) | " + " | ".join(
+        f"{r['trace_per_call'].get('gpu_us_per_step', 0.0) / r['batch']:.1f}" for r in rows) + " |")
+    lines.append("| kernels per call | " + " | ".join(
+        f"{r['trace_per_call'].get('kernels_per_step', 0.0):.0f}" for r in rows) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.clip_kernels", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -183,7 +202,12 @@ def main(argv=None) -> int:
     ap.add_argument("--timing", action="store_true", help="time and trace off GPUs too (tests the GPU path)")
     ap.add_argument("--dump", default=None, help="folder for the optimised HLO texts")
     ap.add_argument("--out", default="results/clip_kernels.json")
+    ap.add_argument("--table", default=None, help="only print the layer table of an earlier results JSON")
     args = ap.parse_args(argv)
+    if args.table:
+        with open(args.table) as f:
+            print(layer_table(json.load(f)["rows"]))
+        return 0
 
     variants = []
     for v in filter(None, args.variants.split(";")):
@@ -221,6 +245,7 @@ def main(argv=None) -> int:
                     os.makedirs(os.path.dirname(args.out), exist_ok=True)
                 with open(args.out, "w") as f:  # after every row: a cut-off run keeps what it measured
                     json.dump({"env": env, "rows": rows}, f, indent=1)
+    print(layer_table(rows))
     return 0
 
 

@@ -4,7 +4,7 @@ convolution layout count of an optimised HLO module, and the kernel-name groupin
 import gzip
 import json
 
-from benchmarks.clip_kernels import conv_layouts, kernel_names, main
+from benchmarks.clip_kernels import conv_layouts, kernel_names, layer_table, main
 
 
 def test_main_times_and_counts_a_tiny_clip(tmp_path):
@@ -48,3 +48,14 @@ def test_kernel_names_groups_stream_kernels(tmp_path):
     assert kernel_names(str(tmp_path), 2) == [
         {"kernel": "loop_fusion", "per_call": 2.0, "us_per_call": 8.0},
         {"kernel": "sm90_xmma_fprop_grouped", "per_call": 1.0, "us_per_call": 4.0}]
+
+
+def test_layer_table_per_clip():
+    rows = [{"model": "x3d_l", "label": l, "dtype": "fp32", "batch": 32,
+             "trace_per_call": {"gpu_us_per_step": 3200.0 * k, "kernels_per_step": 100,
+                                "by_layer_kind": {"branch2/b": {"us_per_step": 1600.0 * k}, "branch2/a": {"us_per_step": 320.0}}}}
+            for l, k in (("lax", 1), ("shift", 2))]
+    t = layer_table(rows + [{"model": "x3d_m", "label": "shift", "dtype": "fp32", "batch": 64}]).splitlines()
+    assert t[0] == "| layer kind (µs per clip) | x3d_l/lax/fp32 | x3d_l/shift/fp32 |"
+    assert t[2] == "| branch2/b | 50.0 | 100.0 |" and t[3] == "| branch2/a | 10.0 | 10.0 |"
+    assert t[4] == "| all (GPU µs per clip) | 100.0 | 200.0 |"
