@@ -20,25 +20,9 @@ import argparse
 import json
 import math
 
-HBM_BYTES_PER_S = {"H200": 4.8e12, "H100": 3.35e12}   # HBM bandwidth by device name
+from co3d_jax.benchmark import HBM_BYTES_PER_S, hbm_bytes_per_s, min_bytes  # noqa: F401  (re-exported)
+
 PEAK = {"fp32_flops": 67e12, "bf16_flops": 989e12, "hbm_bytes": HBM_BYTES_PER_S["H100"]}
-
-
-def hbm_bytes_per_s(device: str) -> float | None:
-    """The HBM bandwidth of the device named ``device`` (e.g. "NVIDIA H200"), None if unknown."""
-    return next((v for k, v in HBM_BYTES_PER_S.items() if k in device), None)
-
-
-def min_bytes(model, dtype: str = "fp32") -> tuple[int, int]:
-    """``(state bytes per stream, bytes_min per frame)``: the state (float leaves in ``dtype``,
-    int32 counters) read and written once, plus the input frame."""
-    import jax
-    import jax.numpy as jnp
-
-    item = 2 if dtype == "bf16" else 4
-    state = jax.eval_shape(lambda: model.init_state(1, jnp.bfloat16 if dtype == "bf16" else jnp.float32))
-    state_bytes = sum(math.prod(a.shape) * a.dtype.itemsize for a in jax.tree.leaves(state))
-    return state_bytes, 2 * state_bytes + math.prod(model.frame_shape) * item
 
 
 def leaf_traffic(layer, in_shape, itemsize: int) -> int:

@@ -5,6 +5,7 @@ device, one warm-up call (compilation, reported as ``compile_s``) and then the m
 
 from __future__ import annotations
 
+import math
 import time
 
 import jax
@@ -38,6 +39,23 @@ def memory_mb(compiled) -> float | None:
             - getattr(mem, "alias_size_in_bytes", 0)) / 2 ** 20
 
 
+HBM_BYTES_PER_S = {"H200": 4.8e12, "H100": 3.35e12}   # HBM bandwidth by device name
+
+
+def hbm_bytes_per_s(device: str) -> float | None:
+    """The HBM bandwidth of the device named ``device`` (e.g. "NVIDIA H200"), None if unknown."""
+    return next((v for k, v in HBM_BYTES_PER_S.items() if k in device), None)
+
+
+def min_bytes(model, dtype: str = "fp32") -> tuple[int, int]:
+    """``(state bytes per stream, bytes_min per frame)`` of a continual model's step: the state (float
+    leaves in ``dtype``, int32 counters) read and written once, plus the input frame."""
+    item = 2 if dtype == "bf16" else 4
+    state = jax.eval_shape(lambda: model.init_state(1, jnp.bfloat16 if dtype == "bf16" else jnp.float32))
+    state_bytes = sum(math.prod(a.shape) * a.dtype.itemsize for a in jax.tree.leaves(state))
+    return state_bytes, 2 * state_bytes + math.prod(model.frame_shape) * item
+
+
 def bench_model(name: str, depthwise: str = "auto", **options):
     """``create_model(name, **options)``; ``depthwise`` (X3D/CoX3D's ``depthwise_impl``) is passed
     only when it is not ``auto``, so every registry model can be benchmarked; ``auto`` keeps the
@@ -48,10 +66,11 @@ def bench_model(name: str, depthwise: str = "auto", **options):
 
 
 def bench_stream(name: str, batch: int, dtype: str, chunk: int, repeats: int, unroll: int = 1,
-                 depthwise: str = "auto", image_size: int | None = None) -> dict:
+                 depthwise: str = "auto", image_size: int | None = None, options: dict | None = None) -> dict:
     """Frames/s of ``stream`` over ``chunk``-frame calls for ``batch`` streams (BN folded, params,
-    state and frames in ``dtype``, state donated between calls); ``memory_mb`` of the executable."""
-    model = bench_model(name, depthwise, **({"image_size": image_size} if image_size else {}))
+    state and frames in ``dtype``, state donated between calls); ``memory_mb`` of the executable.
+    ``options``: more ``create_model`` options (recorded in the row when given)."""
+    model = bench_model(name, depthwise, **({"image_size": image_size} if image_size else {}), **(options or {}))
     params = model.init(jax.random.key(0))
     model, params = model.fold_batchnorm(params)
     dt = jnp.bfloat16 if dtype == "bf16" else jnp.float32
@@ -73,15 +92,15 @@ def bench_stream(name: str, batch: int, dtype: str, chunk: int, repeats: int, un
     run()  # second warm-up (steady state)
     sec = median_time(run, repeats)
     return {"kind": "stream", "model": name, "batch": batch, "dtype": dtype, "chunk": chunk, "unroll": unroll,
-            "depthwise": depthwise, "seconds_per_chunk": sec, "frames_per_s": batch * chunk / sec,
-            "compile_s": compile_s, "memory_mb": memory_mb(fn)}
+            "depthwise": depthwise, **({"options": options} if options else {}), "seconds_per_chunk": sec,
+            "frames_per_s": batch * chunk / sec, "compile_s": compile_s, "memory_mb": memory_mb(fn)}
 
 
 def bench_clip(name: str, batch: int, dtype: str, repeats: int, depthwise: str = "auto",
-               image_size: int | None = None) -> dict:
+               image_size: int | None = None, options: dict | None = None) -> dict:
     """Clips/s of ``forward`` on ``batch`` clips (BN folded, params and clips in ``dtype``);
-    ``memory_mb`` of the executable."""
-    model = bench_model(name, depthwise, **({"image_size": image_size} if image_size else {}))
+    ``memory_mb`` of the executable. ``options``: more ``create_model`` options (recorded when given)."""
+    model = bench_model(name, depthwise, **({"image_size": image_size} if image_size else {}), **(options or {}))
     params = model.init(jax.random.key(0))
     model, params = model.fold_batchnorm(params)
     dt = jnp.bfloat16 if dtype == "bf16" else jnp.float32
@@ -94,4 +113,4 @@ def bench_clip(name: str, batch: int, dtype: str, repeats: int, depthwise: str =
     compile_s = time.perf_counter() - t0
     sec = median_time(lambda: jax.block_until_ready(fn(params, clip)), repeats)
     return {"kind": "clip", "model": name, "batch": batch, "dtype": dtype, "depthwise": depthwise,
-            "seconds_per_batch": sec, "clips_per_s": batch / sec, "compile_s": compile_s, "memory_mb": memory_mb(fn)}
+            **({"options": options} if options else {}), "seconds_per_batch": sec, "clips_per_s": batch / sec, "compile_s": compile_s, "memory_mb": memory_mb(fn)}

@@ -4,8 +4,9 @@
 
 Runs :mod:`experiments.benchmark_torch` then :mod:`experiments.benchmark_jax` in separate
 processes (so neither framework's allocator sees the other), merges both into
-``OUT.json`` and writes ``OUT.md``: a table of throughput per model and dtype with the JAX/torch
-ratio, and the project's throughput targets on one H100 (frames/s).
+``OUT.json`` and writes ``OUT.md``: a table per model and dtype of JAX's default (fused) and XLA
+paths and PyTorch, the JAX/PyTorch ratio, the project's targets on one H200 with what was met or by
+how much it was missed, and the stream rows' fraction of the memory roofline.
 """
 
 from __future__ import annotations
@@ -19,10 +20,16 @@ import sys
 from co3d_jax.extras import cli_main, require
 from experiments._cli import atomic_write
 
-TARGETS = {  # the project's throughput targets on one H100 (frames/s)
-    ("stream", "cox3d_s_64", "fp32"): 30000, ("stream", "cox3d_m_64", "fp32"): 15000,
-    ("stream", "cox3d_l_64", "fp32"): 4500,
+# Issue 19's targets on one H200: frames/s (stream, at the paper batches), ms per batch-1 LiveStep
+# call (latency), and the JAX/PyTorch clips/s ratio in fp32 (clip).
+TARGETS = {
+    ("stream", "cox3d_s_64", "fp32"): 35000, ("stream", "cox3d_s_64", "bf16"): 50000,
+    ("stream", "cox3d_m_64", "fp32"): 20000, ("stream", "cox3d_m_64", "bf16"): 30000,
+    ("stream", "cox3d_l_64", "fp32"): 5500, ("stream", "cox3d_l_64", "bf16"): 8000,
+    ("latency", "cox3d_s_64", "fp32"): 0.5, ("latency", "cox3d_s_64", "bf16"): 0.5,
+    ("clip", "x3d_s", "fp32"): 2.0, ("clip", "x3d_m", "fp32"): 2.0, ("clip", "x3d_l", "fp32"): 1.2,
 }
+UNITS = {"stream": "frames/s", "clip": "clips/s", "latency": "ms/call"}
 
 
 def _run(module: str, out: str, extra: list[str]) -> dict:
@@ -41,26 +48,78 @@ def _value(r):
     return {"stream": r.get("frames_per_s"), "clip": r.get("clips_per_s"), "latency": r.get("median_ms")}[r["kind"]]
 
 
+def _impl(r) -> str | None:
+    """``fused`` (the model's default), ``xla`` (``depthwise_impl=auto, dense_impl=auto``), or None
+    (another variant: listed below the table)."""
+    if r.get("unroll", 1) != 1 or r.get("depthwise", "auto") != "auto":
+        return None
+    opts = r.get("options") or {}
+    if not opts:
+        return "fused"
+    return "xla" if opts == {"depthwise_impl": "auto", "dense_impl": "auto"} else None
+
+
+def target_status(kind: str, value: float | None, target: float | None, ratio: float | None) -> str:
+    """"met" or by how much ``value`` misses ``target``: throughput short of it in %, a latency as a
+    multiple of it, a clip ratio (``ratio`` = JAX/PyTorch) short of it in %; "" without a target."""
+    if target is None:
+        return ""
+    if kind == "latency":
+        return "" if value is None else ("met" if value <= target else f"missed: {value / target:.2f}x the target")
+    got = ratio if kind == "clip" else value
+    if got is None:
+        return "not measured"
+    return "met" if got >= target else f"missed by {100 * (1 - got / target):.0f}%"
+
+
+def memory_roofline_fraction(model_name: str, dtype: str, fps: float, device: str) -> float | None:
+    """``fps`` over the memory roofline of a continual step (state read and written once plus the
+    frame, :func:`co3d_jax.benchmark.min_bytes`, at the device's HBM bandwidth); None off a known GPU."""
+    import co3d_jax
+    from co3d_jax.benchmark import hbm_bytes_per_s, min_bytes
+    hbm = hbm_bytes_per_s(device)
+    if not hbm:
+        return None
+    return fps * min_bytes(co3d_jax.create_model(model_name), dtype)[1] / hbm
+
+
 def table(jax_res: dict, torch_res: dict) -> str:
-    base = {_key(r): r for r in jax_res["results"]
-            if "dtype" in r and r.get("depthwise", "auto") == "auto" and r.get("unroll", 1) == 1}
+    rows = {}
+    for r in jax_res["results"]:
+        impl = _impl(r) if "dtype" in r and r.get("kind") in UNITS else None
+        if impl:
+            rows.setdefault(_key(r), {})[impl] = r
     ref = {_key(r): r for r in torch_res["results"] if "dtype" in r}
-    lines = [f"JAX: {jax_res['env']['device']} · jax {jax_res['env']['jax']} · {jax_res['env']['date']}",
-             f"torch: {torch_res['env']['device']} · torch {torch_res['env']['torch']} · continual-inference "
-             f"{torch_res['env']['continual_inference']}", "",
-             "| kind | model | dtype | batch | JAX | PyTorch | JAX/PyTorch | target |", "|---|---|---|---|---|---|---|---|"]
-    units = {"stream": "frames/s", "clip": "clips/s", "latency": "ms/step"}
-    for k, r in base.items():
-        if k[0] not in units:
-            continue
+    je, te = jax_res["env"], torch_res["env"]
+    lines = [f"JAX: {je['device']} · jax {je['jax']} · {je['date']} · `{je.get('command', '')}`",
+             f"PyTorch: {te['device']} · torch {te['torch']} · continual-inference {te['continual_inference']} · "
+             f"pytorchvideo {te.get('pytorchvideo', '?')} · {te['date']} · `{te.get('command', '')}`", "",
+             "JAX fused: the models' defaults (X3D `depthwise_impl`/`dense_impl=\"fused\"`: the Pallas depthwise "
+             "step on NVIDIA GPUs); JAX XLA: `depthwise_impl=auto, dense_impl=auto`. Targets: the project's on one H200 "
+             "(stream frames/s, latency ms per batch-1 `LiveStep` call, clip the JAX/PyTorch ratio in fp32). "
+             "Roofline: JAX fused frames/s as a fraction of the memory roofline (state read and written once plus "
+             "the frame, `benchmarks/roofline.py`; the goal: >= 35% for the CoX3D-S step).", "",
+             "| kind | model | dtype | batch | JAX fused | JAX XLA | PyTorch | JAX/PyTorch | target | status | roofline |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for k, impls in rows.items():
+        r = impls.get("fused") or impls.get("xla")
+        j = _value(impls["fused"]) if "fused" in impls else None
+        x = _value(impls["xla"]) if "xla" in impls else None
         t = ref.get(k)
-        j, p = _value(r), (_value(t) if t else None)
-        ratio = "" if p is None else (f"{p / j:.1f}x faster" if k[0] == "latency" else f"{j / p:.1f}x")
-        tgt = TARGETS.get(k, "")
-        lines.append(f"| {k[0]} | {k[1]} | {k[2]} | {r['batch']} | {j:,.1f} {units[k[0]]} | "
-                     f"{'' if p is None else f'{p:,.1f}'} | {ratio} | {tgt} |")
-    extra = [r for r in jax_res["results"] if "dtype" not in r or r.get("unroll", 1) != 1
-             or r.get("depthwise", "auto") != "auto"]
+        p = _value(t) if t else None
+        ratio = None if p is None or j is None else (p / j if k[0] == "latency" else j / p)
+        ratio_s = "" if ratio is None else (f"{ratio:.1f}x faster" if k[0] == "latency" else f"{ratio:.2f}x")
+        tgt = TARGETS.get(k)
+        tgt_s = "" if tgt is None else (f"{tgt:g}x PyTorch" if k[0] == "clip" else f"{tgt:,g} {UNITS[k[0]]}")
+        status = target_status(k[0], j, tgt, None if k[0] != "clip" else (j / p if p and j else None))
+        roof = ""
+        if k[0] == "stream" and j is not None:
+            frac = memory_roofline_fraction(k[1], k[2], j, je["device"])
+            roof = "" if frac is None else f"{100 * frac:.1f}%"
+        fmt = (lambda v: "" if v is None else (f"{v:.3f}" if k[0] == "latency" else f"{v:,.0f}"))
+        lines.append(f"| {k[0]} | {k[1]} | {k[2]} | {r['batch']} | {fmt(j)} | {fmt(x)} | {fmt(p)} | {ratio_s} | "
+                     f"{tgt_s} | {status} | {roof} |")
+    extra = [r for r in jax_res["results"] if not ("dtype" in r and r.get("kind") in UNITS and _impl(r))]
     if extra:
         lines += ["", "Other JAX measurements:", ""] + [f"- `{json.dumps(r)}`" for r in extra]
     return "\n".join(lines)

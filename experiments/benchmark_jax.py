@@ -6,8 +6,10 @@
 Continual models run one jitted ``lax.scan`` per chunk of ``--chunk`` frames for a batch of
 streams, with BN folded and the state donated between chunks; clip models run one jitted forward
 per batch. Every figure is the median of ``--repeats`` timed calls after a warm-up call
-(compilation excluded), synchronised with ``block_until_ready``. Also measured: single-step
-latency at batch 1 (one jitted ``step`` call per frame, as a live stream runs), the depthwise
+(compilation excluded), synchronised with ``block_until_ready``. The models run their defaults
+(X3D: ``depthwise_impl``/``dense_impl="fused"``, the Pallas step on NVIDIA GPUs); section ``xla``
+adds stream rows on the XLA path (``depthwise_impl=auto, dense_impl=auto``). Also measured:
+batch-1 latency of a :class:`co3d_jax.live.LiveStep` call (as a live stream runs), the depthwise
 algorithm (shift-and-add vs grouped convolution), scan unroll, and bf16 vs fp32 output error.
 Results: JSON with device, versions, date and command.
 """
@@ -31,33 +33,43 @@ CONTINUAL = [("cox3d_s_64", 64), ("cox3d_m_64", 64), ("cox3d_l_64", 32)]
 CLIP = [("x3d_s", 64), ("x3d_m", 64), ("x3d_l", 32)]
 
 
-def bench_latency(name: str, dtype: str, steps: int, depthwise: str = "auto") -> dict:
+def bench_latency(name: str, dtype: str, steps: int, options: dict | None = None,
+                  image_size: int | None = None) -> dict:
+    """Batch-1 latency of :class:`co3d_jax.live.LiveStep` (what a live stream calls per frame:
+    weights baked in, packed state donated): the median and p90 of ``steps`` blocking calls, and
+    the wall time per call of ``steps`` calls dispatched back to back (pipelined)."""
     import jax
     import jax.numpy as jnp
 
-    from co3d_jax.benchmark import bench_model, bench_stream, cast_tree
+    from co3d_jax.benchmark import bench_model, cast_tree
+    from co3d_jax.live import LiveStep
 
-    model = bench_model(name, depthwise)
-    params = model.init(jax.random.key(0))
-    model, params = model.fold_batchnorm(params)
+    model = bench_model(name, **({"image_size": image_size} if image_size else {}), **(options or {}))
+    model, params = model.fold_batchnorm(model.init(jax.random.key(0)))
     dt = jnp.bfloat16 if dtype == "bf16" else jnp.float32
-    params = cast_tree(params, dt)
-    step = jax.jit(lambda s, x: model.step(params, s, x), donate_argnums=(0,))  # weights baked in
+    live = LiveStep(model, cast_tree(params, dt), 1, dt)
     frame = jax.random.normal(jax.random.key(1), (1, *model.frame_shape), dt)
-    state = model.init_state(1, dt)
+    state = live.init()
+    t0 = time.perf_counter()
     for _ in range(3):
-        state, out = step(state, frame)
+        state, out = live(state, frame)
     jax.block_until_ready(out)
+    compile_s = time.perf_counter() - t0
     times = []
     for _ in range(steps):
         t0 = time.perf_counter()
-        state, out = step(state, frame)
+        state, out = live(state, frame)
         jax.block_until_ready(out.scores)
         times.append(time.perf_counter() - t0)
-    scan = bench_stream(name, 1, dtype, 32, 5, depthwise=depthwise)
-    return {"kind": "latency", "model": name, "batch": 1, "dtype": dtype, "depthwise": depthwise,
-            "median_ms": float(np.median(times) * 1e3), "p90_ms": float(np.percentile(times, 90) * 1e3),
-            "in_scan_ms_per_frame": scan["seconds_per_chunk"] / 32 * 1e3}
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        state, out = live(state, frame)
+    jax.block_until_ready(out)
+    pipelined = (time.perf_counter() - t0) / steps
+    return {"kind": "latency", "model": name, "batch": 1, "dtype": dtype, "api": "LiveStep",
+            **({"options": options} if options else {}), "median_ms": float(np.median(times) * 1e3),
+            "p90_ms": float(np.percentile(times, 90) * 1e3), "pipelined_ms_per_call": pipelined * 1e3,
+            "steps": steps, "compile_s": compile_s}
 
 
 def bf16_error(name: str, frames: int = 96, batch: int = 4) -> dict:
@@ -90,20 +102,31 @@ def environment() -> dict:
             "xla_flags": os.environ.get("XLA_FLAGS", "")}
 
 
+XLA = {"depthwise_impl": "auto", "dense_impl": "auto"}  # the XLA-only step (no Pallas kernel, library convs)
+
+
 @cli_main
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m experiments.benchmark_jax", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_benchmark_args(ap, "results/bench_jax.json", 10, "stream,latency,clip,depthwise,unroll,bf16err")
+    add_benchmark_args(ap, "results/bench_jax.json", 10, "stream,latency,clip,xla,depthwise,unroll,bf16err")
     ap.add_argument("--chunk", type=int, default=64, help="frames per jitted scan call")
+    ap.add_argument("--latency-steps", type=int, default=200, help="timed LiveStep calls (latency)")
+    ap.add_argument("--xla-models", default="cox3d_s_64,cox3d_m_64",
+                    help="continual models also run on the XLA path (section xla: depthwise_impl=auto, "
+                         "dense_impl=auto) for stream, and cox3d_s_64's latency in fp32")
+    ap.add_argument("--clip-dtypes", default=None, help="dtypes of the clip section (default: --dtypes)")
+    ap.add_argument("--image-size", type=int, default=None, help="override every model's frame size (smoke runs)")
+    ap.add_argument("--batch", type=int, default=None, help="override the paper batch sizes (smoke runs)")
     ap.add_argument("--quick", action="store_true", help="tiny CPU smoke run (small images, batch 2)")
     args = ap.parse_args(argv)
 
     dtypes = args.dtypes.split(",")
     sections = set(args.sections.split(","))
     keep = set(args.models.split(",")) if args.models else None
-    co_models = [(n, b) for n, b in CONTINUAL if keep is None or n in keep]
-    clip_models = [(n, b) for n, b in CLIP if keep is None or n in keep]
+    co_models = [(n, args.batch or b) for n, b in CONTINUAL if keep is None or n in keep]
+    clip_models = [(n, args.batch or b) for n, b in CLIP if keep is None or n in keep]
+    size = {"image_size": args.image_size} if args.image_size else {}
 
     from co3d_jax.benchmark import bench_clip, bench_stream
 
@@ -116,18 +139,25 @@ def main(argv=None) -> int:
     if "stream" in sections:
         for name, batch in co_models:
             for dt in dtypes:
-                record(bench_stream(name, batch, dt, args.chunk, args.repeats))
+                record(bench_stream(name, batch, dt, args.chunk, args.repeats, **size))
     if "latency" in sections:
         for dt in dtypes:
-            record(bench_latency("cox3d_s_64", dt, 200))
+            record(bench_latency("cox3d_s_64", dt, args.latency_steps, **size))
+        if "xla" in sections and "cox3d_s_64" in args.xla_models.split(","):
+            record(bench_latency("cox3d_s_64", "fp32", args.latency_steps, options=XLA, **size))
     if "clip" in sections:
         for name, batch in clip_models:
-            for dt in dtypes:
-                record(bench_clip(name, batch, dt, args.repeats))
+            for dt in (args.clip_dtypes or args.dtypes).split(","):
+                record(bench_clip(name, batch, dt, args.repeats, **size))
+    if "xla" in sections:
+        for name, batch in co_models:
+            if name in args.xla_models.split(","):
+                for dt in dtypes:
+                    record(bench_stream(name, batch, dt, args.chunk, args.repeats, options=XLA, **size))
     if "depthwise" in sections:
         record(bench_stream("cox3d_s_64", 64, "fp32", args.chunk, args.repeats, depthwise="lax"))
         record(bench_stream("cox3d_s_64", 64, "bf16", args.chunk, args.repeats, depthwise="lax"))
-        record(bench_latency("cox3d_s_64", "fp32", 100, depthwise="lax"))
+        record(bench_latency("cox3d_s_64", "fp32", 100, options={"depthwise_impl": "lax"}))
         record(bench_clip("x3d_s", 64, "fp32", args.repeats, depthwise="lax"))
     if "unroll" in sections:
         for u in (2, 4):

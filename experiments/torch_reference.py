@@ -112,9 +112,10 @@ def build_torch_cox3d(cfg, head_act: str = "softmax"):
     return co.Sequential(OrderedDict(modules)).eval()
 
 
-def build_x3d_pytorchvideo(size: str, num_classes: int = 400):
-    """pytorchvideo's X3D as its hub builds ``x3d_{size}`` (random weights, eval mode)."""
+def build_x3d_pytorchvideo(size: str, num_classes: int = 400, crop: int | None = None):
+    """pytorchvideo's X3D as its hub builds ``x3d_{size}`` (random weights, eval mode); ``crop``
+    overrides the hub's input crop size (smaller smoke runs)."""
     from pytorchvideo.models.x3d import create_x3d
-    clip, crop, depth = X3D_HUB[size]
-    return create_x3d(input_clip_length=clip, input_crop_size=crop, depth_factor=depth,
+    clip, hub_crop, depth = X3D_HUB[size]
+    return create_x3d(input_clip_length=clip, input_crop_size=crop or hub_crop, depth_factor=depth,
                       model_num_class=num_classes).eval()
