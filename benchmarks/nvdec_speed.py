@@ -365,6 +365,7 @@ class ProcPool:
             a, b = ctx.Pipe()
             p = ctx.Process(target=_proc_main, args=(b,), daemon=True)
             p.start()
+            b.close()                     # this process keeps one end only: a dead child is an EOFError
             self.conns.append(a)
             self.procs.append(p)
 

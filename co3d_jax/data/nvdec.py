@@ -500,17 +500,19 @@ class NvdecFrames:
 
 def _host_frame(frame, shape: tuple) -> np.ndarray:
     """A frame PyNvVideoCodec decoded into host memory (``use_device_memory=False``) -> a numpy copy
-    of ``shape`` (the decoder may reuse its buffer): through DLPack where the frame exports a CPU
-    tensor, else from its plane pointer (``GetPtrToPlane(0)``, the planes contiguous)."""
-    size = int(np.prod(shape))
+    of ``shape`` ``(rows, W)`` (the decoder may reuse its buffer): through DLPack where the frame
+    exports a CPU tensor, else from its plane pointer (``GetPtrToPlane(0)``, the planes contiguous,
+    ``framesize()`` bytes where it says); rows wider than ``W`` (a pitch) are cut to ``W``."""
+    rows, w = shape
     try:
         a = np.from_dlpack(frame)
     except Exception:  # noqa: BLE001 (no CPU DLPack export: read the plane pointer)
         import ctypes
+        size = int(frame.framesize()) if hasattr(frame, "framesize") else rows * w
         a = np.ctypeslib.as_array((ctypes.c_uint8 * size).from_address(int(frame.GetPtrToPlane(0))))
-    if a.dtype != np.uint8 or a.size != size:
+    if a.dtype != np.uint8 or a.size % rows or a.size // rows < w:
         raise ValueError(f"host frame {a.shape} {a.dtype}, expected uint8 {shape}")
-    return np.array(a.reshape(shape), copy=True)
+    return np.array(a.reshape(rows, -1)[:, :w], copy=True)
 
 
 def resolve_decoder(decoder: str) -> str:
