@@ -770,8 +770,9 @@ def main(argv=None):
             short = os.path.join(d, f"{codec}_short.mp4")
             jobs = [(p, enc, i, N, gop) for i, p in enumerate(paths)]
             jobs += [(short, enc, 99, 150, gop)] if "checks" in args.sections else []
+            import multiprocessing as mp
             from concurrent.futures import ProcessPoolExecutor
-            with ProcessPoolExecutor(min(len(jobs), os.cpu_count() or 1)) as ex:
+            with ProcessPoolExecutor(min(len(jobs), os.cpu_count() or 1), mp_context=mp.get_context("spawn")) as ex:
                 list(ex.map(_make_job, jobs))
             res = out["results"][codec] = {"encoder": enc, "gop": gop or "encoder default",
                                            "make_videos_s": round(time.perf_counter() - t, 2)}
