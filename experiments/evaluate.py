@@ -77,8 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--limit", type=int, help="evaluate only the first N videos (dataset order)")
     d.add_argument("--decoder", default="cpu", choices=["cpu", "nvdec", "auto", "pyav", "opencv"],
                    help="cpu (default): Grain worker processes decode with --cpu-decoder; nvdec: NVIDIA's hardware "
-                        "decoder in --decoder-threads threads of this process, frames straight to the GPU (one "
-                        "process); auto: nvdec where available, else cpu with a one-line notice. pyav/opencv: "
+                        "decoder in --decoder-threads threads of this process, frames straight to the GPU, or in "
+                        "--decoder-procs worker processes (one JAX process); auto: nvdec where available, else cpu with a one-line notice. pyav/opencv: "
                         "cpu with that --cpu-decoder (the option's former meaning)")
     d.add_argument("--cpu-decoder", default="auto", choices=["auto", "pyav", "opencv"],
                    help="the CPU decoder's library (default auto: PyAV, else OpenCV)")

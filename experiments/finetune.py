@@ -113,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--prefetch", type=int, default=2, help="batches decoded ahead by the workers")
     r.add_argument("--decoder", default="cpu", choices=["cpu", "nvdec", "auto"],
                    help="cpu (default): Grain worker processes decode; nvdec: NVIDIA's hardware decoder in "
-                        "--decoder-threads threads of this process, frames straight to the GPU (one process); "
+                        "--decoder-threads threads of this process, frames straight to the GPU, or in --decoder-procs "
+                        "worker processes (one JAX process); "
                         "auto: nvdec where available, else cpu with a one-line notice")
     r.add_argument("--decoder-threads", type=int, default=4, help="--decoder nvdec: decoding threads (default 4)")
     r.add_argument("--decoder-procs", type=int, default=0,
