@@ -12,12 +12,18 @@ user gets (their own JSON summaries: steady rates after the compiling first upda
   updates): ``memory``: the first batch kept on the device and reused for every update (hidden
   ``--repeat-first-batch``: the same jitted step with no input behind it, the compute bound);
   ``cpu``: ``--decoder cpu --workers`` cores-2 Grain processes; ``nvdec``: ``--decoder nvdec
-  --decoder-threads --threads``; for the first codec also ``loader_only_*``: the same input
+  --decoder-threads --threads``; ``nvdec_procs``: ``--decoder nvdec --decoder-procs --procs`` (NVDEC
+  in worker processes, NV12 to the host, converted on the GPU); ``loader_only_*``: the same input
   pipeline alone (``BatchLoader``, each batch waited for, no train step), to tell the decoder's own
   rate from its contention with the step;
 * evaluation (``experiments.evaluate``, X3D-M, random weights, 400 classes, ``--eval-videos``):
-  ``cpu`` and ``nvdec``, and whether the top-5 predictions are equal on every video (count equal /
-  total, and the largest difference of any class score, ``--save-scores``).
+  ``cpu``, ``nvdec`` and ``nvdec_procs``, and whether the top-5 predictions of each NVDEC row equal
+  the CPU row's on every video (``eval_top5``, ``eval_top5_procs``: count equal / total, and the
+  largest difference of any class score, ``--save-scores``).
+
+``--rows`` picks the measurements and their order (e.g. ``libx264:eval_nvdec_procs mpeg4:eval_cpu``),
+so a short GPU slot can run the rows it needs; ``--distinct``/``--copies`` size the datasets and
+``--gop`` their keyframe interval.
 
 Each measurement is fail-soft (its error recorded, the rest go on) and has a time limit; the run
 stops starting new ones after ``--budget-s`` seconds (recorded as skipped). Children share a JAX
@@ -60,17 +66,18 @@ def log(msg: str) -> None:
 # ----------------------------------------------------------------------------- data
 def _make_one(job):
     from benchmarks.nvdec_speed import make_video
-    path, codec, seed, n, w, h = job
-    make_video(path, codec, seed=seed, n=n, w=w, h=h)
+    path, codec, seed, n, w, h, gop = job
+    make_video(path, codec, seed=seed, n=n, w=w, h=h, gop=gop)
     return path
 
 
-def make_data(root: str, codec: str, distinct: int, copies: int, n: int, w: int, h: int) -> dict:
-    """``distinct`` videos x ``copies`` files, Kinetics layout ``root/data/validate/{class}/``."""
+def make_data(root: str, codec: str, distinct: int, copies: int, n: int, w: int, h: int, gop: int | None = None) -> dict:
+    """``distinct`` videos x ``copies`` files, Kinetics layout ``root/data/validate/{class}/``; ``gop``:
+    the keyframe interval (None: the encoder's default)."""
     t0 = time.time()
     tmp = os.path.join(root, "distinct")
     os.makedirs(tmp, exist_ok=True)
-    jobs = [(os.path.join(tmp, f"{i:05d}.mp4"), codec, i, n, w, h) for i in range(distinct)]
+    jobs = [(os.path.join(tmp, f"{i:05d}.mp4"), codec, i, n, w, h, gop) for i in range(distinct)]
     with ProcessPoolExecutor(max(1, os.cpu_count() or 1)) as ex:
         list(ex.map(_make_one, jobs))
     files = 0
@@ -82,7 +89,8 @@ def make_data(root: str, codec: str, distinct: int, copies: int, n: int, w: int,
             files += 1
     shutil.rmtree(tmp)
     size = sum(os.path.getsize(os.path.join(dp, f)) for dp, _, fs in os.walk(root) for f in fs)
-    return dict(codec=codec, distinct=distinct, copies=copies, files=files, frames=n, width=w, height=h, fps=30,
+    return dict(codec=codec, gop=gop or "encoder default", distinct=distinct, copies=copies, files=files, frames=n,
+                width=w, height=h, fps=30,
                 bytes=size, seconds=round(time.time() - t0, 1))
 
 
@@ -362,6 +370,9 @@ def build_parser():
     p.add_argument("--codecs", default="libx264,mpeg4", help="comma-separated encoders (libx264, mpeg4)")
     p.add_argument("--distinct", type=int, help="distinct videos per codec (default libx264 96, mpeg4 192)")
     p.add_argument("--copies", type=int, help="files per distinct video (default libx264 6, mpeg4 3)")
+    p.add_argument("--gop", type=int, default=None,
+                   help="keyframe interval of the generated videos (default: the encoder's; libx264 here: about 100-160 "
+                        "frames); a clip decodes from the keyframe before it, so a shorter GOP costs NVDEC less per clip")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--memory-steps", type=int, default=None,
@@ -409,7 +420,7 @@ def main(argv=None) -> int:
                command="python -m benchmarks.input_rates " + " ".join(argv if argv is not None else sys.argv[1:]),
                commit=subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip(),
                settings=dict(batch=args.batch, steps=args.steps, eval_videos=args.eval_videos, eval_batch=args.eval_batch,
-                             workers=args.workers, threads=args.threads, procs=args.procs, rows=args.rows,
+                             workers=args.workers, threads=args.threads, procs=args.procs, rows=args.rows, gop=args.gop,
                              budget_s=args.budget_s, tiny=args.tiny,
                              train_model=args.train_model, eval_model=args.eval_model, **size),
                datasets={}, results={})
@@ -431,7 +442,7 @@ def main(argv=None) -> int:
         copies = args.copies or (2 if args.tiny else 6 if codec == "libx264" else 3)
         roots[codec] = os.path.join(work, f"data_{codec}")
         log(f"generating {distinct} x {copies} {codec} videos ({size['w']}x{size['h']}, {size['n']} frames)")
-        res["datasets"][codec] = soft(make_data, roots[codec], codec, distinct, copies, **size)
+        res["datasets"][codec] = soft(make_data, roots[codec], codec, distinct, copies, **size, gop=args.gop)
         log(f"  {res['datasets'][codec]}")
         save()
 
