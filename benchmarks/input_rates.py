@@ -12,12 +12,18 @@ user gets (their own JSON summaries: steady rates after the compiling first upda
   updates): ``memory``: the first batch kept on the device and reused for every update (hidden
   ``--repeat-first-batch``: the same jitted step with no input behind it, the compute bound);
   ``cpu``: ``--decoder cpu --workers`` cores-2 Grain processes; ``nvdec``: ``--decoder nvdec
-  --decoder-threads --threads``; for the first codec also ``loader_only_*``: the same input
+  --decoder-threads --threads``; ``nvdec_procs``: ``--decoder nvdec --decoder-procs --procs`` (NVDEC
+  in worker processes, NV12 to the host, converted on the GPU); ``loader_only_*``: the same input
   pipeline alone (``BatchLoader``, each batch waited for, no train step), to tell the decoder's own
   rate from its contention with the step;
 * evaluation (``experiments.evaluate``, X3D-M, random weights, 400 classes, ``--eval-videos``):
-  ``cpu`` and ``nvdec``, and whether the top-5 predictions are equal on every video (count equal /
-  total, and the largest difference of any class score, ``--save-scores``).
+  ``cpu``, ``nvdec`` and ``nvdec_procs``, and whether the top-5 predictions of each NVDEC row equal
+  the CPU row's on every video (``eval_top5``, ``eval_top5_procs``: count equal / total, and the
+  largest difference of any class score, ``--save-scores``).
+
+``--rows`` picks the measurements and their order (e.g. ``libx264:eval_nvdec_procs mpeg4:eval_cpu``),
+so a short GPU slot can run the rows it needs; ``--distinct``/``--copies`` size the datasets and
+``--gop`` their keyframe interval.
 
 Each measurement is fail-soft (its error recorded, the rest go on) and has a time limit; the run
 stops starting new ones after ``--budget-s`` seconds (recorded as skipped). Children share a JAX
@@ -60,17 +66,18 @@ def log(msg: str) -> None:
 # ----------------------------------------------------------------------------- data
 def _make_one(job):
     from benchmarks.nvdec_speed import make_video
-    path, codec, seed, n, w, h = job
-    make_video(path, codec, seed=seed, n=n, w=w, h=h)
+    path, codec, seed, n, w, h, gop = job
+    make_video(path, codec, seed=seed, n=n, w=w, h=h, gop=gop)
     return path
 
 
-def make_data(root: str, codec: str, distinct: int, copies: int, n: int, w: int, h: int) -> dict:
-    """``distinct`` videos x ``copies`` files, Kinetics layout ``root/data/validate/{class}/``."""
+def make_data(root: str, codec: str, distinct: int, copies: int, n: int, w: int, h: int, gop: int | None = None) -> dict:
+    """``distinct`` videos x ``copies`` files, Kinetics layout ``root/data/validate/{class}/``; ``gop``:
+    the keyframe interval (None: the encoder's default)."""
     t0 = time.time()
     tmp = os.path.join(root, "distinct")
     os.makedirs(tmp, exist_ok=True)
-    jobs = [(os.path.join(tmp, f"{i:05d}.mp4"), codec, i, n, w, h) for i in range(distinct)]
+    jobs = [(os.path.join(tmp, f"{i:05d}.mp4"), codec, i, n, w, h, gop) for i in range(distinct)]
     with ProcessPoolExecutor(max(1, os.cpu_count() or 1)) as ex:
         list(ex.map(_make_one, jobs))
     files = 0
@@ -82,7 +89,8 @@ def make_data(root: str, codec: str, distinct: int, copies: int, n: int, w: int,
             files += 1
     shutil.rmtree(tmp)
     size = sum(os.path.getsize(os.path.join(dp, f)) for dp, _, fs in os.walk(root) for f in fs)
-    return dict(codec=codec, distinct=distinct, copies=copies, files=files, frames=n, width=w, height=h, fps=30,
+    return dict(codec=codec, gop=gop or "encoder default", distinct=distinct, copies=copies, files=files, frames=n,
+                width=w, height=h, fps=30,
                 bytes=size, seconds=round(time.time() - t0, 1))
 
 
@@ -138,6 +146,23 @@ def soft(fn, *a, **k):
 
 
 # ----------------------------------------------------------------------------- measurements
+MODES = ("cpu", "nvdec", "nvdec_procs")
+"""How a row decodes: ``cpu`` (Grain processes, ``--workers``), ``nvdec`` (``--threads`` threads of the
+main process, frames on the GPU), ``nvdec_procs`` (``--procs`` worker processes with NVDEC, NV12 to the
+host, converted on the GPU)."""
+
+ROWS = ("finetune_memory", *(f"{k}_{m}" for k in ("finetune", "eval", "loader_only") for m in MODES))
+
+
+def decoder_argv(args, mode: str) -> list:
+    """A command's decoder options for ``mode`` (:data:`MODES`)."""
+    if mode == "cpu":
+        return ["--decoder", "cpu", "--workers", str(args.workers)]
+    if mode == "nvdec":
+        return ["--decoder", "nvdec", "--decoder-threads", str(args.threads)]
+    return ["--decoder", "nvdec", "--decoder-procs", str(args.procs)]
+
+
 def finetune(args, env, data, work, tag, mode, timeout):
     out = os.path.join(work, f"ft_{tag}")
     steps = args.memory_steps if mode == "memory" and args.memory_steps else args.steps
@@ -146,10 +171,8 @@ def finetune(args, env, data, work, tag, mode, timeout):
             "--save-every", str(steps), "--log-every", str(steps)]
     if mode == "memory":
         argv += ["--repeat-first-batch", "--workers", str(args.workers)]
-    elif mode == "cpu":
-        argv += ["--decoder", "cpu", "--workers", str(args.workers)]
     else:
-        argv += ["--decoder", "nvdec", "--decoder-threads", str(args.threads)]
+        argv += decoder_argv(args, mode)
     run = run_child("experiments.finetune", argv, env, os.path.join(work, f"ft_{tag}.log"), timeout)
     with open(os.path.join(out, "summary.json")) as f:
         s = json.load(f)
@@ -158,7 +181,8 @@ def finetune(args, env, data, work, tag, mode, timeout):
                 steady_updates_per_s=sps, steady_clips_per_s=sps * args.batch if sps else None,
                 batch=args.batch, steps=steps, seconds=s.get("seconds"), loader_seconds=s.get("loader_seconds"),
                 failed_videos=len(s.get("failed_videos", {})), decoder=s.get("decoder"), workers=s.get("workers"),
-                decoder_threads=s.get("decoder_threads"), final_loss=s.get("final_loss"))
+                decoder_threads=s.get("decoder_threads"), decoder_procs=s.get("decoder_procs"),
+                final_loss=s.get("final_loss"))
 
 
 def evaluate(args, env, data, work, tag, mode, timeout):
@@ -166,8 +190,7 @@ def evaluate(args, env, data, work, tag, mode, timeout):
     argv = [*args.eval_model, "--random-weights", "--seed", "0", "--root", data, "--split", "validate",
             "--out", out, "--overwrite", "--no-progress", "--save-scores", "--batch-size", str(args.eval_batch),
             "--limit", str(args.eval_videos)]
-    argv += (["--decoder", "cpu", "--workers", str(args.workers)] if mode == "cpu"
-             else ["--decoder", "nvdec", "--decoder-threads", str(args.threads)])
+    argv += decoder_argv(args, mode)
     run = run_child("experiments.evaluate", argv, env, os.path.join(work, f"ev_{tag}.log"), timeout)
     with open(os.path.join(out, "timing.json")) as f:
         t = json.load(f)
@@ -200,7 +223,7 @@ except Exception as e:
     print(f"error: {e}", flush=True)
     sys.exit(2)
 loader = BatchLoader(records, spec, 0, a["batch"], 0, a["workers"], 2, mesh=data_mesh(), stop=a["batches"],
-                     decoder=dec, decoder_threads=a["threads"])
+                     decoder=dec, decoder_threads=a["threads"], decoder_procs=a["procs"])
 times = []
 try:
     for _ in range(a["batches"]):
@@ -218,7 +241,8 @@ def loader_only(args, env, data, work, tag, mode, timeout):
     """The fine-tuning input pipeline alone (BatchLoader, each batch waited for, no train step):
     what it feeds with the GPU otherwise idle."""
     spec = dict(model=args.train_model[1], opts=args.train_opts, frames=args.train_frames, data=data, batch=args.batch, batches=args.loader_batches,
-                workers=args.workers, decoder=mode, threads=args.threads)
+                workers=args.workers, decoder="cpu" if mode == "cpu" else "nvdec", threads=args.threads,
+                procs=args.procs if mode == "nvdec_procs" else 0)
     logfile = os.path.join(work, f"lo_{tag}.log")
     run = run_child_code(LOADER_ONLY, [json.dumps(spec)], env, logfile, timeout)
     with open(logfile) as f:
@@ -295,7 +319,7 @@ def table(res: dict) -> str:
 
     for codec, rows in res["results"].items():
         for name, r in rows.items():
-            if name == "eval_top5":
+            if name.startswith("eval_top5"):
                 if "error" in r:
                     rate = "error"
                 else:
@@ -318,6 +342,27 @@ def table(res: dict) -> str:
     return "\n".join(lines)
 
 
+def plan_rows(rows: list | None, codecs: list) -> list:
+    """``--rows`` -> ``[(codec, row), ...]`` in order (see ``--help``)."""
+    if not codecs:
+        return []
+    if rows is None:
+        first = codecs[0]
+        out = [(first, "finetune_memory")]
+        for c in codecs:
+            out += [(c, f"{k}_{m}") for k in ("finetune", "eval") for m in MODES]
+        return out + [(first, f"loader_only_{m}") for m in MODES]
+    out = []
+    for item in rows:
+        codec, _, row = item.rpartition(":")
+        if row not in ROWS:
+            raise SystemExit(f"error: unknown row {row!r} (one of {', '.join(ROWS)})")
+        if codec and codec not in codecs:
+            raise SystemExit(f"error: row {item!r}: codec {codec!r} is not in --codecs")
+        out += [(codec, row)] if codec else [(c, row) for c in codecs]
+    return out
+
+
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="results JSON")
@@ -325,6 +370,9 @@ def build_parser():
     p.add_argument("--codecs", default="libx264,mpeg4", help="comma-separated encoders (libx264, mpeg4)")
     p.add_argument("--distinct", type=int, help="distinct videos per codec (default libx264 96, mpeg4 192)")
     p.add_argument("--copies", type=int, help="files per distinct video (default libx264 6, mpeg4 3)")
+    p.add_argument("--gop", type=int, default=None,
+                   help="keyframe interval of the generated videos (default: the encoder's; libx264 here: about 100-160 "
+                        "frames); a clip decodes from the keyframe before it, so a shorter GOP costs NVDEC less per clip")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--memory-steps", type=int, default=None,
@@ -335,6 +383,13 @@ def build_parser():
     p.add_argument("--eval-batch", type=int, default=32)
     p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 3) - 2), help="CPU decoding processes")
     p.add_argument("--threads", type=int, default=4, help="--decoder-threads for NVDEC")
+    p.add_argument("--procs", type=int, default=max(1, (os.cpu_count() or 3) - 4),
+                   help="--decoder-procs for the nvdec_procs rows (NVDEC worker processes)")
+    p.add_argument("--rows", nargs="+", default=None,
+                   help=f"the measurements, in order: ROW (for every codec in turn) or CODEC:ROW; ROW one of "
+                        f"{', '.join(ROWS)} (default: the first codec's finetune_memory, each codec's "
+                        "finetune/eval rows for cpu, nvdec and nvdec_procs, then the first codec's loader_only rows). "
+                        "eval_top5 compares eval_cpu with each NVDEC eval row of a codec once both ran")
     p.add_argument("--budget-s", type=float, default=330.0, help="start no measurement after this many seconds")
     p.add_argument("--tiny", action="store_true", help="CPU smoke run: tiny videos and models")
     return p
@@ -348,7 +403,7 @@ def main(argv=None) -> int:
         args.batch, args.steps = min(args.batch, 4), min(args.steps, 3)
         args.loader_batches = min(args.loader_batches, 3)
         args.eval_videos, args.eval_batch = min(args.eval_videos, 8), min(args.eval_batch, 4)
-        args.workers = min(args.workers, 1)
+        args.workers, args.procs = min(args.workers, 1), min(args.procs, 1)
         args.train_model = ["--model", "x3d_xs", "--model-arg", "image_size=32", "--model-arg", "depth_factor=0.3",
                             "--num-frames", "4"]
         args.eval_model = ["--model", "x3d_xs", "--model-arg", "image_size=32", "--model-arg", "depth_factor=0.3"]
@@ -365,7 +420,8 @@ def main(argv=None) -> int:
                command="python -m benchmarks.input_rates " + " ".join(argv if argv is not None else sys.argv[1:]),
                commit=subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip(),
                settings=dict(batch=args.batch, steps=args.steps, eval_videos=args.eval_videos, eval_batch=args.eval_batch,
-                             workers=args.workers, threads=args.threads, budget_s=args.budget_s, tiny=args.tiny,
+                             workers=args.workers, threads=args.threads, procs=args.procs, rows=args.rows, gop=args.gop,
+                             budget_s=args.budget_s, tiny=args.tiny,
                              train_model=args.train_model, eval_model=args.eval_model, **size),
                datasets={}, results={})
 
@@ -386,7 +442,7 @@ def main(argv=None) -> int:
         copies = args.copies or (2 if args.tiny else 6 if codec == "libx264" else 3)
         roots[codec] = os.path.join(work, f"data_{codec}")
         log(f"generating {distinct} x {copies} {codec} videos ({size['w']}x{size['h']}, {size['n']} frames)")
-        res["datasets"][codec] = soft(make_data, roots[codec], codec, distinct, copies, **size)
+        res["datasets"][codec] = soft(make_data, roots[codec], codec, distinct, copies, **size, gop=args.gop)
         log(f"  {res['datasets'][codec]}")
         save()
 
@@ -408,25 +464,23 @@ def main(argv=None) -> int:
         save()
         return rows[name]
 
-    first = codecs[0] if codecs else None
-    for codec in codecs:
+    for codec, row in plan_rows(args.rows, codecs):
         data = roots[codec]
         if "error" in res["datasets"][codec]:
             continue
-        if codec == first:
-            measure(codec, "finetune_memory", finetune, args, env, data, work, f"{codec}_memory", "memory")
-        measure(codec, "finetune_cpu", finetune, args, env, data, work, f"{codec}_cpu", "cpu")
-        measure(codec, "finetune_nvdec", finetune, args, env, data, work, f"{codec}_nvdec", "nvdec")
-        a = measure(codec, "eval_cpu", evaluate, args, env, data, work, f"{codec}_cpu", "cpu")
-        b = measure(codec, "eval_nvdec", evaluate, args, env, data, work, f"{codec}_nvdec", "nvdec")
-        if "predictions" in a and "predictions" in b:
-            res["results"][codec]["eval_top5"] = soft(compare_predictions, a["predictions"], b["predictions"])
-            log(f"{codec} eval top-5: {res['results'][codec]['eval_top5']}")
+        kind, mode = ("finetune", "memory") if row == "finetune_memory" else row.rsplit("_", 1)
+        if row.endswith("nvdec_procs"):
+            kind, mode = row[:-len("_nvdec_procs")], "nvdec_procs"
+        fn = dict(finetune=finetune, eval=evaluate, loader_only=loader_only)[kind]
+        measure(codec, row, fn, args, env, data, work, f"{codec}_{mode}", mode)
+        rows = res["results"][codec]
+        if kind == "eval" and "predictions" in rows.get("eval_cpu", {}):   # the CPU path's top-5 against NVDEC's
+            for other in ("eval_nvdec", "eval_nvdec_procs"):
+                key = "eval_top5" + other[len("eval_nvdec"):]
+                if key not in rows and "predictions" in rows.get(other, {}):
+                    rows[key] = soft(compare_predictions, rows["eval_cpu"]["predictions"], rows[other]["predictions"])
+                    log(f"{codec} {key} (eval_cpu vs {other}): {rows[key]}")
         save()
-        if codec == first:   # the fine-tuning pipeline alone (no train step): what bounds the rows above
-            measure(codec, "loader_only_nvdec", loader_only, args, env, data, work, f"{codec}_nvdec", "nvdec")
-    if first is not None and "error" not in res["datasets"][first]:
-        measure(first, "loader_only_cpu", loader_only, args, env, roots[first], work, f"{first}_cpu", "cpu")
     text = table(res)
     res["table"] = text.splitlines()
     save()

@@ -84,6 +84,11 @@ def make_video(path, codec, seed=0, n=N, w=W, h=H, fps=FPS, gop=None):
             c.mux(p)
 
 
+def _make_job(job):
+    path, codec, seed, n, gop = job
+    make_video(path, codec, seed=seed, n=n, gop=gop)
+
+
 def soft(fn, *a, **k):
     """``fn(*a, **k)``, or ``{"error": ...}`` (the exception and the last lines of its traceback)."""
     try:
@@ -276,6 +281,159 @@ def threads_section(paths, ks, clips):
         out[name] = {str(k): soft(run_threads, read, paths, k, clips) for k in kk}
         print(f"  threads {name}: " + ", ".join(f"{k}: {v.get('clips_per_s', float('nan')):.0f}/s"
                                                 for k, v in out[name].items()), flush=True)
+    return out
+
+
+# -- processes ---------------------------------------------------------------------------------
+PROC_VARIANTS = ("nvdec_host", "nvdec_raw", "cpu")
+
+
+def _proc_reader(variant: str):
+    """``read(path, idx)`` in a decoding process (no JAX computation there): ``nvdec_host`` is what
+    a ``--decoder-procs`` worker does per clip (``frame_source(p, "nvdec-host")``: the PyAV demux at
+    open, the process's decoder reconfigured, NV12 copied to host memory as ``Nv12Frames``);
+    ``nvdec_raw`` the raw API in device memory, frames dropped (the decode alone: reconfigure +
+    ``get_batch_frames_by_index``); ``cpu`` the CPU seek decoder (``VideoFrames``)."""
+    if variant == "nvdec_host":
+        from co3d_jax.data.nvdec import frame_source
+        return lambda p, idx: frame_source(p, "nvdec-host")[idx]
+    if variant == "cpu":
+        from co3d_jax.data.video import VideoFrames
+        return lambda p, idx: VideoFrames(p)[idx]
+    if variant != "nvdec_raw":
+        raise ValueError(variant)
+    import PyNvVideoCodec as nvc
+    state = {}
+
+    def raw(p, idx):
+        dec = state.get("dec")
+        if dec is None:
+            dec = state["dec"] = nvc.SimpleDecoder(p, gpu_id=0, use_device_memory=True,
+                                                   output_color_type=nvc.OutputColorType.NATIVE)
+        else:
+            dec.reconfigure_decoder(p)
+        got = dec.get_batch_frames_by_index(sorted({int(i) for i in idx}))
+        if not got:
+            raise RuntimeError(f"{p}: no frames")
+    return raw
+
+
+def _proc_main(conn) -> None:
+    """A decoding process of :func:`run_procs`: for each task ``(variant, jobs)`` it reads the first
+    clip (its decoder's start, untimed), says ``ready``, waits for ``go``, reads every ``(path,
+    idx)`` of ``jobs`` and sends its start and end (``time.monotonic``, one clock for all processes
+    on Linux) and CPU seconds; ``None`` ends it."""
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.environ["JAX_PLATFORMS"] = "cpu"          # JAX, where imported, never takes the GPU here
+    readers = {}
+    while True:
+        msg = conn.recv()
+        if msg is None:
+            return
+        variant, jobs = msg
+        try:
+            read = readers.get(variant) or readers.setdefault(variant, _proc_reader(variant))
+            read(*jobs[0])
+        except Exception as e:  # noqa: BLE001 (reported to the parent)
+            conn.send({"error": f"{type(e).__name__}: {e}"[:500]})
+            conn.recv()
+            continue
+        conn.send("ready")
+        conn.recv()                                   # go
+        r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
+        try:
+            for p, idx in jobs:
+                read(p, idx)
+        except Exception as e:  # noqa: BLE001
+            conn.send({"error": f"{type(e).__name__}: {e}"[:500]})
+            continue
+        t1, r1 = time.monotonic(), resource.getrusage(resource.RUSAGE_SELF)
+        conn.send({"start": t0, "end": t1, "clips": len(jobs),
+                   "cpu_s": (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)})
+
+
+class ProcPool:
+    """``size`` spawned decoding processes (:func:`_proc_main`), kept across runs (each pays its
+    CUDA/NVDEC start once)."""
+
+    def __init__(self, size: int):
+        import multiprocessing as mp
+        ctx = mp.get_context("spawn")
+        self.conns, self.procs = [], []
+        for _ in range(size):
+            a, b = ctx.Pipe()
+            p = ctx.Process(target=_proc_main, args=(b,), daemon=True)
+            p.start()
+            b.close()                     # this process keeps one end only: a dead child is an EOFError
+            self.conns.append(a)
+            self.procs.append(p)
+
+    def run(self, variant: str, jobs: list, n: int) -> dict:
+        """``jobs`` (``(path, idx)``) dealt round robin to the first ``n`` processes, all started
+        together: clips/s over the wall time from ``go`` to the last process's end, the CPU cores
+        the processes kept busy, NVDEC utilisation meanwhile."""
+        conns = self.conns[:n]
+        for k, c in enumerate(conns):
+            c.send((variant, jobs[k::n]))
+        said = [c.recv() for c in conns]
+        errors = [x["error"] for x in said if isinstance(x, dict)]
+        if errors:
+            for c, x in zip(conns, said):
+                c.send("skip") if isinstance(x, dict) else None
+            for c, x in zip(conns, said):     # the ready ones: let them run their share, then drop it
+                if not isinstance(x, dict):
+                    c.send("go")
+                    c.recv()
+            raise RuntimeError(errors[0])
+        with GpuUtil(period=0.2) as util:
+            t0 = time.monotonic()
+            for c in conns:
+                c.send("go")
+            got = [c.recv() for c in conns]
+        errors = [x["error"] for x in got if "error" in x]
+        if errors:
+            raise RuntimeError(errors[0])
+        wall = max(x["end"] for x in got) - t0
+        cpu = sum(x["cpu_s"] for x in got)
+        return {"clips_per_s": len(jobs) / wall, "clips": len(jobs), "wall_s": wall, "cpu_cores_busy": cpu / wall,
+                "slowest_process_s": max(x["end"] - x["start"] for x in got),
+                "nvidia_smi": util.summary()}
+
+    def close(self) -> None:
+        for c in self.conns:
+            try:
+                c.send(None)
+            except Exception:  # noqa: BLE001 (already gone)
+                pass
+        for p in self.procs:
+            p.join(timeout=10)
+            if p.is_alive():
+                p.terminate()
+
+
+def procs_section(pool: ProcPool, paths, keys, ns, per_proc, variants, samplings) -> dict:
+    """Clips/s of ``n`` decoding processes for each ``n`` in ``ns`` (``per_proc`` clips per process),
+    per variant (:data:`PROC_VARIANTS`) and sampling (``eval_16x5``, ``train_13x6``), with the frames
+    a seek decoder decodes per clip (from the keyframe before the first index: the GOP's cost)."""
+    out = {}
+    for sampling in samplings:
+        for variant in variants:
+            row = out.setdefault(sampling, {}).setdefault(variant, {})
+            for n in ns:
+                rng = np.random.default_rng(n)
+                jobs = []
+                for i in range(per_proc * n):     # process i % n's j-th clip is of video (i % n + j): never
+                    idx = eval_indices(N) if sampling == "eval_16x5" else train_indices(N, rng)   # the same twice
+                    jobs.append((paths[(i % n + i // n) % len(paths)], [int(x) for x in idx]))
+                r = row[str(n)] = soft(pool.run, variant, jobs, n)
+                if "error" not in r:
+                    r["decoded_frames_per_clip"] = float(np.mean([decoded_per_clip(keys[p], idx) for p, idx in jobs]))
+                    u = r.get("nvidia_smi") or {}
+                    print(f"  procs {sampling} {variant} x{n}: {r['clips_per_s']:.0f} clips/s, cores "
+                          f"{r['cpu_cores_busy']:.1f}, NVDEC {u.get('decoder_util_mean', '-')}% "
+                          f"(max {u.get('decoder_util_max', '-')}), {r['decoded_frames_per_clip']:.0f} frames/clip",
+                          flush=True)
     return out
 
 
@@ -529,6 +687,17 @@ def print_table(out):
             if isinstance(by_k, dict) and "error" not in by_k:
                 cells = ", ".join(f"{k}: " + ("error" if "error" in v else f"{v['clips_per_s']:.0f}") for k, v in by_k.items())
                 print(f"  {codec:12s} {name:14s} {cells}")
+    print("\nclips/s by decoding processes (NVDEC utilisation mean %, cores busy; frames decoded per clip)")
+    for codec, res in out["results"].items():
+        for sampling, by_v in (res.get("procs") or {}).items():
+            if not isinstance(by_v, dict):
+                continue
+            for variant, by_n in by_v.items():
+                cells = ", ".join(f"{n}: " + ("error" if "error" in v else
+                                              f"{v['clips_per_s']:.0f} ({(v.get('nvidia_smi') or {}).get('decoder_util_mean', '-')}%"
+                                              f", {v['cpu_cores_busy']:.1f})") for n, v in by_n.items())
+                fpc = next((v["decoded_frames_per_clip"] for v in by_n.values() if "decoded_frames_per_clip" in v), None)
+                print(f"  {codec:12s} {sampling:10s} {variant:10s} {cells}  [{fpc} frames/clip]")
     print("\nchecks (frame counts after reconfigure: header / len)")
     for codec, res in out["results"].items():
         c = res.get("checks", {})
@@ -571,7 +740,14 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2, 4, 8])
     ap.add_argument("--clips", type=int, default=64, help="clips per threads measurement")
     ap.add_argument("--codecs", nargs="+", default=list(CODECS), choices=list(CODECS))
-    ap.add_argument("--sections", nargs="+", default=["per_clip", "threads", "exactness", "checks"])
+    ap.add_argument("--sections", nargs="+", default=["per_clip", "threads", "exactness", "checks"],
+                    choices=["per_clip", "threads", "exactness", "checks", "procs"])
+    ap.add_argument("--procs", type=int, nargs="+", default=[1, 2, 4, 8],
+                    help="section procs: numbers of decoding processes (spawned once, the largest number)")
+    ap.add_argument("--proc-clips", type=int, default=24, help="section procs: clips per process per run")
+    ap.add_argument("--proc-variants", nargs="+", default=["nvdec_host"], choices=PROC_VARIANTS)
+    ap.add_argument("--proc-samplings", nargs="+", default=["eval_16x5", "train_13x6"],
+                    choices=["eval_16x5", "train_13x6"])
     args = ap.parse_args(argv)
     t_start = time.perf_counter()
 
@@ -584,18 +760,20 @@ def main(argv=None):
     out["nvdec_unavailable_reason"] = nvdec.unavailable_reason()
     print(f"{out['device']}\nNVDEC available: {out['nvdec_available']} {out['nvdec_unavailable_reason'] or ''}", flush=True)
 
+    pool = ProcPool(max(args.procs)) if "procs" in args.sections else None
     with tempfile.TemporaryDirectory() as d:
         first = first_checks = True
         for codec in args.codecs:
             enc, gop = CODECS[codec]
             t = time.perf_counter()
-            paths = []
-            for i in range(args.videos):
-                p = os.path.join(d, f"{codec}_{i}.mp4")
-                make_video(p, enc, seed=i, gop=gop)
-                paths.append(p)
+            paths = [os.path.join(d, f"{codec}_{i}.mp4") for i in range(args.videos)]
             short = os.path.join(d, f"{codec}_short.mp4")
-            make_video(short, enc, seed=99, n=150, gop=gop)
+            jobs = [(p, enc, i, N, gop) for i, p in enumerate(paths)]
+            jobs += [(short, enc, 99, 150, gop)] if "checks" in args.sections else []
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor
+            with ProcessPoolExecutor(min(len(jobs), os.cpu_count() or 1), mp_context=mp.get_context("spawn")) as ex:
+                list(ex.map(_make_job, jobs))
             res = out["results"][codec] = {"encoder": enc, "gop": gop or "encoder default",
                                            "make_videos_s": round(time.perf_counter() - t, 2)}
             keys = {p: keyframe_positions(p) for p in paths}
@@ -617,11 +795,16 @@ def main(argv=None):
                 res["per_clip"] = soft(per_clip, paths, args.reps, keys)
             if "threads" in args.sections:
                 res["threads"] = soft(threads_section, paths, args.threads, args.clips)
+            if "procs" in args.sections:
+                res["procs"] = soft(procs_section, pool, paths, keys, args.procs, args.proc_clips,
+                                    args.proc_variants, args.proc_samplings)
             if "exactness" in args.sections:
                 res["exactness"] = [soft(exactness_video, p, gop) for p in paths[:2]]
             print(f"{codec}: done at {time.perf_counter() - t_start:.0f} s", flush=True)
             nvdec.release_thread_decoder()
             write(args.out, out)                     # after each codec: a run cut short keeps what it measured
+    if pool is not None:
+        pool.close()
     out["total_s"] = round(time.perf_counter() - t_start, 1)
     out["nvdec_reconfigure_failures"] = nvdec.reconfigure_failures   # reconfigures replaced by a new decoder
     write(args.out, out)

@@ -77,12 +77,15 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--limit", type=int, help="evaluate only the first N videos (dataset order)")
     d.add_argument("--decoder", default="cpu", choices=["cpu", "nvdec", "auto", "pyav", "opencv"],
                    help="cpu (default): Grain worker processes decode with --cpu-decoder; nvdec: NVIDIA's hardware "
-                        "decoder in --decoder-threads threads of this process, frames straight to the GPU (one "
-                        "process); auto: nvdec where available, else cpu with a one-line notice. pyav/opencv: "
+                        "decoder in --decoder-threads threads of this process, frames straight to the GPU, or in "
+                        "--decoder-procs worker processes (one JAX process); auto: nvdec where available, else cpu with a one-line notice. pyav/opencv: "
                         "cpu with that --cpu-decoder (the option's former meaning)")
     d.add_argument("--cpu-decoder", default="auto", choices=["auto", "pyav", "opencv"],
                    help="the CPU decoder's library (default auto: PyAV, else OpenCV)")
     d.add_argument("--decoder-threads", type=int, default=4, help="--decoder nvdec: decoding threads (default 4)")
+    d.add_argument("--decoder-procs", type=int, default=0,
+                   help="--decoder nvdec/auto: decode in this many worker processes instead of threads (each its own "
+                        "NVDEC decoder; frames to the host as NV12, converted on the GPU); 0 (default): threads")
     d.add_argument("--skip-padded", action="store_true",
                    help="fail a video shorter than the clip instead of repeating its last frame (padded clips "
                         "are scored and counted by default)")
@@ -306,8 +309,8 @@ def main(argv=None) -> int:
     if args.decoder in ("pyav", "opencv"):
         video_decoder, args.cpu_decoder = "cpu", args.decoder
     decoder = resolve_backend(args.cpu_decoder)
-    if args.decoder_threads < 1:
-        _log("--decoder-threads must be >= 1")
+    if args.decoder_threads < 1 or args.decoder_procs < 0:
+        _log("--decoder-threads must be >= 1 and --decoder-procs >= 0")
         return 2
     require("grain", "data", "evaluation's input pipeline")
     if args.source == "tfds":
@@ -445,7 +448,8 @@ def main(argv=None) -> int:
     _log(f"{name}: {protocol.mode}, {protocol.num_frames} frames at rate {protocol.sampling_rate}"
          + (f" (output at frame {protocol.first_output})" if model.continual else "")
          + f"; {len(todo)} videos to go on {ndev} device(s), batch {global_batch}, "
-         + (f"{workers} worker(s)" if video_decoder == "cpu" else f"NVDEC in {args.decoder_threads} thread(s)"))
+         + (f"{workers} worker(s)" if video_decoder == "cpu" else f"NVDEC in {args.decoder_procs} process(es)"
+            if args.decoder_procs else f"NVDEC in {args.decoder_threads} thread(s)"))
 
     def to_local(x):
         if nproc == 1:
@@ -503,7 +507,7 @@ def main(argv=None) -> int:
             # Every process runs the same number of steps over its share of the items (strided); the
             # loader decodes ahead in Grain workers and transforms on the devices, one batch ahead.
             loader = EvalLoader(spec, todo, global_batch, mesh, workers, decoder=video_decoder,
-                                decoder_threads=args.decoder_threads)
+                                decoder_threads=args.decoder_threads, decoder_procs=args.decoder_procs)
             mine = loader.items
             for step, (clips, windows) in enumerate(loader):
                 if step == 0:   # compiled aside: Ctrl-C / SIGTERM during the first compile act at once
@@ -553,7 +557,9 @@ def main(argv=None) -> int:
         (len(mine) - first[1]) * nproc / (t_end - first[0]), device_kind=str(devices.flat[0].device_kind),
         batch=global_batch, workers=workers, decoder=video_decoder,
         decoder_threads=args.decoder_threads if video_decoder != "cpu" else None,
-        loader="nvdec-threads" if video_decoder != "cpu" else "grain" if workers > 0 else "inline"), indent=2) + "\n")
+        decoder_procs=args.decoder_procs if video_decoder != "cpu" else None,
+        loader=("nvdec-procs" if args.decoder_procs else "nvdec-threads") if video_decoder != "cpu" else
+        "grain" if workers > 0 else "inline"), indent=2) + "\n")
     metr = ", ".join(f"{k}={v:.4f}" if v == v else f"{k}=none (no video evaluated)"
                      for k, v in summary["metrics"].items() if isinstance(v, float))
     _log(f"done in {elapsed:.1f}s: {summary['num_evaluated']} evaluated ({summary['num_padded']} padded), "

@@ -50,7 +50,7 @@ BROKEN = "checkpoints.damaged"   # damaged checkpoint steps are moved here, not 
 # options that do not change the training trajectory: they may differ between a run and its
 # resumption (precise_bn only changes the export, so a finished run can be re-exported with it)
 NON_SEMANTIC = {"out", "workers", "prefetch", "no_progress", "stop_after", "overwrite", "save_every", "keep",
-                "log_every", "precise_bn", "decoder_threads"}
+                "log_every", "precise_bn", "decoder_threads", "decoder_procs"}
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -113,9 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--prefetch", type=int, default=2, help="batches decoded ahead by the workers")
     r.add_argument("--decoder", default="cpu", choices=["cpu", "nvdec", "auto"],
                    help="cpu (default): Grain worker processes decode; nvdec: NVIDIA's hardware decoder in "
-                        "--decoder-threads threads of this process, frames straight to the GPU (one process); "
+                        "--decoder-threads threads of this process, frames straight to the GPU, or in --decoder-procs "
+                        "worker processes (one JAX process); "
                         "auto: nvdec where available, else cpu with a one-line notice")
     r.add_argument("--decoder-threads", type=int, default=4, help="--decoder nvdec: decoding threads (default 4)")
+    r.add_argument("--decoder-procs", type=int, default=0,
+                   help="--decoder nvdec/auto: decode in this many worker processes instead of threads (each its own "
+                        "NVDEC decoder; frames to the host as NV12, converted on the GPU); 0 (default): threads")
     r.add_argument("--overwrite", action="store_true", help="discard an existing run in --out")
     r.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     r.add_argument("--repeat-first-batch", action="store_true", help=argparse.SUPPRESS)  # benchmarks: compute bound
@@ -177,8 +181,8 @@ def _main(argv, stop: dict) -> int:
         return 2
     from co3d_jax.data.video import resolve_backend
     resolve_backend()   # missing optional packages are one line before any work (cli_main)
-    if args.decoder_threads < 1:
-        _log("--decoder-threads must be >= 1")
+    if args.decoder_threads < 1 or args.decoder_procs < 0:
+        _log("--decoder-threads must be >= 1 and --decoder-procs >= 0")
         return 2
     if args.source == "tfds":
         require("tensorflow_datasets", "tfds", "--source tfds")
@@ -342,7 +346,7 @@ def _main(argv, stop: dict) -> int:
     train_step = T.make_train_step(model.net, cfg, mesh, head=model.family.head)
     workers = default_workers() if args.workers is None else args.workers
     stop_at = args.steps if args.stop_after is None else min(args.steps, args.stop_after)
-    dec = dict(decoder=video_decoder, decoder_threads=args.decoder_threads)
+    dec = dict(decoder=video_decoder, decoder_threads=args.decoder_threads, decoder_procs=args.decoder_procs)
     # --repeat-first-batch (benchmarks.input_rates): the first batch, kept on the devices, for every
     # update: the same jitted step with no input pipeline behind it (the compute bound)
     loader = BatchLoader(records, spec, args.seed, args.batch_size, start, workers, args.prefetch,
@@ -486,6 +490,7 @@ def _main(argv, stop: dict) -> int:
                    loader_seconds={k: v for k, v in loader.stats.items() if k != "batches"},
                    decoder=video_decoder, workers=workers if video_decoder == "cpu" else 0,
                    decoder_threads=args.decoder_threads if video_decoder != "cpu" else None,
+                   decoder_procs=args.decoder_procs if video_decoder != "cpu" else None,
                    failed_videos=loader.failed, padded_videos=loader.padded,
                    padded_samples=sum(loader.padded.values()), skipped_files=list(index.skipped),
                    export=os.path.join(out, EXPORT))

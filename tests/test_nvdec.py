@@ -53,11 +53,12 @@ def make_fake():
         def __init__(self, src, gpu_id=0, cuda_context=0, cuda_stream=0, use_device_memory=True, max_width=0,
                      max_height=0, need_scanned_stream_metadata=0, decoder_cache_size=4,
                      output_color_type="native", bWaitForSessionWarmUp=False, enableDecodeStats=False):
-            assert use_device_memory
+            self.device_memory = use_device_memory      # False: NvdecFrames(host=True), the frames in host memory
             self.thread = threading.get_ident()
             self.scan, self.color = need_scanned_stream_metadata, output_color_type
             self._load(src)
             fake.created.append((self.thread, src if isinstance(src, str) else "(bytes)", output_color_type))
+            fake.device_memory = getattr(fake, "device_memory", []) + [use_device_memory]
 
         def _load(self, src):
             content = open(src, "rb").read() if isinstance(src, str) else bytes(src)
@@ -172,6 +173,36 @@ def test_reads_keep_order_and_repeats(fake):
     assert one.shape == (6, 8, 3)
     np.testing.assert_array_equal(np.asarray(one), rgb[7])
     assert v[[]].shape == (0, 6, 8, 3) and v[[]].dtype == np.uint8
+
+
+def test_host_reads_are_nv12_on_the_host_in_order_with_repeats(fake, monkeypatch):
+    from co3d_jax.data.nvdec import Nv12Frames, nv12_windows_to_device
+    from co3d_jax.data.pipeline import collate_on_device
+
+    monkeypatch.setattr(nvdec, "_jax_on_cuda", lambda: (_ for _ in ()).throw(AssertionError("JAX asked")))
+    path, rgb, nv12 = fake.add("a", t=12, h=6, w=8)
+    v = frame_source(path, "nvdec-host")                         # no availability check (no JAX) in a worker
+    assert isinstance(v, NvdecFrames) and not v.on_device and fake.device_memory == [False]
+    idx = [7, 2, 2, 11, 0]
+    got = v[idx]
+    assert isinstance(got, Nv12Frames) and isinstance(got.nv12, np.ndarray) and got.shape == (5, 6, 8, 3)
+    np.testing.assert_array_equal(got.nv12, nv12[idx])
+    np.testing.assert_array_equal(got[1:].nv12, nv12[idx[1:]])  # frames selected as a window's are
+    assert v[[]].shape == (0, 6, 8, 3)
+    leaves, tree = jax.tree_util.tree_flatten(got)               # Grain moves the leaf through shared memory
+    assert len(leaves) == 1 and jax.tree_util.tree_unflatten(tree, leaves).height == 6
+    other = np.arange(2 * 4 * 5 * 3, dtype=np.uint8).reshape(2, 4, 5, 3)   # a window decoded on the CPU
+    out = nv12_windows_to_device([got, None, other])
+    np.testing.assert_array_equal(np.asarray(out[0]), rgb[idx])
+    assert out[1] is None
+    np.testing.assert_array_equal(np.asarray(out[2]), other)
+    batch = np.asarray(collate_on_device([got[:2], None, other[:2]], rows=4))
+    assert batch.shape == (4, 2, 32, 32, 3)
+    np.testing.assert_array_equal(batch[0, :, :6, :8], rgb[idx[:2]])
+    np.testing.assert_array_equal(batch[2, :, :4, :5], other[:2])
+    assert not batch[1].any() and not batch[3].any() and not batch[0, :, 6:].any()
+    with pytest.raises(ValueError, match="NV12 only"):
+        NvdecFrames(path, host=True, color="rgb")
 
 
 def test_out_of_range_and_bad_indices_are_clear_errors(fake):

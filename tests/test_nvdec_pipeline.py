@@ -165,3 +165,75 @@ def test_auto_without_nvdec_is_the_cpu_path_with_one_notice(monkeypatch, tmp_pat
             nvdec.resolve_decoder("nvdec")
     finally:
         nvdec._availability.cache_clear()
+
+
+# -- NVDEC in worker processes (--decoder-procs) ------------------------------------------------
+FAKES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fakes")
+
+
+@pytest.fixture
+def file_fake(monkeypatch, tmp_path):
+    """The file-based fake PyNvVideoCodec of tests/fakes, which Grain's spawned workers import (they
+    inherit sys.path); each decoder it opens is logged (pid, use_device_memory, path)."""
+    log = tmp_path / "decoders.log"
+    monkeypatch.syspath_prepend(FAKES)
+    monkeypatch.delitem(sys.modules, "PyNvVideoCodec", raising=False)
+    monkeypatch.setenv("FAKE_NVC_LOG", str(log))
+    monkeypatch.setattr(nvdec, "_jax_on_cuda", lambda: (True, ""))
+    monkeypatch.setattr(nvdec, "_noticed", set())
+    nvdec._availability.cache_clear()
+    yield log
+    nvdec._availability.cache_clear()
+    sys.modules.pop("PyNvVideoCodec", None)
+
+
+def _decoders(log):
+    """{(pid, use_device_memory)} of the decoders the fake opened."""
+    return {(int(p), d == "True") for p, d, _ in (ln.split(" ", 2) for ln in log.read_text().splitlines())}
+
+
+def test_evaluate_nvdec_procs_gives_the_cpu_predictions(file_fake, tmp_path):
+    root = make_mini_kinetics(tmp_path / "k400")
+    common = ["--model", "x3d_xs", "--random-weights", "--model-arg", "image_size=32", "--model-arg", "num_classes=3",
+              "--root", str(root), "--split", "validate", "--batch-size", "4", "--no-progress", "--save-scores"]
+    assert E.main([*common, "--out", str(tmp_path / "cpu"), "--workers", "0"]) == 0
+    assert E.main([*common, "--out", str(tmp_path / "nv"), "--decoder", "nvdec", "--decoder-procs", "2"]) == 0
+    cpu, nv = _preds(tmp_path / "cpu"), _preds(tmp_path / "nv")
+    assert set(cpu) == set(nv) and len(cpu) == 9
+    failed = {k for k, r in cpu.items() if "error" in r}
+    assert failed == {k for k, r in nv.items() if "error" in r} and len(failed) == 3   # corrupt, empty, truncated
+    for k in set(cpu) - failed:
+        for field in ("pred", "pred_scores", "scores", "decoded", "repeated", "padded", "rank"):
+            assert cpu[k][field] == nv[k][field], (k, field)
+    used = _decoders(file_fake)          # host-memory decoders, in 2 worker processes (not this one)
+    assert {d for _, d in used} == {False} and len({p for p, _ in used}) == 2 and os.getpid() not in {p for p, _ in used}
+    timing = json.load(open(tmp_path / "nv" / "timing.json"))
+    assert timing["loader"] == "nvdec-procs" and timing["decoder_procs"] == 2
+
+
+@pytest.mark.filterwarnings("ignore:found 2 classes")
+def test_batchloader_nvdec_procs_gives_the_cpu_batches(file_fake, tmp_path):
+    from co3d_jax.data.augment import TrainClipSpec
+    from co3d_jax.data.datasets import VideoRecord
+    from co3d_jax.data.train_loader import BatchLoader
+    from co3d_jax.data.video import encode_video
+
+    rng = np.random.default_rng(1)
+    for i in range(4):
+        encode_video(str(tmp_path / f"v{i}.mp4"), _square(24 + 4 * i, 32 + 8 * (i % 2), rng), 30 if i else 25)
+    (tmp_path / "bad.mp4").write_bytes(rng.bytes(3000))
+    spec = TrainClipSpec(num_frames=4, sampling_rate=2, image_size=24, jitter=(24, 30))
+    records = [VideoRecord(p.stem, str(p), i % 2) for i, p in enumerate(sorted(tmp_path.glob("*.mp4")))]
+    got = {}
+    for procs in (0, 2):
+        decoder = "nvdec" if procs else "cpu"
+        loader = BatchLoader(records, spec, 0, 5, 0, 0, 2, stop=3, decoder=decoder, decoder_procs=procs)
+        try:
+            got[procs] = [tuple(np.asarray(a) for a in loader.next()) for _ in range(3)] + [dict(loader.failed)]
+        finally:
+            loader.close()
+    for (xc, yc), (xn, yn) in zip(got[0][:3], got[2][:3]):
+        np.testing.assert_array_equal(xc, xn)
+        np.testing.assert_array_equal(yc, yn)
+    assert set(got[0][3]) == set(got[2][3]) == {"bad"}
+    assert {d for _, d in _decoders(file_fake)} == {False}

@@ -199,18 +199,20 @@ def test_grain_reader_after_ctrl_c(reader_script):
 
 def test_open_reader_per_decoder(monkeypatch):
     """The CPU decoder reads through Grain processes, a device decoder through threads of this one
-    process, and a device decoder in a multi-process run is refused in one line."""
+    process or (``nvdec-host``: ``--decoder-procs``) through Grain processes, and a device decoder
+    in a multi-process run is refused in one line."""
     import grain
     import jax
 
     from co3d_jax.data.pipeline import GrainReader, ThreadReader, open_reader
     ds = grain.MapDataset.range(6)
-    for decoder, kind in (("cpu", GrainReader), ("nvdec", ThreadReader)):
+    for decoder, kind in (("cpu", GrainReader), ("nvdec", ThreadReader), ("nvdec-host", GrainReader)):
         reader = open_reader(ds, decoder, workers=0, threads=2, ahead=4)
         try:
             assert isinstance(reader, kind) and reader.take(6) == list(range(6))
         finally:
             reader.close()
     monkeypatch.setattr(jax, "process_count", lambda: 2)
-    with pytest.raises(ValueError, match=r"decoder='nvdec' decodes in one process; this run has 2"):
-        open_reader(ds, "nvdec")
+    for decoder in ("nvdec", "nvdec-host"):
+        with pytest.raises(ValueError, match=rf"decoder='{decoder}' decodes for one process; this run has 2"):
+            open_reader(ds, decoder)

@@ -189,10 +189,13 @@ class EvalLoader:
     decodes in ``decoder_threads`` threads of this process instead of Grain's workers (one NVDEC
     decoder per thread; CUDA does not belong in worker processes), the same samples in the same
     order (:func:`load_window`), collated on the device (:func:`~co3d_jax.data.pipeline.collate_on_device`):
-    no host copy of the frames. One process only."""
+    no host copy of the frames. One process only. ``decoder_procs > 0``: NVDEC decodes in that many
+    Grain worker processes instead (each its own decoder), which hand the frames over on the host as
+    NV12 (:class:`~co3d_jax.data.nvdec.Nv12Frames`), converted to RGB on the device."""
 
     def __init__(self, spec: ClipSpec, items: Sequence[tuple[int, VideoRecord]], batch_size: int, mesh=None,
-                 workers: int | None = None, prefetch: int = 2, decoder: str = "cpu", decoder_threads: int = 4):
+                 workers: int | None = None, prefetch: int = 2, decoder: str = "cpu", decoder_threads: int = 4,
+                 decoder_procs: int = 0):
         import jax
 
         from .device_augment import make_augment
@@ -207,6 +210,9 @@ class EvalLoader:
         self.steps = -(-len(items[0::nproc]) // self.local) if items else 0
         self.decoder = decoder
         self.workers = (default_workers() if workers is None else workers) if decoder == "cpu" else 0
+        if decoder != "cpu" and decoder_procs > 0:
+            from .nvdec import HOST_DECODERS
+            decoder, self.workers = HOST_DECODERS[decoder], decoder_procs
         self._reader = open_reader(eval_dataset(spec, self.items, decoder), decoder, self.workers, decoder_threads,
                                    max(prefetch, 1) * self.local)
         self._made = 0

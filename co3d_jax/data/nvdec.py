@@ -82,6 +82,12 @@ from .video import Media, VideoError, VideoFrames, demux_index
 DECODERS = ("auto", "cpu", "nvdec")
 """The ``decoder=`` choices of :func:`frame_source` (for a command's ``--decoder``)."""
 
+HOST_DECODERS = {"nvdec": "nvdec-host", "auto": "auto-host"}
+"""The decoder a worker process runs for a command's ``--decoder nvdec``/``auto`` with
+``--decoder-procs N`` (:func:`frame_source`): NVDEC with frames copied to host memory as NV12
+(:class:`Nv12Frames`), no JAX in the worker and no check of :func:`available` there (the main
+process checked: :func:`resolve_decoder`); ``auto-host`` reads a video NVDEC cannot open on the CPU."""
+
 COLORS = ("nv12", "rgb")
 """``NvdecFrames(color=...)``: ``nv12`` (the default) takes the decoder's native NV12 and converts
 with :func:`nv12_to_rgb` in JAX (PyAV's default conversion, bit for bit on x86-64: h264 frames equal
@@ -236,6 +242,68 @@ def nv12_to_rgb(nv12: jax.Array, height: int) -> jax.Array:
     return jnp.clip(rgb, 0, 255).astype(jnp.uint8)
 
 
+@jax.tree_util.register_pytree_node_class
+class Nv12Frames:
+    """Frames that NVDEC decoded and copied to the host in its native NV12 layout (1.5 bytes a
+    pixel, half of RGB's): ``nv12`` uint8 ``(T, H + ceil(H/2), W)`` (each frame's Y plane over its
+    interleaved UV plane), ``height`` ``H``. What NVDEC worker processes hand over
+    (``decoder="nvdec-host"``, :data:`HOST_DECODERS`); the device converts them
+    (:func:`nv12_windows_to_device`, :func:`nv12_to_rgb`). Shaped like the RGB window it stands for:
+    ``shape`` is ``(T, H, W, 3)``, ``ndim`` 4, and ``w[a:b]`` (or an index array) selects frames.
+    A JAX pytree (the ``nv12`` array its leaf), so Grain hands it over in shared memory."""
+
+    __slots__ = ("nv12", "height")
+    ndim = 4
+    dtype = np.dtype(np.uint8)
+
+    def __init__(self, nv12, height: int):
+        self.nv12, self.height = nv12, int(height)
+
+    @property
+    def shape(self) -> tuple:
+        t, _, w = self.nv12.shape
+        return (t, self.height, w, 3)
+
+    def __len__(self) -> int:
+        return self.nv12.shape[0]
+
+    def __getitem__(self, frames) -> Nv12Frames:
+        if np.ndim(frames) == 0 and not isinstance(frames, slice):
+            frames = slice(int(frames), int(frames) + 1 or None)
+        return Nv12Frames(self.nv12[frames], self.height)
+
+    def tree_flatten(self):
+        return (self.nv12,), self.height
+
+    @classmethod
+    def tree_unflatten(cls, height, leaves):
+        obj = object.__new__(cls)
+        obj.nv12, obj.height = leaves[0], height
+        return obj
+
+    def __repr__(self) -> str:
+        return f"Nv12Frames(shape={self.shape})"
+
+
+def nv12_windows_to_device(windows: list, device=None) -> list:
+    """Windows as a device decoder's worker processes hand them over -> the same windows as RGB
+    ``jax.Array`` s ``(T, H, W, 3)`` uint8 on ``device`` (default: JAX's first): each
+    :class:`Nv12Frames` transferred as NV12 (all in one ``device_put``) and converted there by
+    :func:`nv12_to_rgb`; numpy windows (a video decoded on the CPU instead) are transferred as they
+    are, ``None`` stays. Ready for :func:`~co3d_jax.data.pipeline.collate_on_device`."""
+    device = jax.devices()[0] if device is None else device
+    nv = [k for k, w in enumerate(windows) if isinstance(w, Nv12Frames)]
+    rest = [k for k, w in enumerate(windows) if w is not None and not isinstance(w, Nv12Frames)]
+    out = list(windows)
+    put = jax.device_put([np.asarray(windows[k].nv12) for k in nv] + [np.asarray(windows[k]) for k in rest], device)
+    jax.block_until_ready(put)        # the host buffers (Grain's shared memory) may go after this
+    for k, a in zip(nv, put[:len(nv)]):
+        out[k] = nv12_to_rgb(a, windows[k].height)
+    for k, a in zip(rest, put[len(nv):]):
+        out[k] = a
+    return out
+
+
 # -- the thread's decoder ----------------------------------------------------------------------
 _local = threading.local()
 reconfigure_failures = 0
@@ -271,14 +339,19 @@ class NvdecFrames:
     ``scan``: count the frames by scanning the packets (exact; the header count can be wrong for
     MPEG-4 Part 2). ``color``: one of :data:`COLORS` (default ``nv12``: PyAV's colour conversion).
     ``cache_size``: the thread decoder's LRU cache of hardware decoders (``decoder_cache_size``).
+    ``host``: the decoder copies each frame to host memory (PyNvVideoCodec's
+    ``use_device_memory=False``) and reads return :class:`Nv12Frames` (numpy NV12, ``color="nv12"``
+    only) without touching JAX: for decoding in worker processes, whose frames the main process
+    converts on the device (:func:`nv12_windows_to_device`). An int index then gives one frame.
     """
 
-    on_device = True
-
     def __init__(self, media: Media, *, gpu_id: int = 0, scan: bool = True, color: str = "nv12",
-                 cache_size: int = 4):
+                 cache_size: int = 4, host: bool = False):
         if color not in COLORS:
             raise ValueError(f"color must be one of {COLORS}, got {color!r}")
+        if host and color != "nv12":
+            raise ValueError("host=True reads NV12 only (color='nv12'); the device converts it")
+        self.on_device = not host
         if isinstance(media, os.PathLike):
             media = os.fspath(media)
         self.label = media if isinstance(media, str) else "(bytes)"
@@ -286,8 +359,8 @@ class NvdecFrames:
         if isinstance(media, (bytearray, memoryview)):
             media = bytes(media)
         self.media = media
-        self.config = (int(gpu_id), bool(scan), color, int(cache_size))
-        self.gpu_id, self.scan, self.color, self.cache_size = self.config
+        self.config = (int(gpu_id), bool(scan), color, int(cache_size), bool(host))
+        self.gpu_id, self.scan, self.color, self.cache_size, self.host = self.config
         self._nvc = _import_nvc()
         dec = self._decoder()
         try:
@@ -353,8 +426,8 @@ class NvdecFrames:
                     except Exception:  # noqa: BLE001 (a new decoder decides whether the file is bad)
                         reconfigure_failures += 1
             release_thread_decoder()
-            gpu_id, scan, color, cache_size = self.config
-            dec = nvc.SimpleDecoder(self.media, gpu_id=gpu_id, use_device_memory=True,
+            gpu_id, scan, color, cache_size, host = self.config
+            dec = nvc.SimpleDecoder(self.media, gpu_id=gpu_id, use_device_memory=not host,
                                     need_scanned_stream_metadata=scan, decoder_cache_size=cache_size,
                                     output_color_type=nvc.OutputColorType.RGB if color == "rgb"
                                     else nvc.OutputColorType.NATIVE)
@@ -367,7 +440,7 @@ class NvdecFrames:
     def __len__(self) -> int:
         return self.n
 
-    def __getitem__(self, indices) -> jax.Array:
+    def __getitem__(self, indices) -> jax.Array | Nv12Frames:
         scalar = np.ndim(indices) == 0
         idx = np.atleast_1d(np.asarray(indices))
         if idx.ndim != 1:
@@ -376,6 +449,8 @@ class NvdecFrames:
             raise TypeError(f"frame indices must be integers, got {idx.dtype}")
         given = idx.astype(np.int64)
         idx = np.where(given < 0, given + self.n, given)
+        if idx.size == 0 and self.host:
+            return Nv12Frames(np.zeros((0, self.height + (self.height + 1) // 2, self.width), np.uint8), self.height)
         if idx.size == 0:
             return jax.device_put(np.zeros((0, self.height, self.width, 3), np.uint8), self._device())
         bad = given[(idx < 0) | (idx >= self.n)]
@@ -384,13 +459,14 @@ class NvdecFrames:
         wanted = np.unique(idx)                                  # sorted, distinct
         frames = self._read([int(i) for i in wanted])            # (len(wanted), H, W, 3) on the GPU
         if len(wanted) != len(idx) or np.any(wanted != idx):
-            frames = frames[jnp.asarray(np.searchsorted(wanted, idx))]   # repeats and order, on the device
-        return frames[0] if scalar else frames
+            pick = np.searchsorted(wanted, idx)
+            frames = frames[pick if self.host else jnp.asarray(pick)]   # repeats and order (on the device)
+        return frames if self.host or not scalar else frames[0]
 
     def _device(self):
         return next((d for d in jax.devices() if d.id == self.gpu_id), jax.devices()[0])
 
-    def _read(self, wanted: list[int]) -> jax.Array:
+    def _read(self, wanted: list[int]) -> jax.Array | Nv12Frames:
         dec = self._decoder()
         try:
             got = dec.get_batch_frames_by_index(wanted)
@@ -400,11 +476,17 @@ class NvdecFrames:
         if len(got) != len(wanted):
             raise VideoError(f"{self.label}: truncated: NVDEC returned {len(got)} of the {len(wanted)} frames "
                              f"asked for (up to frame {wanted[-1]}; header frame count {self.header_frames})")
+        want = (self.height, self.width, 3) if self.color == "rgb" else (self.height + (self.height + 1) // 2, self.width)
+        if self.host:
+            try:
+                return Nv12Frames(np.stack([_host_frame(f, want) for f in got]), self.height)
+            except Exception as e:
+                raise VideoError(f"{self.label}: copying an NVDEC frame from host memory failed: {_first_line(e)}") \
+                    from None
         try:
             arrays = [jax.dlpack.from_dlpack(f) for f in got]
         except Exception as e:
             raise VideoError(f"{self.label}: DLPack import of an NVDEC frame failed: {_first_line(e)}") from None
-        want = (self.height, self.width, 3) if self.color == "rgb" else (self.height + (self.height + 1) // 2, self.width)
         shapes = {(tuple(a.shape), str(a.dtype)) for a in arrays}
         if shapes != {(want, "uint8")}:
             raise VideoError(f"{self.label}: NVDEC returned frames {sorted(shapes)}, expected uint8 {want}"
@@ -414,6 +496,23 @@ class NvdecFrames:
             stacked = nv12_to_rgb(stacked, self.height)
         stacked.block_until_ready()                              # before the decoder reuses its buffers
         return stacked
+
+
+def _host_frame(frame, shape: tuple) -> np.ndarray:
+    """A frame PyNvVideoCodec decoded into host memory (``use_device_memory=False``) -> a numpy copy
+    of ``shape`` ``(rows, W)`` (the decoder may reuse its buffer): through DLPack where the frame
+    exports a CPU tensor, else from its plane pointer (``GetPtrToPlane(0)``, the planes contiguous,
+    ``framesize()`` bytes where it says); rows wider than ``W`` (a pitch) are cut to ``W``."""
+    rows, w = shape
+    try:
+        a = np.from_dlpack(frame)
+    except Exception:  # noqa: BLE001 (no CPU DLPack export: read the plane pointer)
+        import ctypes
+        size = int(frame.framesize()) if hasattr(frame, "framesize") else rows * w
+        a = np.ctypeslib.as_array((ctypes.c_uint8 * size).from_address(int(frame.GetPtrToPlane(0))))
+    if a.dtype != np.uint8 or a.size % rows or a.size // rows < w:
+        raise ValueError(f"host frame {a.shape} {a.dtype}, expected uint8 {shape}")
+    return np.array(a.reshape(rows, -1)[:, :w], copy=True)
 
 
 def resolve_decoder(decoder: str) -> str:
@@ -440,18 +539,25 @@ def frame_source(media: Media, decoder: str = "auto", *, backend: str = "auto", 
     else the CPU decoder with a one-line notice (once per process). With ``"auto"`` a video NVDEC
     cannot open falls back to the CPU decoder too (one notice per process), so which videos are
     rejected, and why, is the CPU decoder's verdict at open. ``"nvdec"`` where NVDEC is
-    unavailable raises :class:`~co3d_jax.extras.MissingExtra` or :class:`NvdecUnavailable`."""
-    if decoder not in DECODERS:
+    unavailable raises :class:`~co3d_jax.extras.MissingExtra` or :class:`NvdecUnavailable`.
+    ``"nvdec-host"``/``"auto-host"`` (:data:`HOST_DECODERS`, for worker processes): as ``"nvdec"``/
+    ``"auto"`` with ``NvdecFrames(host=True)`` (reads give :class:`Nv12Frames`), without
+    :func:`available`'s check, which would start JAX's GPU backend in the worker."""
+    if decoder not in DECODERS and decoder not in HOST_DECODERS.values():
         raise ValueError(f"unknown decoder {decoder!r} ({', '.join(DECODERS)})")
+    if decoder == "nvdec-host":
+        return NvdecFrames(media, **nvdec_options, host=True)
     if decoder == "cpu":
         return VideoFrames(media, backend)
     if decoder == "nvdec":
         if not available():
             raise _unavailable_error()
         return NvdecFrames(media, **nvdec_options)
-    if not available():
+    if decoder == "auto" and not available():
         notice_once("unavailable", f"decoding video on the CPU: NVDEC not used ({unavailable_reason()})")
         return VideoFrames(media, backend)
+    if decoder == "auto-host":
+        nvdec_options = dict(nvdec_options, host=True)
     label = media if isinstance(media, str) else "(bytes)"
     _check_media(media, label)            # a missing or empty file is an error for both decoders
     try:

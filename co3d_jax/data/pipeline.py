@@ -81,9 +81,19 @@ def _absl_parsed() -> None:
 def _worker_init(index: int, count: int) -> None:
     """In each Grain worker: Ctrl-C (SIGINT to the terminal's process group) is the main
     process's to handle; it stops the workers through :meth:`GrainReader.close`. A worker killed
-    by it instead would die mid-element, and the main process would wait for it to time out."""
+    by it instead would die mid-element, and the main process would wait for it to time out.
+    JAX, where the worker imported it, is held to its CPU backend: a worker never computes on the
+    devices, and on a GPU host JAX's first use there would reserve most of the GPU's memory (an
+    NVDEC worker, ``decoder="nvdec-host"``, reaches the GPU through PyNvVideoCodec only)."""
     import signal
+    import sys
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.environ["JAX_PLATFORMS"] = "cpu"
+    if "jax" in sys.modules:
+        try:
+            sys.modules["jax"].config.update("jax_platforms", "cpu")
+        except Exception:  # noqa: BLE001 (a backend already started: nothing to hold)
+            pass
 
 
 def _drain_shared_memory_deletes() -> None:
@@ -220,15 +230,19 @@ class ThreadReader:
 
 def open_reader(dataset, decoder: str = "cpu", workers: int = 0, threads: int = 4, ahead: int = 1):
     """The reader of ``dataset`` for ``decoder``: :class:`GrainReader` over ``workers`` processes
-    (each queueing its share of ``ahead`` elements) for the CPU decoder, :class:`ThreadReader` over
-    ``threads`` threads of this process (``ahead`` in flight) for a device decoder, which decodes
-    in one process only."""
-    if decoder == "cpu":
+    (each queueing its share of ``ahead`` elements) for the CPU decoder and for a device decoder
+    run in worker processes (``"nvdec-host"``/``"auto-host"``:
+    :data:`co3d_jax.data.nvdec.HOST_DECODERS`, each worker its own decoder, frames handed over on
+    the host as NV12), :class:`ThreadReader` over ``threads`` threads of this process (``ahead`` in
+    flight) for a device decoder whose frames stay on the device. Both device decoders need one JAX
+    process (the batch is assembled on this process's device)."""
+    if decoder != "cpu":
+        import jax
+        if jax.process_count() > 1:
+            raise ValueError(f"decoder={decoder!r} decodes for one process; this run has {jax.process_count()} "
+                             "(use the CPU decoder)")
+    if decoder == "cpu" or decoder.endswith("-host"):
         return GrainReader(dataset, workers, max(1, -(-ahead // workers)) if workers > 0 else 1)
-    import jax
-    if jax.process_count() > 1:
-        raise ValueError(f"decoder={decoder!r} decodes in one process; this run has {jax.process_count()} "
-                         "(use the CPU decoder)")
     return ThreadReader(dataset, threads, ahead, name="co3d-nvdec")
 
 
@@ -273,9 +287,10 @@ def collate_windows(windows: Sequence[np.ndarray | None], rows: int | None = Non
 def collate_on_device(windows: Sequence[Any], rows: int | None = None, canvas: tuple[int, int] = (0, 0),
                       num_frames: int | None = None, device=None):
     """:func:`collate_windows` for windows that are ``jax.Array`` s on a device (a device decoder's
-    frames; numpy windows, e.g. a video decoded on the CPU instead, are transferred): the same
-    zero canvas, built on ``device`` (default: the first window's, else JAX's default) without a
-    host copy. Returns a ``jax.Array`` ``(rows, T, H, W, 3)`` uint8."""
+    frames; numpy windows, e.g. a video decoded on the CPU instead, are transferred; NVDEC worker
+    processes' :class:`~co3d_jax.data.nvdec.Nv12Frames` are transferred as NV12 and converted to
+    RGB there): the same zero canvas, built on ``device`` (default: the first window's, else JAX's
+    default) without a host copy of RGB frames. Returns a ``jax.Array`` ``(rows, T, H, W, 3)`` uint8."""
     import jax
     import jax.numpy as jnp
 
@@ -283,6 +298,9 @@ def collate_on_device(windows: Sequence[Any], rows: int | None = None, canvas: t
     if device is None:
         on = [w for w in have if isinstance(w, jax.Array)]
         device = next(iter(on[0].devices())) if on else jax.devices()[0]
+    from .nvdec import Nv12Frames, nv12_windows_to_device
+    if any(isinstance(w, Nv12Frames) for w in have):
+        windows = nv12_windows_to_device(list(windows), device)
     out = []
     for k in range(rows):
         w = windows[k] if k < len(windows) else None

@@ -195,11 +195,14 @@ class BatchLoader:
     ``decoder="nvdec"`` (or ``"auto"`` where NVDEC is available) decodes in ``decoder_threads``
     threads of this process instead of Grain's workers (``workers`` is then unused): the same
     elements (:func:`load_train_element`: videos, replacements, draws), the windows on the GPU,
-    collated there. One process only."""
+    collated there. One process only. ``decoder_procs > 0``: NVDEC decodes in that many Grain worker
+    processes instead (each its own decoder), which hand the windows over on the host as NV12
+    (:class:`~co3d_jax.data.nvdec.Nv12Frames`), converted to RGB on the device."""
 
     def __init__(self, records, spec, seed: int, batch_size: int, start: int, workers: int, prefetch: int,
                  allow_padding: bool = True, failed: dict | None = None, padded: dict | None = None,
-                 mesh=None, stop: int | None = None, decoder: str = "cpu", decoder_threads: int = 4):
+                 mesh=None, stop: int | None = None, decoder: str = "cpu", decoder_threads: int = 4,
+                 decoder_procs: int = 0):
         import jax
 
         from .device_augment import make_augment
@@ -212,6 +215,9 @@ class BatchLoader:
         self.nproc, self.pid = jax.process_count(), jax.process_index()
         self.local = batch_size // self.nproc
         stop = start + (1 << 40) if stop is None else max(stop, start)
+        if decoder != "cpu" and decoder_procs > 0:
+            from .nvdec import HOST_DECODERS
+            decoder, workers = HOST_DECODERS[decoder], decoder_procs
         self.decoder = decoder
         ds = train_dataset(records, spec, seed, batch_size, start, stop, allow_padding, self.pid, self.nproc,
                            decoder)
