@@ -224,6 +224,7 @@ def finetune(args, data: str, out: str, mode: str, n: int | None, env: dict, tim
                 command="python -m experiments.finetune " + " ".join(argv), wall_s=r["wall_s"],
                 steady_steps_per_s=sps, steady_clips_per_s=sps * args.train_batch if sps else None,
                 loader_seconds=s.get("loader_seconds"), seconds=s.get("seconds"), decoder=s.get("decoder"),
+                checkpoint_seconds=s.get("checkpoint_seconds"),
                 failed_videos=len(s.get("failed_videos") or {}), util=_util(r["util"], env, since, until),
                 losses=losses)
 
@@ -544,12 +545,13 @@ def markdown(results: dict) -> str:
     loaders = [(r, s) for r in results["train"] for s in ("one", "all") if r[s].get("loader_seconds")]
     if loaders:
         lines += ["", "Fine-tuning loader seconds over the whole run (first batch included): wait = the loop "
-                  "waiting in `next()`, host = reading and collating, put = host-to-device placement.", "",
-                  "| input | devices | wait s | host s | put s | loop s |", "|---|---|---|---|---|---|"]
+                  "waiting in `next()`, host = reading and collating, put = host-to-device placement; checkpoint = "
+                  "the final save (outside the steady rate).", "",
+                  "| input | devices | wait s | host s | put s | loop s | checkpoint s |", "|---|---|---|---|---|---|---|"]
         for r, s in loaders:
             ls = r[s]["loader_seconds"]
             lines.append(f"| {r['mode']} | {r[s]['devices']} | {ls.get('wait_s', 0):.2f} | {ls.get('host_s', 0):.2f} | "
-                         f"{ls.get('put_s', 0):.2f} | {r[s].get('seconds') or 0:.1f} |")
+                         f"{ls.get('put_s', 0):.2f} | {r[s].get('seconds') or 0:.1f} | {r[s].get('checkpoint_seconds') or 0:.2f} |")
     if results.get("skipped"):
         lines += ["", "Skipped (time budget): " + ", ".join(results["skipped"])]
     return "\n".join(lines) + "\n"
