@@ -486,6 +486,7 @@ def _main(argv, stop: dict) -> int:
                    seconds=elapsed, steps_per_s=n_done / elapsed if elapsed > 0 else None,
                    clips_per_s=n_done * args.batch_size / elapsed if elapsed > 0 else None,
                    steady_steps_per_s=(n_done - 1) / (t_loop - t_first - save_s) if n_done > 1 else None,
+                   steady_from=t_first if n_done > 1 else None,   # time.time(): the steady phase's start
                    checkpoint_seconds=save_s + (t_end - t_loop),
                    loader_seconds={k: v for k, v in loader.stats.items() if k != "batches"},
                    decoder=video_decoder, workers=workers if video_decoder == "cpu" else 0,

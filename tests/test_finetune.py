@@ -144,6 +144,12 @@ def test_loss_falls_and_accuracy_above_chance(runs):
     assert ckpts == [16, 24, 32]                                      # every 8 steps, keep 3
     summary = json.load(open(os.path.join(runs["ref"], "summary.json")))
     assert summary["steps"] == STEPS and summary["failed_videos"] == {}
+    # the steady phase (experiments.scaling samples the GPUs over it): after the first update, and its
+    # updates end before the summary is written
+    written = os.path.getmtime(os.path.join(runs["ref"], "summary.json"))
+    first_done = summary["steady_from"]
+    assert written - summary["seconds"] - 1 < first_done < written
+    assert first_done + (STEPS - 1) / summary["steady_steps_per_s"] <= written + 0.01
 
     # the export runs through the evaluation experiment (held-out videos, centre crop)
     from experiments import evaluate as E
