@@ -64,20 +64,16 @@ CODECS = {"libx264": ("libx264", None), "libx264_g48": ("libx264", 48), "mpeg4":
 
 
 def make_video(path, codec, seed=0, n=N, w=W, h=H, fps=FPS, gop=None):
-    """A generated clip: moving colour gradients and a moving band of noise (seeded)."""
+    """A generated clip (``co3d_jax.data.synthetic.gradient_noise_video``: moving colour gradients and a
+    moving band of noise, seeded) encoded with ``codec`` at ``gop`` (None: the encoder's default)."""
     import av
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:h, 0:w]
+    from co3d_jax.data.synthetic import gradient_noise_video
     with av.open(path, "w") as c:
         s = c.add_stream(codec, rate=fps)
         s.width, s.height, s.pix_fmt = w, h, "yuv420p"
         if gop:
             s.codec_context.gop_size = gop
-        for t in range(n):
-            img = np.stack([(xx * 2 + t * (3 + seed)) % 256, (yy * 2 + t * 5) % 256, (xx + yy + t * 7 + 11 * seed) % 256], -1)
-            img = img.astype(np.uint8)
-            r = (t * 4 + 13 * seed) % h
-            img[r:r + 20] = rng.integers(0, 256, img[r:r + 20].shape, dtype=np.uint8)
+        for img in gradient_noise_video(n, h, w, seed):
             for p in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
                 c.mux(p)
         for p in s.encode():
