@@ -116,7 +116,7 @@ class Conv(Layer):
     channels as shifted multiply-adds; ``'pallas'``: the step of a zero-filled depthwise conv with temporal
     stride 1 (any spatial stride) runs as one fused Pallas kernel, :func:`co3d_jax.kernels.depthwise_step` (interpreted off GPUs), and
     everything else as ``'shift'``; ``'fused'``: in step mode on an NVIDIA GPU, ``'pallas'`` for a
-    depthwise conv at spatial stride 1 and ``'shift'`` for a dense one, everywhere else ``'auto'`` (X3D's default: the
+    depthwise conv (strided ones too) and ``'shift'`` for a dense one, everywhere else ``'auto'`` (X3D's default: the
     fastest exact path measured on an H200, ``results/README.md``)); ``clip_impl`` overrides it for clip mode (on an H100 the grouped
     convolution won for X3D-L clips, shift-and-add everywhere else we measured).
 
@@ -367,7 +367,7 @@ class Conv(Layer):
         """Whether the kernel covers this conv: ``'pallas'`` wherever it can (spatial strides too),
         ``'fused'`` at spatial stride 1 only (what was measured faster on an H200)."""
         from ..kernels import pallas_supported
-        return pallas_supported(self.kernel, self.strides, self.temporal_fill, spatial_strides=self.impl == "pallas")
+        return pallas_supported(self.kernel, self.strides, self.temporal_fill, spatial_strides=self.impl in ("pallas", "fused"))
 
     def _pallas_step(self, params, state, x, valid, emit, n_next):
         """:meth:`step` as one fused kernel: input activation, taps over the unpadded frame (masked
