@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import multiprocessing
 import os
 import platform
 import resource
@@ -78,7 +79,8 @@ def make_data(root: str, codec: str, distinct: int, copies: int, n: int, w: int,
     tmp = os.path.join(root, "distinct")
     os.makedirs(tmp, exist_ok=True)
     jobs = [(os.path.join(tmp, f"{i:05d}.mp4"), codec, i, n, w, h, gop) for i in range(distinct)]
-    with ProcessPoolExecutor(max(1, os.cpu_count() or 1)) as ex:
+    # spawned: a fork after JAX has started its threads can deadlock
+    with ProcessPoolExecutor(max(1, os.cpu_count() or 1), mp_context=multiprocessing.get_context("spawn")) as ex:
         list(ex.map(_make_one, jobs))
     files = 0
     for i, job in enumerate(jobs):

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import shutil
 import subprocess
@@ -80,7 +81,9 @@ def make_dataset(root: str, videos: int, copies: int = 1, frames: int = 300, siz
     tmp = os.path.join(root, "distinct")
     os.makedirs(tmp, exist_ok=True)
     jobs = [(os.path.join(tmp, f"{i:05d}.mp4"), codec, i, frames, w, h) for i in range(videos)]
-    with ProcessPoolExecutor(max(1, min(len(jobs), procs or os.cpu_count() or 1))) as ex:
+    # spawned: a fork after JAX has started its threads can deadlock
+    with ProcessPoolExecutor(max(1, min(len(jobs), procs or os.cpu_count() or 1)),
+                             mp_context=multiprocessing.get_context("spawn")) as ex:
         list(ex.map(_encode_one, jobs))
     for i, job in enumerate(jobs):
         for c in range(copies):
