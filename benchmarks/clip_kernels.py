@@ -23,15 +23,13 @@ from __future__ import annotations
 
 import argparse
 import collections
-import glob
-import gzip
 import json
 import os
 import re
 import tempfile
 import time
 
-from .step_kernels import hlo_counts, parse_trace
+from .step_kernels import environment as step_environment, hlo_counts, load_trace, parse_trace
 
 PAPER_BATCH = {"x3d_xs": 64, "x3d_s": 64, "x3d_m": 64, "x3d_l": 32}
 _LAYOUT = re.compile(r"dim_labels=([\w]+_[\w]+->[\w]+)")
@@ -58,19 +56,10 @@ def conv_layouts(text: str) -> dict:
 
 def kernel_names(trace_dir: str, calls: int, top: int = 25) -> list[dict]:
     """GPU kernels of a ``jax.profiler`` trace grouped by kernel name: calls and µs per forward."""
-    files = glob.glob(os.path.join(trace_dir, "**", "*.trace.json.gz"), recursive=True) or \
-        glob.glob(os.path.join(trace_dir, "**", "perfetto_trace.json.gz"), recursive=True)
-    if not files:
+    loaded = load_trace(trace_dir)
+    if loaded is None:
         return []
-    with gzip.open(sorted(files)[-1], "rt") as f:
-        trace = json.load(f)
-    events = trace["traceEvents"] if isinstance(trace, dict) else trace
-    pname, tname = {}, {}
-    for e in events:
-        if e.get("ph") == "M" and e.get("name") == "process_name":
-            pname[e["pid"]] = e.get("args", {}).get("name", "")
-        elif e.get("ph") == "M" and e.get("name") == "thread_name":
-            tname[(e["pid"], e.get("tid"))] = e.get("args", {}).get("name", "")
+    _, events, pname, tname = loaded
     agg = collections.defaultdict(lambda: [0, 0.0])
     for e in events:
         if e.get("ph") != "X" or "gpu" not in pname.get(e.get("pid"), "").lower():
@@ -86,18 +75,7 @@ def kernel_names(trace_dir: str, calls: int, top: int = 25) -> list[dict]:
 
 def environment() -> dict:
     """Device, versions, date and the command."""
-    import datetime
-    import platform
-    import sys
-
-    import jax
-    import jaxlib
-    d = jax.devices()[0]
-    return {"device": getattr(d, "device_kind", str(d)), "platform": d.platform, "jax": jax.__version__,
-            "jaxlib": jaxlib.__version__, "python": platform.python_version(),
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "command": "python -m benchmarks.clip_kernels " + " ".join(sys.argv[1:]),
-            "xla_flags": os.environ.get("XLA_FLAGS", "")}
+    return step_environment("benchmarks.clip_kernels")
 
 
 def measure(model_name: str, batch: int, dtype: str, *, options: dict, label: str, image_size: int | None,

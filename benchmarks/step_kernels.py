@@ -136,13 +136,15 @@ def layer_kind(layer: str) -> str:
 # ------------------------------------------------------------------------------------ GPU trace
 PALLAS_PREFIXES = ("co3d_",)  # the names our pallas_calls give their kernels (co3d_jax/kernels)
 
-def parse_trace(trace_dir: str, steps: int, op_names: dict) -> dict:
-    """Kernels (events on the GPU's ``Stream`` lines) of a ``jax.profiler`` perfetto trace."""
+def load_trace(trace_dir: str):
+    """``(path, events, process names by pid, thread names by (pid, tid))`` of the newest
+    ``jax.profiler`` trace file under ``trace_dir``, or None when there is none."""
     files = glob.glob(os.path.join(trace_dir, "**", "*.trace.json.gz"), recursive=True) or \
         glob.glob(os.path.join(trace_dir, "**", "perfetto_trace.json.gz"), recursive=True)
     if not files:
-        return {"error": f"no trace file under {trace_dir}"}
-    with gzip.open(sorted(files)[-1], "rt") as f:
+        return None
+    path = sorted(files)[-1]
+    with gzip.open(path, "rt") as f:
         trace = json.load(f)
     events = trace["traceEvents"] if isinstance(trace, dict) else trace
     pname, tname = {}, {}
@@ -151,6 +153,15 @@ def parse_trace(trace_dir: str, steps: int, op_names: dict) -> dict:
             pname[e["pid"]] = e.get("args", {}).get("name", "")
         elif e.get("ph") == "M" and e.get("name") == "thread_name":
             tname[(e["pid"], e.get("tid"))] = e.get("args", {}).get("name", "")
+    return path, events, pname, tname
+
+
+def parse_trace(trace_dir: str, steps: int, op_names: dict) -> dict:
+    """Kernels (events on the GPU's ``Stream`` lines) of a ``jax.profiler`` perfetto trace."""
+    loaded = load_trace(trace_dir)
+    if loaded is None:
+        return {"error": f"no trace file under {trace_dir}"}
+    path, events, pname, tname = loaded
     lines = collections.Counter()
     kernels, xla_ops = [], []
     for e in events:
@@ -203,7 +214,7 @@ def parse_trace(trace_dir: str, steps: int, op_names: dict) -> dict:
     top = sorted(by_op.items(), key=lambda kv: -kv[1][1])[:25]
     span = (max(e["ts"] + e.get("dur", 0) for e in kern) - min(e["ts"] for e in kern)) if kern else 0.0
     return {
-        "file": os.path.basename(sorted(files)[-1]), "lines": dict(lines.most_common(30)),
+        "file": os.path.basename(path), "lines": dict(lines.most_common(30)),
         "kernels_per_step": len(kern) / steps, "gpu_us_per_step": total_us / steps,
         "span_us_per_step": span / steps, "memcpy_per_step": len(mem) / steps,
         "mean_kernel_us": total_us / len(kern) if kern else None,
@@ -219,14 +230,15 @@ def parse_trace(trace_dir: str, steps: int, op_names: dict) -> dict:
 
 
 # ------------------------------------------------------------------------------------ main
-def _env() -> dict:
+def environment(module: str = "benchmarks.step_kernels") -> dict:
+    """Device, versions, date, the command (``python -m {module} ...``) and ``XLA_FLAGS``."""
     import jax
     import jaxlib
     d = jax.devices()[0]
     return {"device": getattr(d, "device_kind", str(d)), "platform": d.platform, "jax": jax.__version__,
             "jaxlib": jaxlib.__version__, "python": platform.python_version(),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "command": "python -m benchmarks.step_kernels " + " ".join(sys.argv[1:]),
+            "command": f"python -m {module} " + " ".join(sys.argv[1:]),
             "xla_flags": os.environ.get("XLA_FLAGS", "")}
 
 
@@ -405,7 +417,7 @@ def main(argv=None) -> int:
         variants = variants[1:]
     if args.dump:
         os.makedirs(args.dump, exist_ok=True)
-    env = _env()
+    env = environment()
     rows = []
     for label, opts in variants:
         for dtype in args.dtype.split(","):

@@ -7,6 +7,7 @@ by ``clip_positions``) must give the CPU path's predictions and batches exactly.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import pathlib
@@ -31,17 +32,20 @@ pytestmark = pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"),
 def _nv12_of(path):
     """The file's frames as NV12 (PyAV's yuv420p planes), its fps; None if PyAV cannot decode it whole."""
     try:
-        with av.open(path) as c:
-            fps = float(c.streams.video[0].average_rate)
-            out = []
-            for f in c.decode(video=0):
-                i420 = f.to_ndarray(format="yuv420p")
-                h, w = f.height, f.width
-                y, u, v = i420[:h], i420[h:h + h // 4].reshape(h // 2, w // 2), i420[h + h // 4:].reshape(h // 2, w // 2)
-                out.append(np.concatenate([y, np.stack([u, v], -1).reshape(h // 2, w)]))
-        return np.stack(out), fps
+        nv12, fps, _ = _file_fake().nv12_of(path)
+        return nv12, fps
     except Exception:  # noqa: BLE001 (a bad file: the fake cannot open it)
         return None
+
+
+@functools.lru_cache(maxsize=None)
+def _file_fake():
+    """tests/fakes/PyNvVideoCodec.py loaded under another name (``PyNvVideoCodec`` is the in-memory fake here)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("file_fake_pynvvideocodec", os.path.join(FAKES, "PyNvVideoCodec.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture
@@ -81,6 +85,18 @@ def _preds(out):
         return {r["id"]: r for r in map(json.loads, fh)}
 
 
+def _assert_same_predictions(cpu_out, nv_out):
+    """Both evaluations saw the mini Kinetics' 9 videos, failed on the same 3 (corrupt, empty,
+    truncated) and gave every other video the same predictions, scores and frame accounting."""
+    cpu, nv = _preds(cpu_out), _preds(nv_out)
+    assert set(cpu) == set(nv) and len(cpu) == 9
+    failed = {k for k, r in cpu.items() if "error" in r}
+    assert failed == {k for k, r in nv.items() if "error" in r} and len(failed) == 3   # corrupt, empty, truncated
+    for k in set(cpu) - failed:
+        for field in ("pred", "pred_scores", "scores", "decoded", "repeated", "padded", "rank"):
+            assert cpu[k][field] == nv[k][field], (k, field)
+
+
 def test_evaluate_nvdec_gives_the_cpu_predictions(real_fake, tmp_path, capsys):
     root = make_mini_kinetics(tmp_path / "k400")
     real_fake.serve(root)
@@ -88,13 +104,7 @@ def test_evaluate_nvdec_gives_the_cpu_predictions(real_fake, tmp_path, capsys):
               "--root", str(root), "--split", "validate", "--batch-size", "4", "--no-progress", "--save-scores"]
     assert E.main([*common, "--out", str(tmp_path / "cpu"), "--workers", "0"]) == 0
     assert E.main([*common, "--out", str(tmp_path / "nv"), "--decoder", "nvdec", "--decoder-threads", "3"]) == 0
-    cpu, nv = _preds(tmp_path / "cpu"), _preds(tmp_path / "nv")
-    assert set(cpu) == set(nv) and len(cpu) == 9
-    failed = {k for k, r in cpu.items() if "error" in r}
-    assert failed == {k for k, r in nv.items() if "error" in r} and len(failed) == 3   # corrupt, empty, truncated
-    for k in set(cpu) - failed:
-        for field in ("pred", "pred_scores", "scores", "decoded", "repeated", "padded", "rank"):
-            assert cpu[k][field] == nv[k][field], (k, field)
+    _assert_same_predictions(tmp_path / "cpu", tmp_path / "nv")
     assert real_fake.batches                                 # the frames came through the (fake) NVDEC
     timing = json.load(open(tmp_path / "nv" / "timing.json"))
     assert timing["decoder"] == "nvdec" and timing["loader"] == "nvdec-threads"
@@ -198,13 +208,7 @@ def test_evaluate_nvdec_procs_gives_the_cpu_predictions(file_fake, tmp_path):
               "--root", str(root), "--split", "validate", "--batch-size", "4", "--no-progress", "--save-scores"]
     assert E.main([*common, "--out", str(tmp_path / "cpu"), "--workers", "0"]) == 0
     assert E.main([*common, "--out", str(tmp_path / "nv"), "--decoder", "nvdec", "--decoder-procs", "2"]) == 0
-    cpu, nv = _preds(tmp_path / "cpu"), _preds(tmp_path / "nv")
-    assert set(cpu) == set(nv) and len(cpu) == 9
-    failed = {k for k, r in cpu.items() if "error" in r}
-    assert failed == {k for k, r in nv.items() if "error" in r} and len(failed) == 3   # corrupt, empty, truncated
-    for k in set(cpu) - failed:
-        for field in ("pred", "pred_scores", "scores", "decoded", "repeated", "padded", "rank"):
-            assert cpu[k][field] == nv[k][field], (k, field)
+    _assert_same_predictions(tmp_path / "cpu", tmp_path / "nv")
     used = _decoders(file_fake)          # host-memory decoders, in 2 worker processes (not this one)
     assert {d for _, d in used} == {False} and len({p for p, _ in used}) == 2 and os.getpid() not in {p for p, _ in used}
     timing = json.load(open(tmp_path / "nv" / "timing.json"))

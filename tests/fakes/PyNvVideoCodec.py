@@ -18,7 +18,8 @@ __version__ = "fake"
 OutputColorType = types.SimpleNamespace(NATIVE="native", RGB="rgb", RGBP="rgbp")
 
 
-def _nv12_of(path):
+def nv12_of(path):
+    """A file's frames as NV12 ``(T, 3H/2, W)`` uint8 (PyAV's yuv420p planes), its fps and codec name."""
     import av
     with av.open(path) as c:
         s = c.streams.video[0]
@@ -50,7 +51,7 @@ class SimpleDecoder:
         if not isinstance(src, str):
             raise RuntimeError("this fake reads paths only")
         try:
-            self.nv12, self.fps, self.codec = _nv12_of(src)
+            self.nv12, self.fps, self.codec = nv12_of(src)
         except Exception:  # noqa: BLE001 (as the real one: cannot open)
             raise RuntimeError("Failed to open input stream") from None
         if os.environ.get("FAKE_NVC_LOG"):
