@@ -1,16 +1,20 @@
 """Where a clip forward of X3D spends its time: depthwise variants side by side, timed and traced.
 
     python -m benchmarks.clip_kernels --models x3d_s,x3d_m,x3d_l --dtype fp32,bf16 \\
-        --variants "shift:clip_depthwise_impl=shift;lax:clip_depthwise_impl=lax" --out results/clip_kernels.json
+        --variants "lax:clip_depthwise_impl=lax;shift:clip_depthwise_impl=shift;pallas:clip_depthwise_impl=pallas" \
+        --out results/clip_kernels.json
 
 For each model (paper batch: X3D-S/M 64, X3D-L 32, or ``--batch``), dtype and variant (model
-options; X3D-L's default is ``clip_depthwise_impl="lax"``, grouped convolutions, X3D-S/M's
-shift-and-add) with random weights, BN folded, params and clip in the dtype:
+options: ``clip_depthwise_impl`` ``lax`` grouped convolutions, ``shift`` shift-and-add, ``pallas``
+the Pallas clip kernel, the default on NVIDIA GPUs) with random weights, BN folded, params and
+clip in the dtype:
 
 * everywhere (CPU too, at a small ``--image-size``): the optimised HLO's op counts outside fused
   computations (:func:`benchmarks.step_kernels.hlo_counts`) and every library convolution's
   layout (``dim_labels``: ``b012f`` is channels-last, ``bf012`` channels-first, so the transposes
   XLA adds around it), feature-group count and target;
+* the scores' max difference (relative to the largest score) and top-1 agreement against the first
+  variant of the same model and dtype (same weights and clip);
 * on a GPU (or with ``--timing``): compile seconds, clips/s (median of ``--repeats`` calls after
   a warm-up), and a ``jax.profiler`` trace of ``--trace-calls`` calls parsed into kernels and GPU
   µs per call, the time per layer kind and per layer (:func:`benchmarks.step_kernels.parse_trace`),
@@ -107,6 +111,7 @@ def measure(model_name: str, batch: int, dtype: str, *, options: dict, label: st
     if dump_dir:
         with open(os.path.join(dump_dir, f"hlo_clip_{model_name}_{label}_{dtype}.txt"), "w") as f:
             f.write(text)
+    res["_scores"] = np.asarray(fn(params, clip), np.float32)  # for the agreement between variants
     if not (jax.devices()[0].platform != "cpu" if timing is None else timing):
         return res
     jax.block_until_ready(fn(params, clip))
@@ -131,10 +136,21 @@ def measure(model_name: str, batch: int, dtype: str, *, options: dict, label: st
     return res
 
 
+def agreement(first: tuple, scores) -> dict:
+    """How a variant's scores compare with the first variant's of the same model and dtype (same
+    weights and clip): ``vs``, the max absolute difference relative to the largest score, and the
+    fraction of clips whose top-1 class agrees."""
+    import numpy as np
+    label, ref = first
+    return {"vs": label, "max_rel_diff": float(np.max(np.abs(scores - ref)) / max(float(np.max(np.abs(ref))), 1e-30)),
+            "top1_agreement": float(np.mean(np.argmax(scores, -1) == np.argmax(ref, -1)))}
+
+
 def summary(r: dict) -> str:
     """One line per row."""
     h = r["hlo"]
-    line = (f"{r['model']:<6} {r['label']:<6} {r['dtype']} b{r['batch']}: {h['kernel_like_ops']} kernel-like ops, "
+    line = (f"{r['model']:<6} {r['label']:<6} {r['dtype']} b{r['batch']} (vs {r['vs']}: max rel diff "
+            f"{r['max_rel_diff']:.1e}, top-1 {r['top1_agreement']:.0%}): {h['kernel_like_ops']} kernel-like ops, "
             f"{h['convolutions']} convolutions, custom calls {h['custom_calls']}, {h['copies']} copies; convs "
             f"{r['conv_layouts']}")
     if "clips_per_s" in r:
@@ -169,7 +185,8 @@ def main(argv=None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="x3d_s,x3d_m,x3d_l")
     ap.add_argument("--dtype", default="fp32,bf16", help="comma-separated: fp32, bf16")
-    ap.add_argument("--variants", default="shift:clip_depthwise_impl=shift;lax:clip_depthwise_impl=lax",
+    ap.add_argument("--variants", default="lax:clip_depthwise_impl=lax;shift:clip_depthwise_impl=shift;"
+                    "pallas:clip_depthwise_impl=pallas",
                     help="';'-separated 'label:key=value,...' model options (values parsed as JSON when they can be)")
     ap.add_argument("--only", default="", help="';'-separated model/label/dtype triples to run (default: all), "
                     "e.g. 'x3d_l/lax/fp32;x3d_m/lax/fp32'")
@@ -199,6 +216,7 @@ def main(argv=None) -> int:
                 opts[k] = val
         variants.append((label, opts))
     only = set(filter(None, args.only.split(";")))
+    first = {}  # (model, dtype) -> (label, scores) of the first variant run
     if args.dump:
         os.makedirs(args.dump, exist_ok=True)
     env = environment()
@@ -213,6 +231,7 @@ def main(argv=None) -> int:
                     r = measure(name, batch, dtype, options=opts, label=label, image_size=args.image_size,
                                 repeats=args.repeats, trace_calls=args.trace_calls,
                                 timing=True if args.timing else None, dump_dir=args.dump)
+                    r.update(agreement(first.setdefault((name, dtype), (label, r["_scores"])), r.pop("_scores")))
                     print(summary(r), flush=True)
                 except Exception as e:  # a variant that fails: recorded, the others still run
                     r = {"label": label, "model": name, "options": opts, "batch": batch, "dtype": dtype,

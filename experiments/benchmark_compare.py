@@ -95,7 +95,7 @@ def table(jax_res: dict, torch_res: dict) -> str:
              f"PyTorch: {te['device']} · torch {te['torch']} · continual-inference {te['continual_inference']} · "
              f"pytorchvideo {te.get('pytorchvideo', '?')} · {te['date']} · `{te.get('command', '')}`", "",
              "JAX fused: the models' defaults (X3D `depthwise_impl`/`dense_impl=\"fused\"`: the Pallas depthwise "
-             "step on NVIDIA GPUs); JAX XLA: `depthwise_impl=auto, dense_impl=auto`. Targets: the project's on one H200 "
+             "step and clip kernels on NVIDIA GPUs); JAX XLA: `depthwise_impl=auto, dense_impl=auto`. Targets: the project's on one H200 "
              "(stream frames/s, latency ms per batch-1 `LiveStep` call, clip the JAX/PyTorch ratio in fp32). "
              "Roofline: JAX fused frames/s as a fraction of the memory roofline (state read and written once plus "
              "the frame, `benchmarks/roofline.py`; the goal: >= 35% for the CoX3D-S step).", "",

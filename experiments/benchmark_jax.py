@@ -7,7 +7,7 @@ Continual models run one jitted ``lax.scan`` per chunk of ``--chunk`` frames for
 streams, with BN folded and the state donated between chunks; clip models run one jitted forward
 per batch. Every figure is the median of ``--repeats`` timed calls after a warm-up call
 (compilation excluded), synchronised with ``block_until_ready``. The models run their defaults
-(X3D: ``depthwise_impl``/``dense_impl="fused"``, the Pallas step on NVIDIA GPUs); section ``xla``
+(X3D: ``depthwise_impl``/``dense_impl="fused"``, the Pallas step and clip kernels on NVIDIA GPUs); section ``xla``
 adds stream rows on the XLA path (``depthwise_impl=auto, dense_impl=auto``). Also measured:
 batch-1 latency of a :class:`co3d_jax.live.LiveStep` call (as a live stream runs), the depthwise
 algorithm (shift-and-add vs grouped convolution), scan unroll, and bf16 vs fp32 output error.

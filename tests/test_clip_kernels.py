@@ -10,14 +10,18 @@ from benchmarks.clip_kernels import conv_layouts, kernel_names, layer_table, mai
 def test_main_times_and_counts_a_tiny_clip(tmp_path):
     out = tmp_path / "r.json"
     assert main(["--models", "x3d_xs", "--dtype", "fp32", "--batch", "1", "--image-size", "32", "--repeats", "1",
-                 "--trace-calls", "1", "--timing", "--variants", "lax:clip_depthwise_impl=lax",
-                 "--out", str(out)]) == 0
+                 "--trace-calls", "1", "--timing", "--variants",
+                 "lax:clip_depthwise_impl=lax;pallas:clip_depthwise_impl=pallas", "--out", str(out)]) == 0
     d = json.loads(out.read_text())
     assert {"device", "jax", "date", "command"} <= set(d["env"]) and "clip_kernels" in d["env"]["command"]
-    (r,) = d["rows"]
+    r, p = d["rows"]
     assert r["label"] == "lax" and r["clips_per_s"] > 0 and r["hlo"]["kernel_like_ops"] > 10
     # X3D-XS: 3 + 5 + 11 + 7 blocks with a grouped 3x3x3 conv each, and the stem's 5x1x1 depthwise conv
     assert sum(n for k, n in r["conv_layouts"].items() if k.endswith("grouped")) == 27
+    assert r["vs"] == "lax" and r["max_rel_diff"] == 0.0 and r["top1_agreement"] == 1.0
+    # the Pallas clip kernel (interpreted on CPU) replaces every depthwise conv and agrees with them
+    assert p["label"] == "pallas" and p["vs"] == "lax" and not any(k.endswith("grouped") for k in p["conv_layouts"])
+    assert p["max_rel_diff"] < 1e-4 and p["top1_agreement"] == 1.0
 
 
 def test_conv_layouts_reads_cudnn_custom_calls():

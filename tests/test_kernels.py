@@ -2,6 +2,8 @@
 (CPU, seconds): the fused continual depthwise step alone, inside a ``Conv`` over a stream with
 validity gaps, and a reduced CoX3D over a 300-frame stream with validity, reset and chunking."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -112,8 +114,12 @@ def test_conv_pallas_step_equals_shift_over_a_stream(kernel, strides, pads, fill
     assert _rel(np.asarray(outp.y)[v], np.asarray(outr.y)[v]) <= 1e-6
     for a, b in zip(jax.tree.leaves(sr), jax.tree.leaves(sp)):
         assert a.dtype == b.dtype and _rel(b, a) <= 1e-6
-    # clip mode and prefill do not use the kernel: identical to the shift path
-    np.testing.assert_array_equal(np.asarray(pal.forward(p, x)), np.asarray(ref.forward(p, x)))
+    # clip mode and prefill run the clip kernel: the shift path's values
+    assert _rel(pal.forward(p, x), ref.forward(p, x)) <= 1e-6
+    for n in (1, 2, 5, 12):  # below, at and past the delay
+        (sa, ya), (sb, yb) = ref.prefill(p, x[:, :n]), pal.prefill(p, x[:, :n])
+        assert ya.shape == yb.shape and _rel(yb, ya) <= 1e-6 if ya.size else ya.shape == yb.shape
+        assert _rel(sb["acc"], sa["acc"]) <= 1e-6 and (np.asarray(sb["n"]) == np.asarray(sa["n"])).all()
 
 
 def _ops(jaxpr) -> set:
@@ -199,8 +205,11 @@ def test_x3d_default_is_fused_on_nvidia_gpus_only(monkeypatch):
     on_gpu = jaxpr(fused)
     assert "pallas_call" in on_gpu and "conv_general_dilated" not in on_gpu
     frames = jax.random.normal(jax.random.key(2), (2, 13, 32, 32, 3))
-    np.testing.assert_array_equal(np.asarray(fused.forward(params, frames)),
-                                  np.asarray(xla.forward(params, frames)))  # clip mode: XLA either way
+    clip = str(jax.make_jaxpr(fused.forward)(params, frames))  # clip mode: the clip kernel, same scores
+    # the stem's temporal conv and the 8 blocks' b convs, each one clip kernel; no grouped convolution left
+    assert len(re.findall(r"\bname=depthwise_clip\b", clip)) == 9
+    assert not re.search(r"feature_group_count=([2-9]|\d\d)", clip)
+    assert _rel(fused.forward(params, frames), xla.forward(params, frames)) <= 1e-5
 
 
 def test_fused_default_folded_is_the_xla_program_off_gpus_and_fuses_on_them(monkeypatch):
@@ -297,3 +306,68 @@ def test_a_frame_that_does_not_match_the_state_is_one_error(impl):
     for shape in [(2, 12, 16, 8), (3, 16, 16, 8)]:
         with pytest.raises(ValueError, match=r"frame of shape .* does not match the state.*\(2, 2, 16, 16, 8\)"):
             conv.step(params, state, jnp.zeros(shape), jnp.ones((2,), bool))
+
+
+@pytest.mark.parametrize("shape,kernel,strides,pads,bias,in_act,activation", [
+    ((2, 5, 7, 9, 13), (3, 3, 3), (1, 1, 1), (1, 1, 1), True, "relu", "swish"),   # X3D's b conv, odd sizes
+    ((1, 6, 9, 7, 10), (3, 3, 3), (1, 2, 2), (1, 1, 1), False, "", "relu"),        # a stage's strided first block
+    ((2, 7, 4, 5, 6), (5, 1, 1), (1, 1, 1), (2, 0, 0), True, "", "relu"),          # the stem's temporal conv
+    ((1, 7, 6, 6, 5), (3, 3, 3), (2, 1, 1), ((2, 2), 1, 1), True, "swish", ""),    # prefill: temporal stride, pads
+    ((1, 3, 5, 5, 4), (3, 3, 3), (1, 1, 1), ((0, 2), 1, 1), False, "", ""),        # prefill's (lo, kT-1) pads
+])
+def test_depthwise_clip_kernel_matches_xla(shape, kernel, strides, pads, bias, in_act, activation):
+    """The clip kernel (interpreted, small tiles: several row/column/channel tiles with masked edges)
+    equals its shift-and-add reference, which equals a grouped ``lax`` convolution."""
+    from co3d_jax.kernels import depthwise_clip, depthwise_clip_reference
+    ks = jax.random.split(jax.random.key(0), 3)
+    c = shape[-1]
+    x, k = jax.random.normal(ks[0], shape), jax.random.normal(ks[1], (*kernel, c))
+    b = jax.random.normal(ks[2], (c,)) if bias else None
+    kw = dict(strides=strides, pads=pads, in_activation=in_act, activation=activation)
+    y = depthwise_clip(x, k, b, interpret=True, budget=16, **kw)
+    r = depthwise_clip_reference(x, k, b, **kw)
+    assert y.shape == r.shape and _rel(y, r) <= 1e-6
+    act = {"": lambda v: v, "relu": jax.nn.relu, "swish": jax.nn.silu}
+    pp = [p if isinstance(p, tuple) else (p, p) for p in pads]
+    lax_y = act[activation](jax.lax.conv_general_dilated(
+        act[in_act](x), k[..., None, :], strides, pp, dimension_numbers=("NDHWC", "DHWIO", "NDHWC"),
+        feature_group_count=c) + (0 if b is None else b))
+    assert _rel(r, lax_y) <= 1e-5
+
+
+def test_depthwise_clip_kernel_gradients_are_the_xla_paths():
+    """Fine-tuning differentiates the kernel through its reference's VJP: equal gradients for the
+    input, kernel and bias (activations included), and bf16 in and out with fp32 accumulation."""
+    from co3d_jax.kernels import depthwise_clip, depthwise_clip_reference
+    ks = jax.random.split(jax.random.key(1), 4)
+    x, k, b = jax.random.normal(ks[0], (2, 4, 6, 5, 8)), jax.random.normal(ks[1], (3, 3, 3, 8)), jax.random.normal(ks[2], (8,))
+    w = jax.random.normal(ks[3], (2, 4, 6, 5, 8))
+    kw = dict(strides=(1, 1, 1), pads=(1, 1, 1), in_activation="relu", activation="swish")
+    g = jax.grad(lambda *a: jnp.sum(depthwise_clip(*a, interpret=True, **kw) * w), argnums=(0, 1, 2))(x, k, b)
+    gr = jax.grad(lambda *a: jnp.sum(depthwise_clip_reference(*a, **kw) * w), argnums=(0, 1, 2))(x, k, b)
+    for a, r in zip(g, gr):
+        assert a.shape == r.shape and _rel(a, r) <= 1e-5
+    y16 = depthwise_clip(x.astype(jnp.bfloat16), k, b, interpret=True, **kw)
+    assert y16.dtype == jnp.bfloat16 and _rel(y16, depthwise_clip_reference(x, k, b, **kw)) <= 2e-2
+
+
+def test_depthwise_clip_refuses_bad_shapes_in_one_line():
+    from co3d_jax.kernels import depthwise_clip
+    x, k = jnp.ones((1, 4, 6, 6, 8)), jnp.ones((3, 3, 3, 8))
+    with pytest.raises(ValueError, match=r"does not match kernel \(3, 3, 3, 4\)"):
+        depthwise_clip(x, jnp.ones((3, 3, 3, 4)), interpret=True)
+    with pytest.raises(ValueError, match="spatial padding must be symmetric"):
+        depthwise_clip(x, k, pads=(1, (0, 1), 1), interpret=True)
+    with pytest.raises(ValueError, match="too small for kernel"):
+        depthwise_clip(jnp.ones((1, 1, 6, 6, 8)), k, pads=(0, 1, 1), interpret=True)
+
+
+def test_clip_tiles_waste_few_lanes():
+    """The tiles measured on an H200 (X3D-L's stages at 312 px: 78, 39, 20, 10 wide with 54, 108, 216,
+    432 channels), and in general powers of 2 within the budget."""
+    from co3d_jax.kernels.depthwise import clip_tiles
+    assert [clip_tiles(n, n, c) for n, c in ((78, 54), (39, 108), (20, 216), (10, 432))] == [
+        (2, 16, 64), (4, 8, 64), (8, 8, 32), (2, 16, 64)]
+    for ho, wo, c in ((5, 5, 8), (112, 112, 24), (3, 200, 7)):
+        th, tw, tc = clip_tiles(ho, wo, c)
+        assert all(v & (v - 1) == 0 for v in (th, tw, tc)) and th * tw * tc <= 2048 and 8 <= tw <= 128

@@ -1,4 +1,4 @@
-"""Fused kernels (Pallas) for continual steps: a leaf tier that imports nothing from ``co3d_jax``.
+"""Fused kernels (Pallas) for continual steps and clip-mode depthwise convolutions: a leaf tier that imports nothing from ``co3d_jax``.
 
 Each kernel has an XLA twin in :mod:`co3d_jax.layers` that defines its semantics; a layer selects
 the kernel only through its option (``Conv(impl="pallas")`` anywhere; ``impl="fused"``, X3D's default,
@@ -8,7 +8,7 @@ on small shapes (CPU).
 
 import jax
 
-from .depthwise import depthwise_step, depthwise_step_reference, pallas_supported
+from .depthwise import clip_supported, depthwise_clip, depthwise_clip_reference, depthwise_step, depthwise_step_reference, pallas_supported
 
 
 def on_nvidia_gpu() -> bool:
@@ -17,4 +17,4 @@ def on_nvidia_gpu() -> bool:
     return d.platform == "gpu" and "nvidia" in getattr(d, "device_kind", "").lower()
 
 
-__all__ = ["depthwise_step", "depthwise_step_reference", "on_nvidia_gpu", "pallas_supported"]
+__all__ = ["clip_supported", "depthwise_clip", "depthwise_clip_reference", "depthwise_step", "depthwise_step_reference", "on_nvidia_gpu", "pallas_supported"]

@@ -221,3 +221,174 @@ def depthwise_step_reference(x, acc, kernel, bias, valid, *, strides: tuple = (1
     y = _XLA_ACTIVATIONS[activation](y)
     new = jnp.concatenate([acc[:, 1:], jnp.zeros_like(acc[:, :1])], axis=1) + z[:, kt - 2::-1]
     return y, jnp.where(valid.reshape(-1, 1, 1, 1, 1) != 0, new, acc)
+
+
+# ---------------------------------------------------------------------------- clip mode
+#
+# A clip (or prefill) forward of a depthwise conv, ``x`` ``(B, T, H, W, C)`` -> ``y``
+# ``(B, T', H', W', C)``: one program per ``(output frame, row tile, column x channel tile)`` sums
+# the ``kT x kH x kW`` taps of the unpadded input (masked loads: frames and positions outside the
+# clip read 0, the zero padding of ``f(x)``), adds the bias and applies the output activation, in
+# the XLA shift-and-add path's order of summation (frame tap, then row, then column). It exists
+# because grouped convolutions run channels-first in cuDNN's slow grouped direct kernel on GPUs
+# and the XLA shift-and-add loop reads each input up to 27 times from HBM at X3D-L's sizes
+# (results/README.md, "Why clip X3D-L is slower than PyTorch").
+
+
+def clip_tiles(ho: int, wo: int, c: int, budget: int = 2048) -> tuple[int, int, int]:
+    """Power-of-2 ``(TH, TW, TC)`` for :func:`depthwise_clip`: the column tile (8..128) and channel
+    tile (32 or 64) that waste the fewest masked lanes at the edges (ties: the larger tile), and as
+    many rows as fit ``budget`` elements."""
+    def waste(n, t):
+        return math.ceil(n / t) * t - n
+    tw = min((t for t in (128, 64, 32, 16, 8) if t <= max(8, _pow2(wo))), key=lambda t: waste(wo, t))
+    tc = min((64, 32), key=lambda t: waste(c, t))
+    th = max(1, min(_pow2(ho), budget // (tw * tc)))
+    return 1 << (th.bit_length() - 1), tw, tc
+
+
+def _clip_kernel(x_ref, k_ref, b_ref, y_ref, *, t, to, kt, kh, kw, st, sh, sw, lt, ph, pw, h, w, ho, wo, c, th, tw, tc,
+                 in_activation, activation, interpret):
+    from jax.experimental import pallas as pl
+    from jax.experimental.pallas import triton as plgpu
+    bt = pl.program_id(0)  # batch * T' + output frame
+    b, tout = bt // to, bt % to
+    h0 = pl.program_id(1) * th
+    nc = (c + tc - 1) // tc
+    w0 = (pl.program_id(2) // nc) * tw
+    c0 = (pl.program_id(2) % nc) * tc
+    zero = h0 * 0
+    shape = (th, tw, tc)
+    rows = h0 + jax.lax.broadcasted_iota(jnp.int32, shape, 0)
+    cols = w0 + jax.lax.broadcasted_iota(jnp.int32, shape, 1)
+    chans = c0 + jax.lax.broadcasted_iota(jnp.int32, shape, 2)
+    mask = (rows < ho) & (cols < wo) & (chans < c)
+    cmask = (c0 + jax.lax.broadcasted_iota(jnp.int32, (tc,), 0)) < c
+    f32 = jnp.float32
+    acc = None
+    for a in range(kt):
+        ti = tout * st + (a - lt)  # input frame of tap a (outside the clip: zero padding)
+        frame = b * t + jnp.clip(ti, 0, t - 1)
+        fmask = (ti >= 0) & (ti < t) & (chans < c)
+        for i in range(kh):
+            r = rows * sh + (i - ph)
+            rmask = fmask & (r >= 0) & (r < h)
+            for j in range(kw):
+                q = cols * sw + (j - pw)
+                xv = _load_window(x_ref, frame, h0 * sh + (i - ph), w0 * sw + (j - pw), c0, shape,
+                                  rmask & (q >= 0) & (q < w), interpret, sh, sw)
+                kv = plgpu.load(k_ref.at[zero + a, zero + i, zero + j, pl.ds(c0, tc)], mask=cmask, other=0.0).astype(f32)
+                term = _act(xv.astype(f32), in_activation) * kv[None, None, :]
+                acc = term if acc is None else acc + term
+    y = acc + plgpu.load(b_ref.at[pl.ds(c0, tc)], mask=cmask, other=0.0).astype(f32)[None, None, :]
+    y = _act(y, activation)
+    plgpu.store(y_ref.at[bt, pl.ds(h0, th), pl.ds(w0, tw), pl.ds(c0, tc)], y.astype(y_ref.dtype), mask=mask)
+
+
+def clip_supported(kernel: tuple, groups_equal_channels: bool = True) -> bool:
+    """Whether :func:`depthwise_clip` covers a depthwise conv with this ``(kT, kH, kW)`` kernel (any
+    strides and padding; a kernel of at least 2 taps in some dimension, which is where it pays)."""
+    return groups_equal_channels and math.prod(kernel) > 1
+
+
+def _clip_geometry(x_shape, kernel_shape, strides, pads):
+    (lt, ht), (ph, ph2), (pw, pw2) = (tuple(int(v) for v in ((p, p) if isinstance(p, int) else p)) for p in pads)
+    if ph != ph2 or pw != pw2:
+        raise ValueError(f"depthwise_clip: spatial padding must be symmetric, got {pads}")
+    kt, kh, kw = kernel_shape[:3]
+    st, sh, sw = (int(s) for s in strides)
+    _, t, h, w, _ = x_shape
+    out = tuple((n + lo + hi - k) // s + 1 for n, lo, hi, k, s in
+                zip((t, h, w), (lt, ph, pw), (ht, ph, pw), (kt, kh, kw), (st, sh, sw)))
+    if min(out) < 1:
+        raise ValueError(f"depthwise_clip: input {tuple(x_shape)} is too small for kernel {tuple(kernel_shape[:3])} "
+                         f"with strides {tuple(strides)} and padding {pads}")
+    return (st, sh, sw), (lt, ht, ph, pw), out
+
+
+def _clip_call(cfg, x, kernel, bias):
+    from jax.experimental import pallas as pl
+    from jax.experimental.pallas import triton as plgpu
+    strides, pads, in_activation, activation, interpret, budget, num_warps = cfg
+    (st, sh, sw), (lt, _, ph, pw), (to, ho, wo) = _clip_geometry(x.shape, kernel.shape, strides, pads)
+    b, t, h, w, c = x.shape
+    kt, kh, kw = kernel.shape[:3]
+    th, tw, tc = clip_tiles(ho, wo, c, budget)
+    grid = (b * to, math.ceil(ho / th), math.ceil(wo / tw) * math.ceil(c / tc))
+    body = functools.partial(_clip_kernel, t=t, to=to, kt=kt, kh=kh, kw=kw, st=st, sh=sh, sw=sw, lt=lt, ph=ph, pw=pw,
+                             h=h, w=w, ho=ho, wo=wo, c=c, th=th, tw=tw, tc=tc, in_activation=in_activation,
+                             activation=activation, interpret=interpret)
+    y = pl.pallas_call(
+        body, grid=grid, out_shape=jax.ShapeDtypeStruct((b * to, ho, wo, c), x.dtype), interpret=interpret,
+        compiler_params=None if interpret else plgpu.CompilerParams(num_warps=num_warps, num_stages=1),
+        name="co3d_depthwise_clip",
+    )(x.reshape(b * t, h, w, c), kernel.astype(x.dtype), bias.astype(x.dtype))
+    return y.reshape(b, to, ho, wo, c)
+
+
+def depthwise_clip_reference(x, kernel, bias=None, *, strides: tuple = (1, 1, 1), pads: tuple = (1, 1, 1),
+                             in_activation: str = "", activation: str = ""):
+    """:func:`depthwise_clip` in XLA ops, shift-and-add in the kernel's order of summation (the
+    clip path of ``Conv(impl='shift')``): the tests' reference and the function whose VJP is the
+    kernel's backward pass (so training differentiates the same ops as the shift path)."""
+    (st, sh, sw), (lt, ht, ph, pw), (to, ho, wo) = _clip_geometry(x.shape, kernel.shape, strides, pads)
+    kt, kh, kw = kernel.shape[:3]
+    xp = jnp.pad(_XLA_ACTIVATIONS[in_activation](x), ((0, 0), (lt, ht), (ph, ph), (pw, pw), (0, 0)))
+    k = kernel.astype(x.dtype)
+    y = None
+    for a in range(kt):
+        for i in range(kh):
+            for j in range(kw):
+                tap = jax.lax.slice(xp, (0, a, i, j, 0), (xp.shape[0], a + (to - 1) * st + 1, i + (ho - 1) * sh + 1,
+                                                          j + (wo - 1) * sw + 1, xp.shape[4]), (1, st, sh, sw, 1))
+                y = tap * k[a, i, j] if y is None else y + tap * k[a, i, j]
+    if bias is not None:
+        y = y + bias.astype(y.dtype)
+    return _XLA_ACTIVATIONS[activation](y)
+
+
+def _clip_xla(cfg, x, kernel, bias):
+    strides, pads, in_activation, activation = cfg[:4]
+    return depthwise_clip_reference(x, kernel, bias, strides=strides, pads=pads, in_activation=in_activation,
+                                    activation=activation)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _clip(cfg, x, kernel, bias):
+    return _clip_call(cfg, x, kernel, bias)
+
+
+def _clip_fwd(cfg, x, kernel, bias):
+    return _clip_call(cfg, x, kernel, bias), (x, kernel, bias)
+
+
+def _clip_bwd(cfg, res, g):
+    return jax.vjp(functools.partial(_clip_xla, cfg), *res)[1](g)
+
+
+_clip.defvjp(_clip_fwd, _clip_bwd)
+
+
+@functools.partial(jax.jit, static_argnames=("strides", "pads", "in_activation", "activation", "interpret", "budget",
+                                             "num_warps"))
+def depthwise_clip(x, kernel, bias=None, *, strides: tuple = (1, 1, 1), pads: tuple = (1, 1, 1),
+                   in_activation: str = "", activation: str = "", interpret: bool | None = None, budget: int = 2048,
+                   num_warps: int = 4):
+    """``y = activation(conv(in_activation(x)) + bias)`` of a depthwise conv over a clip, one Pallas call.
+
+    ``x``: ``(B, T, H, W, C)``, unpadded; ``kernel``: ``(kT, kH, kW, C)``; ``bias``: ``(C,)`` or None;
+    ``strides``: ``(t, h, w)``; ``pads``: per dimension an int (both ends) or a ``(low, high)`` pair,
+    symmetric spatially (the temporal pair may differ: prefill pads ``(lo, kT-1)``). Returns
+    ``(B, T', H', W', C)`` in ``x``'s dtype, accumulated in fp32. Differentiable: the backward pass is
+    that of :func:`depthwise_clip_reference` (shift-and-add, XLA). ``interpret=None`` runs Pallas' interpreter off GPUs."""
+    if in_activation not in IN_ACTIVATIONS or activation not in ACTIVATIONS:
+        raise ValueError(f"depthwise_clip: activations must be one of {ACTIVATIONS} (input: f(0) = 0), got "
+                         f"{in_activation!r}, {activation!r}")
+    if x.ndim != 5 or kernel.ndim != 4 or kernel.shape[3] != x.shape[4]:
+        raise ValueError(f"depthwise_clip: x {x.shape} (B, T, H, W, C) does not match kernel {kernel.shape} (kT, kH, kW, C)")
+    if interpret is None:
+        interpret = jax.devices()[0].platform != "gpu"
+    pads = tuple(p if isinstance(p, int) else (int(p[0]), int(p[1])) for p in pads)
+    bias = jnp.zeros((x.shape[4],), x.dtype) if bias is None else bias
+    cfg = (tuple(int(s) for s in strides), pads, in_activation, activation, bool(interpret), budget, num_warps)
+    return _clip(cfg, x, kernel, bias)

@@ -37,6 +37,10 @@ IMPLS = ("auto", "lax", "shift", "pallas", "fused")
 # activations a Conv can apply to its input (f(0) = 0: the zero padding of f(x) is f of the zero
 # padding, so the fused kernel may read the unpadded frame) and to its output
 CONV_ACTIVATIONS = ("", "relu", "swish")
+# whether impl='fused' runs clip-mode (and prefill) depthwise convolutions in the Pallas clip kernel on
+# NVIDIA GPUs: measured faster than both XLA paths on an H200 (results/clip_pallas_h200.json, fp32 clips/s:
+# X3D-S 2,916 -> 3,630, X3D-M 1,152 -> 1,714, X3D-L 168 (grouped convs) -> 478)
+CLIP_FUSED = True
 
 
 def conv_out_size(size: int, k: int, s: int, p: int) -> int:
@@ -115,10 +119,11 @@ class Conv(Layer):
     convolution: a 1x1 kernel as a matmul then subsampled, a spatial kernel over at most 4 input
     channels as shifted multiply-adds; ``'pallas'``: the step of a zero-filled depthwise conv with temporal
     stride 1 (any spatial stride) runs as one fused Pallas kernel, :func:`co3d_jax.kernels.depthwise_step` (interpreted off GPUs), and
-    everything else as ``'shift'``; ``'fused'``: in step mode on an NVIDIA GPU, ``'pallas'`` for a
-    depthwise conv (strided ones too) and ``'shift'`` for a dense one, everywhere else ``'auto'`` (X3D's default: the
-    fastest exact path measured on an H200, ``results/README.md``)); ``clip_impl`` overrides it for clip mode (on an H100 the grouped
-    convolution won for X3D-L clips, shift-and-add everywhere else we measured).
+    everything else as ``'shift'``; a depthwise conv's clip forward and prefill run the clip kernel,
+    :func:`co3d_jax.kernels.depthwise_clip`; ``'fused'``: on an NVIDIA GPU, ``'pallas'`` for a
+    depthwise conv (strided ones too; clip mode too, :data:`CLIP_FUSED`) and in step mode ``'shift'`` for a
+    dense one, everywhere else ``'auto'`` (X3D's default: the fastest exact path measured on an H200,
+    ``results/README.md``)); ``clip_impl`` overrides it for clip mode and prefill.
 
     ``in_activation`` / ``out_activation`` (``''``, ``'relu'``, ``'swish'``): ``y = out_act(conv(in_act(x)) + bias)``
     in every mode (clip, prefill, step; XLA and Pallas paths), what an ``Activation`` before / after the conv
@@ -241,13 +246,15 @@ class Conv(Layer):
         """``x``: ``(B, T, H, W, C)`` -> ``(B, T', H', W', C_out)`` (no bias); ``t_pad``: an int
         (both ends) or a ``(low, high)`` pair; ``step``: a per-frame call of step mode."""
         impl = impl or self.impl
+        strides = (t_stride, self.strides[1], self.strides[2])
+        pads = (t_pad, self.pads[1], self.pads[2])
+        if not step and self._clip_pallas(impl):
+            return self._pallas_clip(params, x, strides, pads)
         if impl == "fused":
             impl = "shift" if step and self._gpu_fused() else "auto"
         kernel = params["kernel"].astype(x.dtype)
-        strides = (t_stride, self.strides[1], self.strides[2])
-        if impl == "pallas":  # the fused kernel is a step kernel; clips and prefill shift and add
+        if impl == "pallas":  # a frame's taps outside the step kernel shift and add
             impl = "shift"
-        pads = (t_pad, self.pads[1], self.pads[2])
         if self.depthwise and impl in ("auto", "shift"):
             return _depthwise_shift(x, kernel, strides, pads)
         if self.kernel == (1, 1, 1) and self.groups == 1 and strides == (1, 1, 1):
@@ -270,6 +277,8 @@ class Conv(Layer):
     def forward(self, params, x):
         check_input(self, x, clip=True)
         check_channels(self, x, self.in_channels)
+        if self._clip_pallas(self.clip_impl or self.impl):  # activations and bias inside the kernel
+            return self._pallas_clip(params, x, self.strides, self.pads, bias=True, activations=True)
         return self._out(self._bias(params, self._conv(params, self._in(x), self.strides[0], self.pads[0],
                                                        self.clip_impl or self.impl)))
 
@@ -363,9 +372,31 @@ class Conv(Layer):
         new_acc = jnp.concatenate([acc[:, 1:], jnp.zeros_like(acc[:, :1])], axis=1) + rev
         return gate(valid, {"acc": new_acc, "n": n_next}, state), Out(self._out(y.astype(x.dtype)), emit)
 
+    def _clip_pallas(self, impl: str) -> bool:
+        """Whether a clip or prefill convolution with this ``impl`` runs the clip kernel
+        (:func:`co3d_jax.kernels.depthwise_clip`): ``'pallas'`` for a depthwise conv (interpreted off
+        GPUs), ``'fused'`` for one on an NVIDIA GPU where :data:`CLIP_FUSED` says the kernel won."""
+        if not self.depthwise or impl not in ("pallas", "fused"):
+            return False
+        from ..kernels import clip_supported, on_nvidia_gpu
+        if not clip_supported(self.kernel):
+            return False
+        return impl == "pallas" or (CLIP_FUSED and on_nvidia_gpu())
+
+    def _pallas_clip(self, params, x, strides, pads, bias: bool = False, activations: bool = False):
+        """The clip kernel over ``x`` ``(B, T, H, W, C)``: with ``bias``/``activations`` the whole
+        :meth:`forward` (input activation, taps, bias, output activation), else the bare convolution
+        :meth:`_conv` computes."""
+        from ..kernels import depthwise_clip
+        return depthwise_clip(x, params["kernel"][:, :, :, 0, :].astype(x.dtype),
+                              params["bias"] if bias and self.bias else None, strides=tuple(strides),
+                              pads=tuple(p if isinstance(p, int) else tuple(p) for p in pads),
+                              in_activation=self.in_activation if activations else "",
+                              activation=self.out_activation if activations else "")
+
     def _pallas_ok(self) -> bool:
-        """Whether the kernel covers this conv: ``'pallas'`` wherever it can (spatial strides too),
-        ``'fused'`` at spatial stride 1 only (what was measured faster on an H200)."""
+        """Whether the step kernel covers this conv (``'pallas'`` and ``'fused'``: spatial strides too,
+        measured faster on an H200)."""
         from ..kernels import pallas_supported
         return pallas_supported(self.kernel, self.strides, self.temporal_fill, spatial_strides=self.impl in ("pallas", "fused"))
 

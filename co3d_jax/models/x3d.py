@@ -53,9 +53,11 @@ class X3DConfig:
     # Conv.impl of the depthwise convs and of the dense one-frame convs (stem conv_xy, projection
     # shortcuts). "fused": on NVIDIA GPUs the step runs the depthwise convs as one Pallas kernel each and
     # the dense ones without library convolutions (H200, CoX3D-S_64 batch 64: 19.1k -> 27.6k frames/s fp32,
-    # 25.8k -> 34.6k bf16, results/README.md); off NVIDIA GPUs and in clip mode "auto" (XLA only).
+    # 25.8k -> 34.6k bf16, results/README.md), and clip mode and prefill run the depthwise convs in the
+    # Pallas clip kernel (X3D-L clips 168 -> 478/s fp32, results/clip_pallas_h200.json); off NVIDIA GPUs
+    # "auto" (XLA only).
     depthwise_impl: str = "fused"
-    clip_depthwise_impl: str = ""     # clip-mode override ("" = depthwise_impl); X3D-L uses "lax"
+    clip_depthwise_impl: str = ""     # clip-mode and prefill override ("" = depthwise_impl)
     dense_impl: str = "fused"         # "auto"/"lax" (library conv), "shift" (always without), "fused"
     # the depthwise convs (``b``, the stem's ``conv``) take the neighbouring activations when BN is folded
     # (Model.fold_batchnorm -> layers.fuse_activations): a_relu as b's input activation, b_relu (blocks
@@ -140,9 +142,7 @@ X3D_SIZES = {
     "xs": dict(image_size=160, window=4, frame_rate=12),
     "s": dict(image_size=160, window=13, frame_rate=6),
     "m": dict(image_size=224, window=16, frame_rate=5),
-    # H100, results/benchmark_h100*.json: X3D-L clips 160 clips/s with grouped depthwise convs vs 76
-    # with shift-and-add (X3D-M: 589 vs 972, so M/S keep shift-and-add)
-    "l": dict(image_size=312, window=16, frame_rate=5, depth_factor=5.0, clip_depthwise_impl="lax"),
+    "l": dict(image_size=312, window=16, frame_rate=5, depth_factor=5.0),
 }
 
 
