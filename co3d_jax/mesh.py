@@ -19,4 +19,13 @@ def shardings(mesh: Mesh) -> tuple[NamedSharding, NamedSharding]:
     return NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
 
 
-__all__ = ["data_mesh", "shardings"]
+def jit_over(fn, mesh: Mesh, **jit_kwargs):
+    """``jax.jit(fn, **jit_kwargs)`` for a function over ``mesh``: on more than one device it is
+    traced with the fused Pallas kernels off (:func:`co3d_jax.kernels.disabled`): GSPMD has no rule
+    to split a Pallas call over the batch, so it would gather each call's operands onto every
+    device and compute the whole batch there."""
+    from .kernels import traced_without
+    return jax.jit(fn if mesh.size == 1 else traced_without(fn), **jit_kwargs)
+
+
+__all__ = ["data_mesh", "jit_over", "shardings"]

@@ -47,7 +47,7 @@ import optax
 from jax.sharding import Mesh
 
 from .layers import Activation, Layer, Parallel, Sequential
-from .mesh import data_mesh, shardings  # noqa: F401  (part of the training API)
+from .mesh import data_mesh, jit_over, shardings  # noqa: F401  (data_mesh: part of the training API)
 from .models.spec import DEFAULT_HEAD, spec_of
 from .params import ParamsError, check_against, flatten, read_npz, unflatten
 
@@ -335,8 +335,8 @@ def make_train_step(net: Layer, cfg: TrainConfig, mesh: Mesh, donate: bool = Tru
         return params_out, opt_state, metrics
 
     repl, batch = shardings(mesh)
-    return jax.jit(step_fn, in_shardings=(repl, repl, batch, batch, repl), out_shardings=(repl, repl, repl),
-                   donate_argnums=(0, 1) if donate else ())
+    return jit_over(step_fn, mesh, in_shardings=(repl, repl, batch, batch, repl), out_shardings=(repl, repl, repl),
+                    donate_argnums=(0, 1) if donate else ())
 
 
 def nonfinite(metrics: dict) -> list[str]:
@@ -413,7 +413,7 @@ def make_batch_stats_fn(net: Layer, mesh: Mesh):
         return jax.tree.map(lambda p, lbl: p / BN_MOMENTUM if lbl == "stats" else None, new, labels)
 
     repl, batch = shardings(mesh)
-    return jax.jit(f, in_shardings=(repl, batch), out_shardings=repl)
+    return jit_over(f, mesh, in_shardings=(repl, batch), out_shardings=repl)
 
 
 def precise_bn(net: Layer, params, batches, mesh: Mesh):

@@ -185,11 +185,12 @@ def random_params(model, seed: int = 0) -> dict:
 @functools.lru_cache(maxsize=8)
 def compiled_predict(model, protocol, mesh):
     """The jitted, sharded predict function (cached: repeated runs in one process reuse it)."""
-    import jax
     from jax.sharding import NamedSharding, PartitionSpec as P
 
+    from co3d_jax.mesh import jit_over
+
     data, repl = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
-    return jax.jit(make_predict_fn(model, protocol), in_shardings=(repl, data), out_shardings=(data, data))
+    return jit_over(make_predict_fn(model, protocol), mesh, in_shardings=(repl, data), out_shardings=(data, data))
 
 
 def make_predict_fn(model, protocol: Protocol):

@@ -371,3 +371,27 @@ def test_clip_tiles_waste_few_lanes():
     for ho, wo, c in ((5, 5, 8), (112, 112, 24), (3, 200, 7)):
         th, tw, tc = clip_tiles(ho, wo, c)
         assert all(v & (v - 1) == 0 for v in (th, tw, tc)) and th * tw * tc <= 2048 and 8 <= tw <= 128
+
+
+def test_a_jit_over_several_devices_is_traced_without_the_fused_kernels(monkeypatch):
+    """GSPMD cannot split a Pallas call over the batch: ``mesh.jit_over`` traces a function over a
+    mesh of more than one device with the kernels off (the XLA program); one device keeps them."""
+    import types
+
+    import co3d_jax.kernels as kernels
+    from co3d_jax.mesh import data_mesh, jit_over
+    monkeypatch.setattr(kernels, "_nvidia_default_device", lambda: True)  # a simulated NVIDIA GPU
+    model = co3d_jax.create_model("x3d_xs", image_size=32, depth_factor=0.6, num_classes=5)
+    params = model.init(jax.random.key(0))
+    clip = jnp.zeros((2, model.clip_length, 32, 32, 3))
+
+    def kernels_in(fn):
+        return len(re.findall(r"\bname=depthwise_clip\b", str(jax.make_jaxpr(fn)(params, clip))))
+
+    assert kernels.on_nvidia_gpu() and kernels_in(model.forward) > 0
+    with kernels.disabled():
+        assert not kernels.on_nvidia_gpu() and kernels_in(model.forward) == 0
+    assert kernels.on_nvidia_gpu()  # restored on exit
+    assert kernels_in(jit_over(model.forward, data_mesh())) == kernels_in(model.forward)
+    assert kernels_in(jit_over(model.forward, types.SimpleNamespace(size=2))) == 0
+    assert kernels_in(kernels.traced_without(model.forward)) == 0

@@ -6,15 +6,49 @@ on NVIDIA GPUs only), and the tests run every kernel in Pallas interpret mode ag
 on small shapes (CPU).
 """
 
+import contextlib
+import functools
+import threading
+
 import jax
 
 from .depthwise import clip_supported, depthwise_clip, depthwise_clip_reference, depthwise_step, depthwise_step_reference, pallas_supported
 
 
+_LOCAL = threading.local()
+
+
+@contextlib.contextmanager
+def disabled():
+    """Within it (in this thread), :func:`on_nvidia_gpu` is False, so what is traced chooses the XLA
+    path for ``impl='fused'`` (an explicit ``impl='pallas'`` still runs the kernels)."""
+    prev = getattr(_LOCAL, "off", False)
+    _LOCAL.off = True
+    try:
+        yield
+    finally:
+        _LOCAL.off = prev
+
+
+def traced_without(fn):
+    """``fn`` traced inside :func:`disabled`: for a jit over several devices, where GSPMD has no
+    partitioning rule for a Pallas call and would gather its operands onto every device."""
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        with disabled():
+            return fn(*args, **kwargs)
+    return wrapped
+
+
 def on_nvidia_gpu() -> bool:
-    """Whether the default device is an NVIDIA GPU (where the fused kernels were measured faster)."""
+    """Whether the default device is an NVIDIA GPU (where the fused kernels were measured faster)
+    and the kernels are not :func:`disabled`."""
+    return not getattr(_LOCAL, "off", False) and _nvidia_default_device()
+
+
+def _nvidia_default_device() -> bool:
     d = jax.devices()[0]
     return d.platform == "gpu" and "nvidia" in getattr(d, "device_kind", "").lower()
 
 
-__all__ = ["clip_supported", "depthwise_clip", "depthwise_clip_reference", "depthwise_step", "depthwise_step_reference", "on_nvidia_gpu", "pallas_supported"]
+__all__ = ["disabled", "traced_without", "clip_supported", "depthwise_clip", "depthwise_clip_reference", "depthwise_step", "depthwise_step_reference", "on_nvidia_gpu", "pallas_supported"]
