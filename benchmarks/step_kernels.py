@@ -352,6 +352,8 @@ def measure(model_name: str, batch: int, dtype: str, *, options: dict, image_siz
     res["scan_ms_per_frame"] = sec / chunk * 1e3
     res["scan_frames_per_s"] = batch * chunk / sec
 
+    if trace_steps <= 0:  # timing only (--trace-steps 0)
+        return res
     # ---- trace of a few LiveStep steps
     tdir = tempfile.mkdtemp(prefix="step_kernels_")
     jax.block_until_ready(box["s"])
@@ -393,7 +395,7 @@ def main(argv=None) -> int:
     ap.add_argument("--image-size", type=int, default=None, help="smaller frames for a quick CPU run")
     ap.add_argument("--chunk", type=int, default=16, help="frames per scan call")
     ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--trace-steps", type=int, default=5)
+    ap.add_argument("--trace-steps", type=int, default=5, help="LiveStep steps traced with jax.profiler (0: no traces, timing only)")
     ap.add_argument("--variants", default="", help="extra model options to compare, ';'-separated "
                     "'label:key=value,key=value' (values parsed as JSON when they can be)")
     ap.add_argument("--skip-default", action="store_true", help="only the --variants (a crash-isolated run)")
