@@ -28,4 +28,19 @@ def jit_over(fn, mesh: Mesh, **jit_kwargs):
     return jax.jit(fn if mesh.size == 1 else traced_without(fn), **jit_kwargs)
 
 
-__all__ = ["data_mesh", "jit_over", "shardings"]
+def jit_per_example(fn, mesh: Mesh, *, in_specs, out_specs, **jit_kwargs):
+    """``jax.jit`` of ``fn`` run on each device's shard of the batch: for a function whose output for
+    one example depends on that example alone (inference: scores per clip or stream). On more than
+    one device ``fn`` runs under ``jax.shard_map`` over the ``'data'`` axis (``in_specs``/``out_specs``:
+    ``P('data')`` for batch-sharded arguments and results, ``P()`` for replicated ones), so each
+    device traces the program of one device of its local batch, fused Pallas kernels included, and
+    nothing is gathered. ``jit_kwargs`` go to ``jax.jit`` (shardings, donation). Training, whose
+    batch statistics and gradients span the devices, uses :func:`jit_over`."""
+    if mesh.size == 1:
+        return jax.jit(fn, **jit_kwargs)
+    # check_vma off: a Pallas call has no rule for the per-axis variance checks (it is per-device code)
+    return jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False),
+                   **jit_kwargs)
+
+
+__all__ = ["data_mesh", "jit_over", "jit_per_example", "shardings"]

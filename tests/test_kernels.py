@@ -415,3 +415,48 @@ def test_x3d_gradients_through_the_clip_kernel_equal_the_xla_paths(monkeypatch):
     g_fused = grads()
     for a, b in zip(jax.tree.leaves(g_xla), jax.tree.leaves(g_fused)):
         assert a.shape == b.shape and _rel(b, a) <= 1e-4
+
+
+_PER_DEVICE_SCRIPT = r"""
+import re, sys
+import numpy as np, jax
+import co3d_jax, co3d_jax.kernels as kernels
+from co3d_jax.mesh import data_mesh
+from experiments.evaluate import Protocol, compiled_predict, make_predict_fn
+jax.config.update("jax_default_matmul_precision", "highest")
+kernels._nvidia_default_device = lambda: True  # a simulated NVIDIA GPU: impl='fused' takes the kernels (interpreted)
+mesh = data_mesh()
+assert mesh.size == 2
+model = co3d_jax.create_model("cox3d_xs", image_size=32, depth_factor=0.6, num_classes=5)
+model, params = model.fold_batchnorm(model.init(jax.random.key(0)))
+d = model.delay
+frames = jax.random.normal(jax.random.key(1), (4, d + 4, 32, 32, 3))
+protocol = Protocol("init_frame", d + 4, 1, 0, d, 4)  # the first d frames by prefill (clip kernel), 4 stepped (step kernel)
+predict = compiled_predict(model, protocol, mesh)
+jaxpr = str(jax.make_jaxpr(predict)(params, frames))
+hlo = predict.lower(params, frames).compile().as_text()
+scores, ok = predict(params, frames)
+with kernels.disabled():
+    ref, ok_ref = jax.jit(make_predict_fn(model, protocol))(params, frames)
+print("kernels", len(re.findall(r"name=co3d_depthwise_(?:clip|step)\b", jaxpr)), "shard_map" in jaxpr,
+      "all-gather" in hlo, bool(np.asarray(ok).all() and np.asarray(ok_ref).all()),
+      float(np.max(np.abs(np.asarray(scores) - np.asarray(ref))) / np.max(np.abs(np.asarray(ref)))))
+"""
+
+
+def test_evaluation_on_two_devices_runs_the_kernels_per_device():
+    """``experiments.evaluate``'s predict on a 2-device mesh (forced CPU devices, a simulated NVIDIA GPU,
+    kernels interpreted): each device runs the fused kernels on its shard under ``shard_map`` (no
+    all-gather in the compiled program), with the scores of the one-device XLA path."""
+    import os
+    import subprocess
+    import sys
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, "-c", _PER_DEVICE_SCRIPT], cwd=repo, env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    words = out.stdout.split()
+    n, shard_map, gather, ok, rel = int(words[1]), words[2], words[3], words[4], float(words[5])
+    assert n >= 10 and shard_map == "True" and gather == "False" and ok == "True"
+    assert rel <= 1e-5
