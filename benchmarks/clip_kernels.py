@@ -124,6 +124,8 @@ def measure(model_name: str, batch: int, dtype: str, *, options: dict, label: st
     sec = float(np.median(ts))
     res["seconds_per_batch"] = sec
     res["clips_per_s"] = batch / sec
+    if trace_calls <= 0:  # timing only (--trace-calls 0)
+        return res
     tdir = tempfile.mkdtemp(prefix="clip_kernels_")
     with jax.profiler.trace(tdir, create_perfetto_trace=True):
         for _ in range(trace_calls):
@@ -154,10 +156,11 @@ def summary(r: dict) -> str:
             f"{h['convolutions']} convolutions, custom calls {h['custom_calls']}, {h['copies']} copies; convs "
             f"{r['conv_layouts']}")
     if "clips_per_s" in r:
+        line += f" | {r['clips_per_s']:,.1f} clips/s, compile {r['compile_s']:.0f} s"
+    if "trace_per_call" in r:
         t = r["trace_per_call"]
         top = ", ".join(f"{k['kernel'][:40]} {k['us_per_call']:.0f}" for k in r["kernels_by_name"][:4])
-        line += (f" | {r['clips_per_s']:,.1f} clips/s, compile {r['compile_s']:.0f} s | trace "
-                 f"{t.get('kernels_per_step', 0):.0f} kernels, {t.get('gpu_us_per_step', 0):,.0f} µs/call | top: {top}")
+        line += (f" | trace {t.get('kernels_per_step', 0):.0f} kernels, {t.get('gpu_us_per_step', 0):,.0f} µs/call | top: {top}")
     return line
 
 
@@ -193,7 +196,7 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=None, help="override the paper batch sizes")
     ap.add_argument("--image-size", type=int, default=None, help="smaller frames for a quick CPU run")
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--trace-calls", type=int, default=2)
+    ap.add_argument("--trace-calls", type=int, default=2, help="calls traced with jax.profiler (0: timing only)")
     ap.add_argument("--timing", action="store_true", help="time and trace off GPUs too (tests the GPU path)")
     ap.add_argument("--dump", default=None, help="folder for the optimised HLO texts")
     ap.add_argument("--out", default="results/clip_kernels.json")
