@@ -112,7 +112,8 @@ def test_device_frames_plug_in_at_the_prefetcher():
 
 # ----------------------------------------------------------------------------- Grain workers
 READER = """
-import os, signal, sys, time
+import faulthandler, os, signal, sys, time
+faulthandler.dump_traceback_later(60, exit=True)  # a hang (seen once under a loaded CI box) dumps every thread's stack
 import numpy as np
 import grain
 from co3d_jax.data.pipeline import GrainReader
