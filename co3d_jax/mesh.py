@@ -30,12 +30,16 @@ def jit_over(fn, mesh: Mesh, **jit_kwargs):
 
 def jit_per_example(fn, mesh: Mesh, *, in_specs, out_specs, **jit_kwargs):
     """``jax.jit`` of ``fn`` run on each device's shard of the batch: for a function whose output for
-    one example depends on that example alone (inference: scores per clip or stream). On more than
-    one device ``fn`` runs under ``jax.shard_map`` over the ``'data'`` axis (``in_specs``/``out_specs``:
-    ``P('data')`` for batch-sharded arguments and results, ``P()`` for replicated ones), so each
-    device traces the program of one device of its local batch, fused Pallas kernels included, and
-    nothing is gathered. ``jit_kwargs`` go to ``jax.jit`` (shardings, donation). Training, whose
-    batch statistics and gradients span the devices, uses :func:`jit_over`."""
+    one example depends on that example alone (inference: scores per clip or stream). ``in_specs`` /
+    ``out_specs``: ``P('data')`` for batch-sharded arguments and results, ``P()`` for replicated ones;
+    they are also the jit's in/out shardings on ``mesh``. On more than one device ``fn`` runs under
+    ``jax.shard_map`` over the ``'data'`` axis, so each device traces the program of one device of its
+    local batch, fused Pallas kernels included, and nothing is gathered. ``jit_kwargs`` go to
+    ``jax.jit`` (donation). Training, whose batch statistics and gradients span the devices, uses
+    :func:`jit_over`."""
+    def named(specs):
+        return jax.tree.map(lambda s: NamedSharding(mesh, s), specs, is_leaf=lambda s: isinstance(s, P))
+    jit_kwargs = dict(jit_kwargs, in_shardings=named(in_specs), out_shardings=named(out_specs))
     if mesh.size == 1:
         return jax.jit(fn, **jit_kwargs)
     # check_vma off: a Pallas call has no rule for the per-axis variance checks (it is per-device code)

@@ -185,15 +185,14 @@ def random_params(model, seed: int = 0) -> dict:
 @functools.lru_cache(maxsize=8)
 def compiled_predict(model, protocol, mesh):
     """The jitted, sharded predict function (cached: repeated runs in one process reuse it)."""
-    from jax.sharding import NamedSharding, PartitionSpec as P
+    from jax.sharding import PartitionSpec as P
 
     from co3d_jax.mesh import jit_per_example
 
-    data, repl = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
     # per device (shard_map): every clip's or stream's scores are its own, and the fused kernels run on
     # each device's shard (a GSPMD jit would gather a Pallas call's operands onto every device)
     return jit_per_example(make_predict_fn(model, protocol), mesh, in_specs=(P(), P("data")),
-                           out_specs=(P("data"), P("data")), in_shardings=(repl, data), out_shardings=(data, data))
+                           out_specs=(P("data"), P("data")))
 
 
 def make_predict_fn(model, protocol: Protocol):
