@@ -351,6 +351,31 @@ def test_depthwise_clip_kernel_gradients_are_the_xla_paths():
     assert y16.dtype == jnp.bfloat16 and _rel(y16, depthwise_clip_reference(x, k, b, **kw)) <= 2e-2
 
 
+@pytest.mark.parametrize("shape,kernel,strides,pads,limit,calls", [
+    ((3, 6, 5, 5, 4), (3, 3, 3), (1, 1, 1), ((2, 2), 1, 1), 2 * 8 * 100 * 4, 2),  # whole clips, 2 streams per call
+    ((1, 7, 6, 6, 4), (3, 3, 3), (2, 2, 2), ((1, 1), 1, 1), 4 * 144 * 4, 4),        # strided: runs of 1 output frame
+    ((1, 8, 4, 4, 2), (5, 1, 1), (1, 1, 1), ((4, 0), 0, 0), 6 * 32 * 4, 4),         # the stem's 5x1x1: runs of 2
+])
+def test_depthwise_clip_splits_calls_over_the_32_bit_limit(monkeypatch, shape, kernel, strides, pads, limit, calls):
+    """Clips whose input or output would pass ``MAX_CALL_BYTES`` (2^31 bytes, Triton's 32-bit offsets:
+    bulk steps over 64 frames faulted on an H200) run as several calls, by streams and then by runs of
+    output frames with the input frames each run reads: the output of one call."""
+    import co3d_jax.kernels.depthwise as dw
+    ks = jax.random.split(jax.random.key(3), 3)
+    x = jax.random.normal(ks[0], shape)
+    k, b = jax.random.normal(ks[1], (*kernel, shape[-1])), jax.random.normal(ks[2], (shape[-1],))
+    cfg = (strides, pads, "relu", "swish", True, 2048, 4)
+    whole = dw._clip_call(cfg, x, k, b)
+    monkeypatch.setattr(dw, "MAX_CALL_BYTES", limit)
+    jaxpr = str(jax.make_jaxpr(lambda *a: dw._clip_call(cfg, *a))(x, k, b))
+    assert len(re.findall(r"name=co3d_depthwise_clip\b", jaxpr)) == calls
+    split = dw._clip_call(cfg, x, k, b)
+    assert split.shape == whole.shape and _rel(split, whole) <= 1e-6  # per element the same sums (XLA may fuse them differently)
+    monkeypatch.setattr(dw, "MAX_CALL_BYTES", 100)  # not even one output frame's input fits
+    with pytest.raises(ValueError, match="one output frame needs .* input bytes"):
+        dw._clip_call(cfg, x, k, b)
+
+
 def test_depthwise_clip_refuses_bad_shapes_in_one_line():
     from co3d_jax.kernels import depthwise_clip
     x, k = jnp.ones((1, 4, 6, 6, 8)), jnp.ones((3, 3, 3, 8))

@@ -306,13 +306,61 @@ def _clip_geometry(x_shape, kernel_shape, strides, pads):
     return (st, sh, sw), (lt, ht, ph, pw), out
 
 
+# Triton addresses one call's operands with 32-bit offsets: a call whose input or output passes 2^31
+# bytes faulted on an H200 (CUDA_ERROR_ILLEGAL_ADDRESS: bulk steps of 64 frames of 64 CoX3D-S streams,
+# a 2.5 GB input; 48 frames, 2.0 GB, ran). Larger clips are split into calls under this bound.
+MAX_CALL_BYTES = 2**31 - 1
+
+
+def _clip_splits(b: int, t: int, to: int, frame_in: int, frame_out: int, st: int, kt: int) -> tuple[int, int]:
+    """``(streams, output frames)`` per call so that each call's input and output stay under
+    :data:`MAX_CALL_BYTES`: whole clips of as many streams as fit, else one stream's output frames in
+    runs (each reading the ``(n-1)*st + kT`` input frames its run needs)."""
+    whole = max(t * frame_in, to * frame_out)
+    if whole <= MAX_CALL_BYTES:
+        return max(1, min(b, MAX_CALL_BYTES // whole)), to
+    n = 0
+    while n < to and max((n * st + kt) * frame_in, (n + 1) * frame_out) <= MAX_CALL_BYTES:
+        n += 1
+    if n == 0:
+        raise ValueError(f"depthwise_clip: one output frame needs {kt * frame_in} input bytes, over the "
+                         f"{MAX_CALL_BYTES} one kernel call can address")
+    return 1, n
+
+
 def _clip_call(cfg, x, kernel, bias):
+    """:func:`_clip_call_one` over the whole clip, or over pieces of it (:func:`_clip_splits`)."""
+    strides, pads = cfg[:2]
+    (st, _, _), (lt, _, _, _), (to, ho, wo) = _clip_geometry(x.shape, kernel.shape, strides, pads)
+    b, t, h, w, c = x.shape
+    kt = kernel.shape[0]
+    item = jnp.dtype(x.dtype).itemsize
+    nb, nt = _clip_splits(b, t, to, h * w * c * item, ho * wo * c * item, st, kt)
+    if (nb, nt) == (b, to):
+        return _clip_call_one(cfg, x, kernel, bias, lt, to)
+    parts = []
+    for b0 in range(0, b, nb):
+        runs = []
+        for o0 in range(0, to, nt):
+            o1 = min(o0 + nt, to)
+            i0 = min(max(0, o0 * st - lt), t - 1)             # the input frames these outputs read
+            i1 = max(min(t, (o1 - 1) * st - lt + kt), i0 + 1)
+            runs.append(_clip_call_one(cfg, x[b0:b0 + nb, i0:i1], kernel, bias, lt - o0 * st + i0, o1 - o0))
+        parts.append(runs[0] if len(runs) == 1 else jnp.concatenate(runs, axis=1))
+    return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=0)
+
+
+def _clip_call_one(cfg, x, kernel, bias, lt: int, to: int):
+    """One Pallas call: output frames ``0 .. to-1``, frame ``o`` reading input frames
+    ``o*st - lt .. o*st - lt + kT - 1`` (zero outside ``x``)."""
     from jax.experimental import pallas as pl
     from jax.experimental.pallas import triton as plgpu
     strides, pads, in_activation, activation, interpret, budget, num_warps = cfg
-    (st, sh, sw), (lt, _, ph, pw), (to, ho, wo) = _clip_geometry(x.shape, kernel.shape, strides, pads)
+    st, sh, sw = strides
+    ph, pw = (p if isinstance(p, int) else p[0] for p in pads[1:])
     b, t, h, w, c = x.shape
     kt, kh, kw = kernel.shape[:3]
+    ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
     th, tw, tc = clip_tiles(ho, wo, c, budget)
     grid = (b * to, math.ceil(ho / th), math.ceil(wo / tw) * math.ceil(c / tc))
     body = functools.partial(_clip_kernel, t=t, to=to, kt=kt, kh=kh, kw=kw, st=st, sh=sh, sw=sw, lt=lt, ph=ph, pw=pw,
