@@ -123,15 +123,61 @@ class Model:
         """The output :meth:`step` would give, without advancing the state."""
         return self.step(params, state, frame, valid)[1]
 
-    def stream(self, params, state, frames: jax.Array, valid: jax.Array | None = None, unroll: int = 1):
-        """Run ``frames`` ``(B, T, H, W, 3)`` through the stream as one ``lax.scan``.
+    @property
+    def bulk_ok(self) -> bool:
+        """Whether :meth:`stream` can run chunks as bulk steps (temporal stride 1 and every
+        stateful layer with :meth:`~co3d_jax.layers.Layer.steps`: CoX3D and CoSlow; not the models
+        with a temporal stride, CoI3D, continual R(2+1)D and SlowFast)."""
+        return self.net.stride == 1 and self.net.bulk_ok
 
-        Returns ``(state, StepOutput(scores (B, T, K), valid (B, T)))``. Jit it (or use
-        :meth:`stream_fn`) for speed.
+    def stream(self, params, state, frames: jax.Array, valid: jax.Array | None = None, unroll: int = 1,
+               bulk: bool | None = None):
+        """Run ``frames`` ``(B, T, H, W, 3)`` through the stream.
+
+        Returns ``(state, StepOutput(scores (B, T, K), valid (B, T)))``, what :meth:`step` gives
+        frame by frame. Jit it (or use :meth:`stream_fn`) for speed.
+
+        ``bulk=True``: a chunk whose frames are all valid, on streams that are all past their
+        warm-up (their output valid, no first-frame fill pending), runs as bulk steps: each layer
+        processes the ``T`` frames at once from its state, with the clip-mode kernels
+        (:meth:`~co3d_jax.layers.Layer.steps`); any other chunk (warm-up, missing frames, a stream
+        just reset) is one ``lax.scan`` of :meth:`step`. Both give the same outputs and state up to
+        float summation order; ``lax.cond`` picks one per call, on the device. ``bulk=False``
+        always scans. The default, ``None``, is ``True`` where :attr:`bulk_ok` on an NVIDIA GPU
+        (where it was measured faster) and ``False`` elsewhere (both branches compile, which
+        costs compile time; pass ``True`` to use bulk steps there).
         """
         self._check(frames, clip=True)
-        self._check_batch(state, frames.shape[0], "frames")
-        return scan_stream(self.step, params, state, frames, valid, unroll)
+        b, t = frames.shape[:2]
+        self._check_batch(state, b, "frames")
+        if bulk is None:
+            from .kernels import nvidia_default_device
+            bulk = self.bulk_ok and nvidia_default_device()
+        use = bool(bulk)
+        if use and not self.bulk_ok:
+            raise ValueError(f"{self.name}: bulk steps need a network of temporal stride 1 whose stateful layers "
+                             f"all have them (Model.bulk_ok is False); use bulk=False or None")
+        if not use or t < 2:
+            return scan_stream(self.step, params, state, frames, valid, unroll)
+        if valid is None:
+            valid = jnp.ones((b, t), bool)
+        elif valid.shape != (b, t) or valid.dtype != jnp.bool_:
+            raise ValueError(f"{self.name}: valid must be a ({b}, {t}) bool array, got {valid.shape} {valid.dtype}")
+
+        def scan(operands):
+            return scan_stream(self.step, params, *operands, unroll)
+
+        want = jax.eval_shape(scan, (state, frames, valid))
+
+        def bulk_steps(operands):
+            st, x, _ = operands
+            new, ys = self.net.steps(params, st, x)
+            new = jax.tree.map(lambda a, w: a.astype(w.dtype), new, want[0])
+            scores = ys.reshape(b, t, -1).astype(want[1].y.dtype)
+            return new, StepOutput(scores, jnp.ones((b, t), bool))
+
+        steady = jnp.all(valid) & jnp.all(jnp.asarray(self.net.steady(state)))
+        return jax.lax.cond(steady, bulk_steps, scan, (state, frames, valid))
 
     def prefill(self, params, clip: jax.Array, dtype=jnp.float32):
         """The state a fresh stream (``init_state(B, dtype)``) has after consuming ``clip``
@@ -170,9 +216,9 @@ class Model:
         state, rest = self.stream(params, state, frames[:, k:])
         return state, StepOutput(*(jnp.concatenate([a, r], axis=1) for a, r in zip(out, rest)))
 
-    def stream_fn(self, unroll: int = 1, donate: bool = False):
+    def stream_fn(self, unroll: int = 1, donate: bool = False, bulk: bool | None = None):
         """``jit``-compiled :meth:`stream` (optionally donating the state buffers)."""
-        return jax.jit(partial(self.stream, unroll=unroll), donate_argnums=(1,) if donate else ())
+        return jax.jit(partial(self.stream, unroll=unroll, bulk=bulk), donate_argnums=(1,) if donate else ())
 
     def reset(self, state, mask: jax.Array):
         """Reset the streams where ``mask`` ``(B,)`` is True to a fresh state

@@ -219,7 +219,8 @@ class Continual(nnx.Module):
         return self._step(self._params(), self._state(), frame, valid)[1]
 
     def stream(self, frames, valid: jax.Array | None = None, unroll: int = 1):
-        """Feed ``frames`` ``(B, T, ...)`` as one ``lax.scan`` (wrap the call in ``nnx.jit``);
+        """Feed ``frames`` ``(B, T, ...)`` through :meth:`co3d_jax.Model.stream` (a ``lax.scan`` of steps,
+        or bulk steps past the warm-up; wrap the call in ``nnx.jit``);
         outputs gain a time axis ``(B, T, ...)``. Same outputs as ``T`` calls of :meth:`step`."""
         state, out = self._stream(self._params(), self._state(), frames, valid, unroll)
         self.stream_state.set_value(state)

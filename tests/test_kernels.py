@@ -154,7 +154,7 @@ def test_cox3d_pallas_equals_xla_over_300_frames_with_validity_reset_and_chunks(
     the activations fused (strided ones too), dense one-frame convs without library convolutions; vs XLA unfused."""
     import co3d_jax.kernels as kernels
     monkeypatch.setattr(kernels, "on_nvidia_gpu", lambda: True)
-    kw = dict(image_size=32, depth_factor=0.6, num_classes=5)
+    kw = dict(image_size=32, depth_factor=0.3, num_classes=5)
     xla = co3d_jax.create_model("cox3d_s_13", depthwise_impl="auto", dense_impl="auto", fuse_activations=False, **kw)
     pal = co3d_jax.create_model("cox3d_s_13", **kw)
     params = xla.init(jax.random.key(0))
@@ -456,7 +456,7 @@ model = co3d_jax.create_model("cox3d_xs", image_size=32, depth_factor=0.3, num_c
 model, params = model.fold_batchnorm(model.init(jax.random.key(0)))
 d = model.delay
 frames = jax.random.normal(jax.random.key(1), (4, d + 4, 32, 32, 3))
-protocol = Protocol("init_frame", d + 4, 1, 0, d, 4)  # the first d frames by prefill (clip kernel), 4 stepped (step kernel)
+protocol = Protocol("init_frame", d + 4, 1, 0, d, 4)  # the first d frames by prefill (clip kernel), 4 streamed (bulk steps: clip kernel; or steps: step kernel)
 predict = compiled_predict(model, protocol, mesh)
 jaxpr = str(jax.make_jaxpr(predict)(params, frames))
 hlo = predict.lower(params, frames).compile().as_text()
@@ -483,6 +483,7 @@ def test_evaluation_on_two_devices_runs_the_kernels_per_device():
     assert out.returncode == 0, out.stderr[-2000:]
     words = out.stdout.split()
     n, shard_map, gather, ok, rel = int(words[1]), words[2], words[3], words[4], float(words[5])
-    # 6 depthwise convs (the stem's, one per block), each as a clip kernel (prefill) and a step kernel
-    assert n == 12 and shard_map == "True" and gather == "False" and ok == "True"
+    # 6 depthwise convs (the stem's, one per block), each as a clip kernel (prefill), and in the stream's
+    # two branches as a clip kernel (bulk steps) and a step kernel
+    assert n == 18 and shard_map == "True" and gather == "False" and ok == "True"
     assert rel <= 1e-5

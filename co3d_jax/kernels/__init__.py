@@ -46,9 +46,15 @@ def on_nvidia_gpu() -> bool:
     return not getattr(_LOCAL, "off", False) and _nvidia_default_device()
 
 
+def nvidia_default_device() -> bool:
+    """Whether the default device is an NVIDIA GPU, whether or not the kernels are :func:`disabled`
+    (``Model.stream``'s bulk steps, which need no kernel, default to on there)."""
+    return _nvidia_default_device()
+
+
 def _nvidia_default_device() -> bool:
     d = jax.devices()[0]
     return d.platform == "gpu" and "nvidia" in getattr(d, "device_kind", "").lower()
 
 
-__all__ = ["disabled", "traced_without", "clip_supported", "depthwise_clip", "depthwise_clip_reference", "depthwise_step", "depthwise_step_reference", "on_nvidia_gpu", "pallas_supported"]
+__all__ = ["disabled", "traced_without", "clip_supported", "depthwise_clip", "depthwise_clip_reference", "depthwise_step", "depthwise_step_reference", "nvidia_default_device", "on_nvidia_gpu", "pallas_supported"]

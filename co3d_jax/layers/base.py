@@ -19,6 +19,11 @@ A layer is a frozen dataclass (static configuration, hashable, safe to close ove
   ``(B, M, H', W', C')`` it emitted on the way (those at ``n >= delay`` with ``(n - delay) %
   stride == 0``, :func:`emit_positions`), equal to stepping the ``N`` frames. The default scans
   ``step``; layers with work to share override ``_prefill`` with one clip-mode pass.
+* ``steps(params, state, xs) -> (state, ys)``: bulk steps, what stepping the valid inputs ``xs``
+  ``(B, N, H, W, C)`` from ``state`` gives (``ys`` ``(B, N, H', W', C')``, every one emitted), as
+  one clip-mode pass per layer. Only for layers with ``bulk_ok`` (stride 1, an override or no
+  state) and streams where ``steady(state)`` holds (every stream past its warm-up, so that every
+  input emits and no first-frame fill applies); :meth:`co3d_jax.Model.stream` checks both.
 * ``out_shape(in_shape) -> shape``: per-frame output shape ``(H', W', C')``.
 * metadata: ``receptive_field``, ``stride``, ``padding``, ``delay`` (temporal, in frames), and
   ``macs(in_shape, t)`` for one step (``t=None``) or a ``t``-frame clip, in the ptflops
@@ -137,6 +142,28 @@ class Layer:
             shape = seq_frame_shape(xs)
             return self.init_state(b, shape, dtype), _empty(self.out_shape(shape), b, _seq_dtype(xs))
         return self._prefill(params, xs, dtype)
+
+    # ---------------------------------------------------------------- bulk steps
+    @property
+    def bulk_ok(self) -> bool:
+        """Whether :meth:`steps` can run this layer: stateless per-frame layers can; a stateful
+        layer only with its own ``steps`` (and ``steady``)."""
+        return type(self).step is Layer.step
+
+    def steady(self, state: State) -> Array:
+        """``(B,)`` bool, or a Python ``True`` where no stream can fail it: whether :meth:`steps`
+        from ``state`` equals stepping (for a layer with a validity counter ``n``: the counter is
+        past ``max(delay, 1)``, so every valid input emits and no first-input fill applies)."""
+        if isinstance(state, dict) and "n" in state:
+            return state["n"] >= max(self.delay, 1)
+        return True
+
+    def steps(self, params: Params, state: State, xs):
+        """``(state, ys)``: the state and the outputs ``(B, N, ...)`` of stepping the ``N`` valid
+        inputs ``xs`` ``(B, N, ...)`` from ``state``, for a ``bulk_ok`` layer in a ``steady`` state."""
+        if type(self).step is Layer.step:
+            return state, per_frame(partial(self.apply, params), xs)
+        raise NotImplementedError(f"{type(self).__name__} has no bulk steps (bulk_ok is False)")
 
     def _prefill(self, params: Params, xs, dtype):
         """``prefill`` for ``N >= 1`` inputs. Default: per-frame ``apply`` for layers that keep
@@ -267,6 +294,14 @@ def scan_prefill(layer: "Layer", params: Params, xs, dtype):
 
     state, ys = jax.lax.scan(body, state, jax.tree.map(lambda a: jnp.moveaxis(a, 1, 0), xs))
     return state, take_emitted(jax.tree.map(lambda a: jnp.moveaxis(a, 0, 1), ys), layer.delay, layer.stride)
+
+
+def all_steady(flags) -> Array | bool:
+    """AND of :meth:`Layer.steady` results (``(B,)`` bool arrays or ``True``)."""
+    out = True
+    for f in flags:
+        out = f if out is True else (out if f is True else out & f)
+    return out
 
 
 def bcast(mask: Array, like: Array) -> Array:

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from .base import Layer, Out, scan_prefill, static
+from .base import Layer, Out, all_steady, scan_prefill, static
 from .simple import Delay
 
 REDUCTIONS = ("sum", "mul", "concat", "max")
@@ -155,6 +155,21 @@ class Sequential(Layer):
                 new_state[n], out = c.step(params.get(n), state.get(n), *out)
         return _drop_none(new_state), out
 
+    @property
+    def bulk_ok(self):
+        return all(c.bulk_ok for _, c in self.children)
+
+    def steady(self, state):
+        state = state or {}
+        return all_steady(c.steady(state.get(n)) for n, c in self.children)
+
+    def steps(self, params, state, xs):
+        params, state, new_state = params or {}, state or {}, {}
+        for n, c in self.children:
+            with jax.named_scope(n):
+                new_state[n], xs = c.steps(params.get(n), state.get(n), xs)
+        return _drop_none(new_state), xs
+
     def _prefill(self, params, xs, dtype):
         """Each child prefills on the outputs its predecessor emitted."""
         params, new_state = params or {}, {}
@@ -250,6 +265,10 @@ class ClipOnlySequential(Sequential):
 
     def prefill(self, params, xs, dtype=None):
         raise self._clip_only()
+
+    @property
+    def bulk_ok(self):
+        return False
 
 
 @static
@@ -398,6 +417,22 @@ class Parallel(Layer):
         ``auto_delay`` makes them; only then do the branches' emitted outputs pair up."""
         return len({(b.delay, b.stride) for _, b in self.branches}) == 1
 
+    @property
+    def bulk_ok(self):
+        return all(b.bulk_ok for _, b in self.branches)
+
+    def steady(self, state):
+        state = state or {}
+        return all_steady(b.steady(state.get(n)) for n, b in self.branches)
+
+    def steps(self, params, state, xs):
+        params, state, new_state, outs = params or {}, state or {}, {}, []
+        for (n, b), x in zip(self.branches, xs):
+            with jax.named_scope(n):
+                new_state[n], y = b.steps(params.get(n), state.get(n), x)
+            outs.append(y)
+        return _drop_none(new_state), tuple(outs)
+
     def _prefill(self, params, xs, dtype):
         if not self.aligned:
             return scan_prefill(self, params, xs, dtype)
@@ -493,6 +528,10 @@ class BroadcastReduce(Parallel):
     def step(self, params, state, x, valid):
         state, (ys, valid) = super().step(params, state, (x,) * len(self.branches), valid)
         return state, Out(Reduce(self.op).apply(None, ys), valid)
+
+    def steps(self, params, state, xs):
+        state, ys = super().steps(params, state, (xs,) * len(self.branches))
+        return state, Reduce(self.op).apply(None, ys)
 
     def _prefill(self, params, xs, dtype):
         if not self.aligned:

@@ -344,6 +344,26 @@ class Conv(Layer):
         # acc[i]: the taps of position n+i over the inputs seen so far (the step's partial sums)
         return {"acc": acc, "n": counter_full(b, counter_after(n, d, s))}, self._out(self._bias(params, ys).astype(xs.dtype))
 
+    @property
+    def bulk_ok(self) -> bool:
+        return self.stride == 1
+
+    def steps(self, params, state, xs):
+        """Bulk steps (:meth:`Layer.steps`): one clip-mode pass over the ``N`` inputs with
+        ``kT-1`` zero frames at both ends gives ``N + kT - 1`` window sums, ``full[j]`` over inputs
+        ``j-kT+1 .. j``; the state's partial sums complete the first ``kT-1`` (inputs before this
+        chunk), the first ``N`` are the outputs and the last ``kT-1`` the new partial sums."""
+        check_input(self, xs, clip=True)
+        check_channels(self, xs, self.in_channels)
+        if self.stateless:
+            return state, self.forward(params, xs)
+        acc = state["acc"]
+        kt, n = self.kernel[0], xs.shape[1]
+        full = self._conv(params, self._in(xs).astype(acc.dtype), 1, (kt - 1, kt - 1), self.clip_impl or self.impl)
+        full = full.at[:, :kt - 1].add(acc)
+        ys = self._out(self._bias(params, full[:, :n]).astype(xs.dtype))
+        return {"acc": full[:, n:], "n": state["n"]}, ys
+
     def step(self, params, state, x, valid):
         """Accumulator form (reference §4): ``y = acc[0] + z[kT-1] (+ bias)``;
         ``acc'[i] = acc[i+1] + z[kT-2-i]``, ``acc'[kT-2] = z[0]``, with ``z[tau] = kernel[tau] (*) x``.

@@ -60,6 +60,23 @@ def _window_prefill(pooled: Array, *, k: int, delay: int, stride: int, fill: str
     return {"buf": pp[:, n:], "n": counter_full(b, counter_after(n, delay, stride))}, ys
 
 
+def _window_steps(state, pooled: Array, *, k: int, kind: str):
+    """Bulk steps of :func:`_window_step` in a steady state: the ``N`` window reductions over the
+    ring followed by the pooled inputs ``(B, N, ...)``, and the last ``k-1`` of them as the ring
+    (averages sum in float32 at least, as ``jnp.mean`` does for the step)."""
+    buf = state["buf"]
+    n = pooled.shape[1]
+    window = jnp.concatenate([buf, pooled.astype(buf.dtype)], axis=1)
+    dims = (1, k) + (1,) * (window.ndim - 2)
+    ones = (1,) * window.ndim
+    if kind == "max":
+        ys = lax.reduce_window(window, np.array(-np.inf, window.dtype), lax.max, dims, ones, "VALID")
+    else:
+        w = window.astype(jnp.promote_types(window.dtype, jnp.float32))
+        ys = (lax.reduce_window(w, np.array(0, w.dtype), lax.add, dims, ones, "VALID") / k).astype(window.dtype)
+    return {"buf": window[:, n:], "n": state["n"]}, ys
+
+
 @static
 class Pool(Layer):
     """Average or max pooling over ``(t, h, w)`` windows with explicit symmetric padding.
@@ -148,6 +165,17 @@ class Pool(Layer):
         return _window_step(state, y, valid, delay=self.delay, stride=self.stride, fill=self.temporal_fill,
                             reduce=jnp.max if self.kind == "max" else jnp.mean)
 
+    @property
+    def bulk_ok(self):
+        return self.stride == 1
+
+    def steps(self, params, state, xs):
+        check_input(self, xs, clip=True)
+        pooled = per_frame(partial(self.apply, params), xs)
+        if self.stateless:
+            return state, pooled
+        return _window_steps(state, pooled, k=self.kernel[0], kind=self.kind)
+
     def _prefill(self, params, xs, dtype):
         if self.stateless:  # a 1-frame temporal window: the clip forward is per-frame already
             return None, self.forward(params, xs)
@@ -234,6 +262,17 @@ class GlobalAvgPool(Layer):
             return state, Out(y, valid)
         check_state_frame(self, y, state["buf"], "spatially pooled frame")
         return _window_step(state, y, valid, delay=self.delay, stride=1, fill=self.temporal_fill, reduce=jnp.mean)
+
+    @property
+    def bulk_ok(self):
+        return True
+
+    def steps(self, params, state, xs):
+        check_input(self, xs, clip=True)
+        pooled = per_frame(partial(self.apply, params), xs)
+        if self.window == 1:
+            return state, pooled
+        return _window_steps(state, pooled, k=self.window, kind="avg")
 
     def _prefill(self, params, xs, dtype):
         pooled = per_frame(partial(self.apply, params), xs)

@@ -157,6 +157,18 @@ class Delay(Layer):
         new = {"buf": jnp.concatenate([buf[:, 1:], x[:, None].astype(buf.dtype)], axis=1), "n": n_next}
         return gate(valid, new, state), Out(y.astype(x.dtype), emit)
 
+    @property
+    def bulk_ok(self):
+        return True
+
+    def steps(self, params, state, xs):
+        check_input(self, xs, clip=True)
+        if self.d == 0:
+            return state, xs
+        buf = state["buf"]
+        window = jnp.concatenate([buf, xs.astype(buf.dtype)], axis=1)  # output i is input i - d
+        return {"buf": window[:, xs.shape[1]:], "n": state["n"]}, window[:, :xs.shape[1]].astype(xs.dtype)
+
     def _prefill(self, params, xs, dtype):
         if self.d == 0:
             return None, xs
