@@ -20,6 +20,11 @@ initialisation gives near-flat logits (std ~0.05 over 400 classes), so its softm
 1/400 where one bf16 step (2^-16 ~ 1.5e-5) is as large as the gap between the top two scores: ties
 and flips there come from rounding the output, not from the network's bf16 arithmetic.
 ``--bf16-only`` skips the fp32 parity part.
+
+The stream runs as a ``lax.scan`` of steps unless a variant sets ``bulk=true`` (``Model.stream``'s
+bulk steps). ``--chunk N`` feeds it in ``N``-frame calls instead of two halves, with the validity
+gaps only in every third chunk and the reset at the chunk boundary nearest the middle, so that the
+other chunks past the warm-up run as bulk steps; each row counts those chunks (``bulk_chunks``).
 """
 
 from __future__ import annotations
@@ -106,6 +111,8 @@ def main(argv=None) -> int:
     ap.add_argument("--bf16", action="store_true", help="also the bf16 top-1 agreement (and bf16_agreement rows)")
     ap.add_argument("--bf16-only", action="store_true", help="only the bf16_agreement rows (no fp32 parity)")
     ap.add_argument("--spread-std", type=float, default=2.0, help="target fp32 logit std of the spread head")
+    ap.add_argument("--chunk", type=int, default=None,
+                    help="frames per stream call (default: two halves); gaps only in every third chunk")
     ap.add_argument("--out", default="results/fused_parity.json")
     args = ap.parse_args(argv)
 
@@ -132,18 +139,33 @@ def main(argv=None) -> int:
     t, b = args.frames, args.batch
     half = t // 2
 
+    chunk = args.chunk or half
+    bounds = list(range(0, t, chunk)) + [t]
+    reset_at = min(bounds[1:-1], key=lambda x: abs(x - half)) if len(bounds) > 2 else t
+    gaps = np.array(jax.random.uniform(jax.random.key(2), (b, t)) > 0.15)  # True: a frame
+    if args.chunk:
+        gaps[:, [i for i in range(t) if (i // chunk) % 3 != 1]] = True
+    counts = {}
+
     def run(opts, dtype, head=None):
+        opts = dict(opts)
+        bulk = bool(opts.pop("bulk", False))
         model = co3d_jax.create_model(args.model, **base, **opts, **({"head_activation": head} if head else {}))
         model, params = model.fold_batchnorm(model.init(jax.random.key(0)))
         params = cast_tree(params, dtype)
         frames = jax.random.normal(jax.random.key(1), (b, t, *model.frame_shape), dtype)
-        valid = np.asarray(jax.random.uniform(jax.random.key(2), (b, t)) > 0.15)
-        f = model.stream_fn()
-        s, o1 = f(params, model.init_state(b, dtype), frames[:, :half], jnp.asarray(valid[:, :half]))
-        s = model.reset(s, jnp.arange(b) == 1)
-        s, o2 = f(params, s, frames[:, half:], jnp.asarray(valid[:, half:]))
-        scores = np.concatenate([np.asarray(o1.scores, np.float32), np.asarray(o2.scores, np.float32)], 1)
-        return s, scores, np.concatenate([np.asarray(o1.valid), np.asarray(o2.valid)], 1)
+        f = model.stream_fn(bulk=bulk)
+        s, outs, n_bulk = model.init_state(b, dtype), [], 0
+        for lo, hi in zip(bounds[:-1], bounds[1:]):
+            if lo == reset_at:
+                s = model.reset(s, jnp.arange(b) == 1)
+            v = jnp.asarray(gaps[:, lo:hi])
+            n_bulk += bool(bulk and gaps[:, lo:hi].all() and jnp.all(jnp.asarray(model.net.steady(s))))
+            s, o = f(params, s, frames[:, lo:hi], v)
+            outs.append(o)
+        counts["bulk_chunks"] = n_bulk
+        scores = np.concatenate([np.asarray(o.scores, np.float32) for o in outs], 1)
+        return s, scores, np.concatenate([np.asarray(o.valid) for o in outs], 1)
 
     env = {"device": jax.devices()[0].device_kind, "jax": jax.__version__,
            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -176,6 +198,7 @@ def main(argv=None) -> int:
         row = {"variant": label, "options": opts, "batch": b, "frames": t}
         try:
             s, y, v = run(opts, jnp.float32)
+            row["chunk"], row["bulk_chunks"] = chunk, counts["bulk_chunks"]
             row["valid_identical"] = bool((v == ref_valid).all())
             m = ref_valid
             per_frame = np.max(np.abs(y - ref), -1) / np.maximum(np.max(np.abs(ref), -1), 1e-30)

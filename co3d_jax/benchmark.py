@@ -66,16 +66,19 @@ def bench_model(name: str, depthwise: str = "auto", **options):
 
 
 def bench_stream(name: str, batch: int, dtype: str, chunk: int, repeats: int, unroll: int = 1,
-                 depthwise: str = "auto", image_size: int | None = None, options: dict | None = None) -> dict:
+                 depthwise: str = "auto", image_size: int | None = None, options: dict | None = None,
+                 bulk: bool = False) -> dict:
     """Frames/s of ``stream`` over ``chunk``-frame calls for ``batch`` streams (BN folded, params,
-    state and frames in ``dtype``, state donated between calls); ``memory_mb`` of the executable.
-    ``options``: more ``create_model`` options (recorded in the row when given)."""
+    state and frames in ``dtype``, state donated between calls, timed once every stream is past
+    its warm-up); ``memory_mb`` of the executable. ``options``: more ``create_model`` options
+    (recorded in the row when given). ``bulk``: ``Model.stream(bulk=...)``, False (a ``lax.scan``
+    of steps) or True (bulk steps, each layer over the chunk at once)."""
     model = bench_model(name, depthwise, **({"image_size": image_size} if image_size else {}), **(options or {}))
     params = model.init(jax.random.key(0))
     model, params = model.fold_batchnorm(params)
     dt = jnp.bfloat16 if dtype == "bf16" else jnp.float32
     params = cast_tree(params, dt)
-    fn = jax.jit(lambda p, s, x: model.stream(p, s, x, unroll=unroll), donate_argnums=(1,))
+    fn = jax.jit(lambda p, s, x: model.stream(p, s, x, unroll=unroll, bulk=bulk), donate_argnums=(1,))
     frames = jax.random.normal(jax.random.key(1), (batch, chunk, *model.frame_shape), dt)
     state = model.init_state(batch, dt)
     t0 = time.perf_counter()
@@ -89,9 +92,11 @@ def bench_stream(name: str, batch: int, dtype: str, chunk: int, repeats: int, un
         holder["state"], o = fn(params, holder["state"], frames)
         jax.block_until_ready(o)
 
-    run()  # second warm-up (steady state)
+    for _ in range(-(-(model.delay + 1) // chunk)):  # past the warm-up (bulk steps run from there on)
+        run()
     sec = median_time(run, repeats)
     return {"kind": "stream", "model": name, "batch": batch, "dtype": dtype, "chunk": chunk, "unroll": unroll,
+            "bulk": bool(bulk),
             "depthwise": depthwise, **({"options": options} if options else {}), "seconds_per_chunk": sec,
             "frames_per_s": batch * chunk / sec, "compile_s": compile_s, "memory_mb": memory_mb(fn)}
 

@@ -5,8 +5,10 @@
 Runs :mod:`experiments.benchmark_torch` then :mod:`experiments.benchmark_jax` in separate
 processes (so neither framework's allocator sees the other), merges both into
 ``OUT.json`` and writes ``OUT.md``: a table per model and dtype of JAX's default (fused) and XLA
-paths and PyTorch, the JAX/PyTorch ratio, the project's targets on one H200 with what was met or by
-how much it was missed, and the stream rows' fraction of the memory roofline.
+steps and PyTorch's, the JAX/PyTorch ratio, the same for bulk steps (a whole chunk per layer:
+``Model.stream``'s default, and continual-inference's ``forward_steps``), the project's targets on
+one H200 with what was met or by how much it was missed (by the step and by bulk steps), and the
+step rows' fraction of the memory roofline.
 """
 
 from __future__ import annotations
@@ -49,14 +51,14 @@ def _value(r):
 
 
 def _impl(r) -> str | None:
-    """``fused`` (the model's default), ``xla`` (``depthwise_impl=auto, dense_impl=auto``), or None
-    (another variant: listed below the table)."""
+    """``fused`` (the model's default step), ``bulk`` (its bulk steps), ``xla`` (the step with
+    ``depthwise_impl=auto, dense_impl=auto``), or None (another variant: listed below the table)."""
     if r.get("unroll", 1) != 1 or r.get("depthwise", "auto") != "auto":
         return None
     opts = r.get("options") or {}
     if not opts:
-        return "fused"
-    return "xla" if opts == {"depthwise_impl": "auto", "dense_impl": "auto"} else None
+        return "bulk" if r.get("bulk") else "fused"
+    return "xla" if opts == {"depthwise_impl": "auto", "dense_impl": "auto"} and not r.get("bulk") else None
 
 
 def target_status(kind: str, value: float | None, target: float | None, ratio: float | None) -> str:
@@ -89,20 +91,26 @@ def table(jax_res: dict, torch_res: dict) -> str:
         impl = _impl(r) if "dtype" in r and r.get("kind") in UNITS else None
         if impl:
             rows.setdefault(_key(r), {})[impl] = r
-    ref = {_key(r): r for r in torch_res["results"] if "dtype" in r}
+    ref = {_key(r): r for r in torch_res["results"] if "dtype" in r and not r.get("bulk")}
+    ref_bulk = {_key(r): r for r in torch_res["results"] if "dtype" in r and r.get("bulk")}
     je, te = jax_res["env"], torch_res["env"]
     lines = [f"JAX: {je['device']} · jax {je['jax']} · {je['date']} · `{je.get('command', '')}`",
              f"PyTorch: {te['device']} · torch {te['torch']} · continual-inference {te['continual_inference']} · "
              f"pytorchvideo {te.get('pytorchvideo', '?')} · {te['date']} · `{te.get('command', '')}`", "",
              "JAX fused: the models' defaults (X3D `depthwise_impl`/`dense_impl=\"fused\"`: the Pallas depthwise "
-             "step and clip kernels on NVIDIA GPUs); JAX XLA: `depthwise_impl=auto, dense_impl=auto`. Targets: the project's on one H200 "
-             "(stream frames/s, latency ms per batch-1 `LiveStep` call, clip the JAX/PyTorch ratio in fp32). "
-             "Roofline: JAX fused frames/s as a fraction of the memory roofline (state read and written once plus "
-             "the frame, `benchmarks/roofline.py`; the goal: >= 35% for the CoX3D-S step).", "",
-             "| kind | model | dtype | batch | JAX fused | JAX XLA | PyTorch | JAX/PyTorch | target | status | roofline |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "step and clip kernels on NVIDIA GPUs); JAX XLA: `depthwise_impl=auto, dense_impl=auto`; stream rows "
+             "step frame by frame (JAX: a `lax.scan` of the step; PyTorch: `forward_step`). Bulk: each chunk as bulk "
+             "steps once past the warm-up (JAX: `Model.stream`'s default; PyTorch: `forward_steps`), the same "
+             "outputs. Targets: the project's on one H200 "
+             "(stream frames/s, latency ms per batch-1 `LiveStep` call, clip the JAX/PyTorch ratio in fp32); "
+             "status: by the fused step, and by bulk steps. "
+             "Roofline: JAX fused step frames/s as a fraction of the memory roofline (state read and written once "
+             "plus the frame, `benchmarks/roofline.py`; the goal: >= 35% for the CoX3D-S step).", "",
+             "| kind | model | dtype | batch | JAX fused | JAX XLA | PyTorch | JAX/PyTorch | target | status | roofline "
+             "| JAX bulk | PyTorch bulk | bulk JAX/PyTorch | bulk status |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for k, impls in rows.items():
-        r = impls.get("fused") or impls.get("xla")
+        r = impls.get("fused") or impls.get("xla") or impls.get("bulk")
         j = _value(impls["fused"]) if "fused" in impls else None
         x = _value(impls["xla"]) if "xla" in impls else None
         t = ref.get(k)
@@ -117,8 +125,12 @@ def table(jax_res: dict, torch_res: dict) -> str:
             frac = memory_roofline_fraction(k[1], k[2], j, je["device"])
             roof = "" if frac is None else f"{100 * frac:.1f}%"
         fmt = (lambda v: "" if v is None else (f"{v:.3f}" if k[0] == "latency" else f"{v:,.0f}"))
+        jb = _value(impls["bulk"]) if "bulk" in impls else None
+        pb = _value(ref_bulk[k]) if k in ref_bulk else None
+        bulk_ratio = "" if jb is None or pb is None else f"{jb / pb:.2f}x"
+        bulk_status = "" if jb is None else target_status(k[0], jb, tgt, None)
         lines.append(f"| {k[0]} | {k[1]} | {k[2]} | {r['batch']} | {fmt(j)} | {fmt(x)} | {fmt(p)} | {ratio_s} | "
-                     f"{tgt_s} | {status} | {roof} |")
+                     f"{tgt_s} | {status} | {roof} | {fmt(jb)} | {fmt(pb)} | {bulk_ratio} | {bulk_status} |")
     extra = [r for r in jax_res["results"] if not ("dtype" in r and r.get("kind") in UNITS and _impl(r))]
     if extra:
         lines += ["", "Other JAX measurements:", ""] + [f"- `{json.dumps(r)}`" for r in extra]

@@ -3,8 +3,11 @@
     python -m experiments.benchmark_jax --out results/bench_jax.json
     python -m experiments.benchmark_jax --quick            # tiny CPU smoke run
 
-Continual models run one jitted ``lax.scan`` per chunk of ``--chunk`` frames for a batch of
-streams, with BN folded and the state donated between chunks; clip models run one jitted forward
+Continual models run one jitted ``Model.stream`` call per chunk of ``--chunk`` frames for a batch
+of streams, with BN folded and the state donated between chunks, timed once the streams are past
+their warm-up, in two modes (``--stream-modes``): ``step``, a ``lax.scan`` of the continual step,
+and ``bulk``, bulk steps (each layer over the whole chunk from its state: ``Model.stream``'s
+default where the model allows it); clip models run one jitted forward
 per batch. Every figure is the median of ``--repeats`` timed calls after a warm-up call
 (compilation excluded), synchronised with ``block_until_ready``. The models run their defaults
 (X3D: ``depthwise_impl``/``dense_impl="fused"``, the Pallas step and clip kernels on NVIDIA GPUs); section ``xla``
@@ -110,7 +113,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m experiments.benchmark_jax", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     add_benchmark_args(ap, "results/bench_jax.json", 10, "stream,latency,clip,xla,depthwise,unroll,bf16err")
-    ap.add_argument("--chunk", type=int, default=64, help="frames per jitted scan call")
+    ap.add_argument("--chunk", type=int, default=64, help="frames per jitted stream call")
+    ap.add_argument("--stream-modes", default="step,bulk",
+                    help="stream rows: step (a lax.scan of steps) and/or bulk (Model.stream's bulk steps)")
     ap.add_argument("--latency-steps", type=int, default=200, help="timed LiveStep calls (latency)")
     ap.add_argument("--xla-models", default="cox3d_s_64,cox3d_m_64",
                     help="continual models also run on the XLA path (section xla: depthwise_impl=auto, "
@@ -134,12 +139,17 @@ def main(argv=None) -> int:
 
     if args.quick:
         record(bench_stream("cox3d_s_13", 2, "fp32", 8, 2, image_size=64))
+        record(bench_stream("cox3d_s_13", 2, "fp32", 8, 2, image_size=64, bulk=True))
         record(bench_clip("x3d_xs", 2, "fp32", 2))
         return 0
+    modes = args.stream_modes.split(",")
+    if unknown := set(modes) - {"step", "bulk"}:
+        ap.error(f"--stream-modes: unknown mode(s) {sorted(unknown)}; choose from step, bulk")
     if "stream" in sections:
         for name, batch in co_models:
             for dt in dtypes:
-                record(bench_stream(name, batch, dt, args.chunk, args.repeats, **size))
+                for mode in modes:
+                    record(bench_stream(name, batch, dt, args.chunk, args.repeats, bulk=mode == "bulk", **size))
     if "latency" in sections:
         for dt in dtypes:
             record(bench_latency("cox3d_s_64", dt, args.latency_steps, **size))

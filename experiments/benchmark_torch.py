@@ -5,7 +5,9 @@
 Mirrors :mod:`experiments.benchmark_jax`: CoX3D-S/M/L_64 stepped frame-wise the way co3d runs
 them (``call_mode = "forward_steps"``, one ``(B, 3, 1, H, W)`` frame per call, timed after the
 state is warmed past the delay by ``forward_steps`` over 16-frame chunks, which leaves the same
-state as stepping and takes seconds instead of a minute for CoX3D-L), clip X3D-S/M/L from pytorchvideo; fp32 and bf16 (``torch.autocast``); inputs
+state as stepping and takes seconds instead of a minute for CoX3D-L), and in ``--stream-modes bulk``
+the same warmed state fed whole ``--frames``-frame chunks by ``forward_steps`` (continual-inference's
+counterpart of ``Model.stream``'s bulk steps), clip X3D-S/M/L from pytorchvideo; fp32 and bf16 (``torch.autocast``); inputs
 already on the device; median of repeated timings after warm-up, synchronised.
 """
 
@@ -34,7 +36,7 @@ def _sync(torch, dev):
 WARM_CHUNK = 16  # frames per forward_steps call while warming the state up
 
 
-def bench_stream(name, batch, dtype, frames, repeats, dev, image_size=None):
+def bench_stream(name, batch, dtype, frames, repeats, dev, image_size=None, bulk=False):
     import torch
 
     from co3d_jax.models.x3d import X3DConfig
@@ -53,16 +55,22 @@ def bench_stream(name, batch, dtype, frames, repeats, dev, image_size=None):
             y = model(x)
         _sync(torch, dev)
         assert y is not None, "still inside the delay after the warm-up"
+        chunk = x.expand(-1, -1, frames, -1, -1).contiguous()
+        if bulk:
+            y = model.forward_steps(chunk, pad_end=False, update_state=True)  # warm-up of this call shape
         times = []
         for _ in range(repeats):
             t0 = time.perf_counter()
-            for _ in range(frames):
-                y = model(x)
+            if bulk:
+                y = model.forward_steps(chunk, pad_end=False, update_state=True)
+            else:
+                for _ in range(frames):
+                    y = model(x)
             _sync(torch, dev)
             times.append(time.perf_counter() - t0)
     assert y is not None
     sec = float(np.median(times))
-    return {"kind": "stream", "model": name, "batch": batch, "dtype": dtype, "chunk": frames,
+    return {"kind": "stream", "model": name, "batch": batch, "dtype": dtype, "chunk": frames, "bulk": bulk,
             "seconds_per_chunk": sec, "frames_per_s": batch * frames / sec}
 
 
@@ -102,6 +110,8 @@ def main(argv=None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     add_benchmark_args(ap, "results/bench_torch.json", 5, "stream,latency,clip")
     ap.add_argument("--frames", type=int, default=32, help="frames per timed repeat (stream)")
+    ap.add_argument("--stream-modes", default="step,bulk",
+                    help="stream rows: step (one forward_step call per frame) and/or bulk (forward_steps per chunk)")
     ap.add_argument("--latency-steps", type=int, default=50, help="timed batch-1 steps (latency)")
     ap.add_argument("--image-size", type=int, default=None, help="override every model's frame size (smoke runs)")
     ap.add_argument("--batch", type=int, default=None, help="override the paper batch sizes (smoke runs)")
@@ -124,10 +134,15 @@ def main(argv=None) -> int:
     co_models = [(n, args.batch or b) for n, b in CONTINUAL if keep is None or n in keep]
     clip_models = [(n, args.batch or b) for n, b in CLIP if keep is None or n in keep]
     dtypes = args.dtypes.split(",")
+    modes = args.stream_modes.split(",")
+    if unknown := set(modes) - {"step", "bulk"}:
+        ap.error(f"--stream-modes: unknown mode(s) {sorted(unknown)}; choose from step, bulk")
     if "stream" in sections:
         for name, batch in co_models:
             for dt in dtypes:
-                record(bench_stream(name, batch, dt, args.frames, args.repeats, dev, args.image_size))
+                for mode in modes:
+                    record(bench_stream(name, batch, dt, args.frames, args.repeats, dev, args.image_size,
+                                        bulk=mode == "bulk"))
     if "latency" in sections:
         for dt in dtypes:
             record(bench_latency("cox3d_s_64", dt, args.latency_steps, dev, args.image_size))
