@@ -108,7 +108,9 @@ def stream_case():
                 layer4=_torch_layer4(model, frames))
 
 
-@pytest.mark.parametrize("name", sorted(META))
+# the 16-frame model differs from the 8-frame one only in its head window (test_metadata pins its delay):
+# slow, outside CI
+@pytest.mark.parametrize("name", ["cor2plus1d_18_8", pytest.param("cor2plus1d_18_16", marks=pytest.mark.slow)])
 def test_step_equals_torchvision_clip(stream_case, name, capsys):
     window, delay, rf, _, stride = META[name]
     m = co3d_jax.create_model(name, image_size=SIZE, head_activation="identity")

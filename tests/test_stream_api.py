@@ -168,7 +168,7 @@ def test_one_step_contract(tiny):
     from co3d_jax.layers.base import Out
     model, params, frames, ref = tiny
     assert co3d_jax.StepOutput is Out and isinstance(ref, Out)
-    state, out = model.step(params, model.init_state(1), frames[:, 0])
+    state, out = jax.jit(model.step)(params, model.init_state(1), frames[:, 0])  # jitted: eager op-by-op is slow
     assert isinstance(out, Out) and out.scores is out.y and out.y.shape == (1, 5)
     conv = Conv(3, 4, (3, 1, 1), 1, (1, 0, 0))
     p = conv.init(jax.random.key(0), (32, 32, 3))
