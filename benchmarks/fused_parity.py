@@ -142,9 +142,9 @@ def main(argv=None) -> int:
     chunk = args.chunk or half
     bounds = list(range(0, t, chunk)) + [t]
     reset_at = min(bounds[1:-1], key=lambda x: abs(x - half)) if len(bounds) > 2 else t
-    gaps = np.array(jax.random.uniform(jax.random.key(2), (b, t)) > 0.15)  # True: a frame
+    present = np.array(jax.random.uniform(jax.random.key(2), (b, t)) > 0.15)  # False: a missing frame
     if args.chunk:
-        gaps[:, [i for i in range(t) if (i // chunk) % 3 != 1]] = True
+        present[:, [i for i in range(t) if (i // chunk) % 3 != 1]] = True
     counts = {}
 
     def run(opts, dtype, head=None):
@@ -159,8 +159,8 @@ def main(argv=None) -> int:
         for lo, hi in zip(bounds[:-1], bounds[1:]):
             if lo == reset_at:
                 s = model.reset(s, jnp.arange(b) == 1)
-            v = jnp.asarray(gaps[:, lo:hi])
-            n_bulk += bool(bulk and gaps[:, lo:hi].all() and jnp.all(jnp.asarray(model.net.steady(s))))
+            v = jnp.asarray(present[:, lo:hi])
+            n_bulk += bool(bulk and present[:, lo:hi].all() and jnp.all(jnp.asarray(model.net.steady(s))))
             s, o = f(params, s, frames[:, lo:hi], v)
             outs.append(o)
         counts["bulk_chunks"] = n_bulk

@@ -14,7 +14,7 @@ import numpy as np
 from .layers import Layer, fold_batchnorm, fuse_activations
 from .layers.base import Out
 from .normalisation import KINETICS
-from .stream import reset_state, scan_stream
+from .stream import reset_state, scan_stream, stream_valid
 
 
 StepOutput = Out
@@ -153,16 +153,12 @@ class Model:
         if bulk is None:
             from .kernels import nvidia_default_device
             bulk = self.bulk_ok and nvidia_default_device()
-        use = bool(bulk)
-        if use and not self.bulk_ok:
+        if bulk and not self.bulk_ok:
             raise ValueError(f"{self.name}: bulk steps need a network of temporal stride 1 whose stateful layers "
                              f"all have them (Model.bulk_ok is False); use bulk=False or None")
-        if not use or t < 2:
+        if not bulk or t < 2:
             return scan_stream(self.step, params, state, frames, valid, unroll)
-        if valid is None:
-            valid = jnp.ones((b, t), bool)
-        elif valid.shape != (b, t) or valid.dtype != jnp.bool_:
-            raise ValueError(f"{self.name}: valid must be a ({b}, {t}) bool array, got {valid.shape} {valid.dtype}")
+        valid = stream_valid(frames, valid, self.name)
 
         def scan(operands):
             return scan_stream(self.step, params, *operands, unroll)

@@ -16,6 +16,19 @@ from jax import lax
 from .layers.base import Layer, bcast
 
 
+def stream_valid(frames, valid, who: str):
+    """The ``(B, T)`` validity of ``frames`` ``(B, T, ...)``: all True for ``None``, else ``valid``
+    checked (one ``ValueError`` prefixed by ``who`` otherwise)."""
+    if frames.ndim < 2:
+        raise ValueError(f"{who}: frames must be (B, T, ...), got shape {tuple(frames.shape)}")
+    b, t = frames.shape[:2]
+    if valid is None:
+        return jnp.ones((b, t), bool)
+    if valid.shape != (b, t) or valid.dtype != jnp.bool_:
+        raise ValueError(f"{who}: valid must be a ({b}, {t}) bool array, got {valid.shape} {valid.dtype}")
+    return valid
+
+
 def scan_stream(step_fn, params, state, frames, valid=None, unroll: int = 1):
     """``step_fn(params, state, frame, valid) -> (state, Out(y, valid))`` scanned over axis 1.
 
@@ -23,13 +36,7 @@ def scan_stream(step_fn, params, state, frames, valid=None, unroll: int = 1):
     stream at that time: its state is left untouched). Returns ``(state, Out(y (B, T, ...),
     valid (B, T)))``: the step's own output type with a time axis (``StepOutput`` for a model).
     """
-    if frames.ndim < 2:
-        raise ValueError(f"scan_stream: frames must be (B, T, ...), got shape {tuple(frames.shape)}")
-    b, t = frames.shape[:2]
-    if valid is None:
-        valid = jnp.ones((b, t), bool)
-    elif valid.shape != (b, t) or valid.dtype != jnp.bool_:
-        raise ValueError(f"scan_stream: valid must be a ({b}, {t}) bool array, got {valid.shape} {valid.dtype}")
+    valid = stream_valid(frames, valid, "scan_stream")
 
     def body(s, xv):
         return step_fn(params, s, *xv)

@@ -331,13 +331,14 @@ def _clip_splits(b: int, t: int, to: int, frame_in: int, frame_out: int, st: int
 def _clip_call(cfg, x, kernel, bias):
     """:func:`_clip_call_one` over the whole clip, or over pieces of it (:func:`_clip_splits`)."""
     strides, pads = cfg[:2]
-    (st, _, _), (lt, _, _, _), (to, ho, wo) = _clip_geometry(x.shape, kernel.shape, strides, pads)
+    (st, _, _), (lt, _, ph, pw), (to, ho, wo) = _clip_geometry(x.shape, kernel.shape, strides, pads)
     b, t, h, w, c = x.shape
     kt = kernel.shape[0]
     item = jnp.dtype(x.dtype).itemsize
     nb, nt = _clip_splits(b, t, to, h * w * c * item, ho * wo * c * item, st, kt)
+    one = functools.partial(_clip_call_one, cfg, kernel=kernel, bias=bias, ph=ph, pw=pw, ho=ho, wo=wo)
     if (nb, nt) == (b, to):
-        return _clip_call_one(cfg, x, kernel, bias, lt, to)
+        return one(x, lt=lt, to=to)
     parts = []
     for b0 in range(0, b, nb):
         runs = []
@@ -345,22 +346,20 @@ def _clip_call(cfg, x, kernel, bias):
             o1 = min(o0 + nt, to)
             i0 = min(max(0, o0 * st - lt), t - 1)             # the input frames these outputs read
             i1 = max(min(t, (o1 - 1) * st - lt + kt), i0 + 1)
-            runs.append(_clip_call_one(cfg, x[b0:b0 + nb, i0:i1], kernel, bias, lt - o0 * st + i0, o1 - o0))
+            runs.append(one(x[b0:b0 + nb, i0:i1], lt=lt - o0 * st + i0, to=o1 - o0))
         parts.append(runs[0] if len(runs) == 1 else jnp.concatenate(runs, axis=1))
     return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=0)
 
 
-def _clip_call_one(cfg, x, kernel, bias, lt: int, to: int):
+def _clip_call_one(cfg, x, *, kernel, bias, ph: int, pw: int, ho: int, wo: int, lt: int, to: int):
     """One Pallas call: output frames ``0 .. to-1``, frame ``o`` reading input frames
-    ``o*st - lt .. o*st - lt + kT - 1`` (zero outside ``x``)."""
+    ``o*st - lt .. o*st - lt + kT - 1`` (zero outside ``x``); the spatial geometry is the whole clip's."""
     from jax.experimental import pallas as pl
     from jax.experimental.pallas import triton as plgpu
-    strides, pads, in_activation, activation, interpret, budget, num_warps = cfg
+    strides, _, in_activation, activation, interpret, budget, num_warps = cfg
     st, sh, sw = strides
-    ph, pw = (p if isinstance(p, int) else p[0] for p in pads[1:])
     b, t, h, w, c = x.shape
     kt, kh, kw = kernel.shape[:3]
-    ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
     th, tw, tc = clip_tiles(ho, wo, c, budget)
     grid = (b * to, math.ceil(ho / th), math.ceil(wo / tw) * math.ceil(c / tc))
     body = functools.partial(_clip_kernel, t=t, to=to, kt=kt, kh=kh, kw=kw, st=st, sh=sh, sw=sw, lt=lt, ph=ph, pw=pw,
