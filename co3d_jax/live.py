@@ -1,12 +1,16 @@
 """Low-latency live inference: a compiled step with the weights closed over and the state packed.
 
 A CoX3D state is ~100 arrays; passing them (and ~300 weight arrays) through a jitted call costs
-more host time than the GPU spends on a batch-1 step. :class:`LiveStep` packs the state into one
-float buffer and one int32 buffer (split and re-joined inside the compiled function, where it is
-a cheap copy), donates them between calls, and bakes the weights into the executable.
+more host time than the GPU spends on a batch-1 step. :class:`LiveStep` packs the small state
+arrays into one float buffer and one int32 buffer (split and re-joined inside the compiled
+function), passes the large ones (``split_bytes`` and up) as their own arrays, donates all of them
+between calls, and bakes the weights into the executable. Packing a large array costs device
+copies (out of the buffer before the step, back in after it, and the buffer into the donated
+output); a separate array costs host time per call instead (about 2.5 µs per array on an H200), so
+large arrays go separately.
 
     live = LiveStep(model, params, batch_size=2)
-    state = live.init()                                  # (float buffer, int buffer)
+    state = live.init()                                  # (float buffer, int buffer, *large arrays)
     state, out = live(state, frame)                      # frame (B, H, W, 3); out.scores, out.valid
     state = live.reset(state, mask)                      # restart streams where mask (B,) is True
     out = live.peek(state, frame)                        # output without advancing the state
@@ -23,15 +27,33 @@ import numpy as np
 from .stream import reset_state
 
 
-class LiveStep:
-    """A jitted, packed-state ``step`` for ``batch_size`` streams of ``model`` with ``params``."""
+# float state arrays of at least this many bytes (whole batch) are not packed by default. On one H200,
+# CoX3D-S_64 fp32 (results/README.md, "LiveStep: packing and the batch-1 call"): packing everything cost
+# 3.56 ms per call at batch 64 against 2.60 ms with every float array of 64 KB and up split; at batch 1
+# the blocking call was no faster split that way (more arrays cost host time), so the bar sits where a
+# batch-1 CoX3D-S state stays packed but for its stem.
+SPLIT_BYTES = 1 << 20
 
-    def __init__(self, model, params, batch_size: int = 1, dtype=jnp.float32):
+
+class LiveStep:
+    """A jitted, packed-state ``step`` for ``batch_size`` streams of ``model`` with ``params``.
+
+    ``split_bytes``: float state arrays of at least this many bytes travel as their own donated
+    arrays, the others are packed (``None``: :data:`SPLIT_BYTES`; ``0``: no packing of floats;
+    ``float("inf")``: everything packed, the two-buffer form)."""
+
+    def __init__(self, model, params, batch_size: int = 1, dtype=jnp.float32, split_bytes: float | None = None):
         self.model, self.batch_size, self.dtype = model, batch_size, jnp.dtype(dtype)
+        self.split_bytes = SPLIT_BYTES if split_bytes is None else split_bytes
+        if not self.split_bytes >= 0:
+            raise ValueError(f"LiveStep: split_bytes must be >= 0, got {split_bytes!r}")
         template = model.init_state(batch_size, dtype)
         leaves, self.treedef = jax.tree.flatten(template)
         self._specs = [(a.shape, a.dtype) for a in leaves]
         self._is_float = [jnp.issubdtype(a.dtype, jnp.floating) for a in leaves]
+        # 0: packed float, 1: packed int, 2: its own array
+        self._where = [2 if f and a.size * self.dtype.itemsize >= self.split_bytes else int(not f)
+                       for a, f in zip(leaves, self._is_float)]
         self._fresh = self.pack(template)
         self._frame_shape = (batch_size, *model.frame_shape)
         self._state_shapes = tuple(a.shape for a in self._fresh)
@@ -50,23 +72,27 @@ class LiveStep:
 
     # ------------------------------------------------------------------ packing
     def pack(self, state):
+        """``(float buffer, int32 buffer, *large float arrays)`` of a state pytree."""
         leaves = jax.tree.leaves(state)
-        fl = [jnp.ravel(a).astype(self.dtype) for a, f in zip(leaves, self._is_float) if f]
-        it = [jnp.ravel(a).astype(jnp.int32) for a, f in zip(leaves, self._is_float) if not f]
+        fl = [jnp.ravel(a).astype(self.dtype) for a, w in zip(leaves, self._where) if w == 0]
+        it = [jnp.ravel(a).astype(jnp.int32) for a, w in zip(leaves, self._where) if w == 1]
+        big = [a.astype(self.dtype) for a, w in zip(leaves, self._where) if w == 2]
         return (jnp.concatenate(fl) if fl else jnp.zeros((0,), self.dtype),
-                jnp.concatenate(it) if it else jnp.zeros((0,), jnp.int32))
+                jnp.concatenate(it) if it else jnp.zeros((0,), jnp.int32), *big)
 
     def unpack(self, packed):
-        fbuf, ibuf = packed
-        out, fo, io = [], 0, 0
-        for (shape, dtype), f in zip(self._specs, self._is_float):
+        """The state pytree of a packed state (inverse of :meth:`pack`)."""
+        fbuf, ibuf, *big = packed
+        out, off, k = [], [0, 0], 0
+        for (shape, dtype), w in zip(self._specs, self._where):
+            if w == 2:
+                out.append(big[k].astype(dtype))
+                k += 1
+                continue
             n = math.prod(shape)
-            if f:
-                out.append(fbuf[fo:fo + n].reshape(shape).astype(dtype))
-                fo += n
-            else:
-                out.append(ibuf[io:io + n].reshape(shape).astype(dtype))
-                io += n
+            buf = fbuf if w == 0 else ibuf
+            out.append(buf[off[w]:off[w] + n].reshape(shape).astype(dtype))
+            off[w] += n
         return jax.tree.unflatten(self.treedef, out)
 
     # ------------------------------------------------------------------ API
@@ -113,9 +139,17 @@ class LiveStep:
             have = None
         if have == want:
             return
-        per = [math.prod(s) // self.batch_size if self.batch_size else 0 for s in want]
-        sizes = {n[0] // p for n, p in zip(have or (), per) if p and len(n) == 1 and n[0] % p == 0}
-        got = f"{sizes.pop()} stream(s)" if have and len(have) == len(want) and len(sizes) == 1 else f"shapes {have}"
+        # streams: the int32 buffer (never split) over its per-stream length; else a packed float buffer's
+        got = f"shapes {have}"
+        for i in (1, 0):
+            per = math.prod(want[i]) // self.batch_size if self.batch_size and len(want) > i else 0
+            if per and have and len(have) > i and len(have[i]) == 1 and have[i][0] % per == 0:
+                if i == 1 or len(have) == len(want):
+                    got = f"{have[i][0] // per} stream(s)"
+                break
+        if got == f"{self.batch_size} stream(s)":  # the streams match: another packing (split_bytes)
+            raise ValueError(f"{self.model.name}: the state is packed as {len(have)} arrays but this LiveStep packs "
+                             f"{len(want)} (split_bytes={self.split_bytes}); pass a state from its init()")
         raise ValueError(f"{self.model.name}: the state is for {got} but this LiveStep is for {self.batch_size} "
                          f"(batch_size={self.batch_size}); pass a state from its init()")
 

@@ -76,6 +76,38 @@ def test_live_step_equals_stream_and_peek_does_not_advance(tiny):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+def test_live_step_packings_give_the_same_stream(tiny):
+    """``split_bytes``: every float state array packed (2 buffers), none packed (its own array each) or
+    the default split: the same outputs and state; a state of another packing or batch size is one
+    clear error."""
+    model, params, frames, ref = tiny
+    n_float = sum(jnp.issubdtype(a.dtype, jnp.floating) for a in jax.tree.leaves(model.init_state(1)))
+    sizes = sorted(a.nbytes for a in jax.tree.leaves(model.init_state(1)) if jnp.issubdtype(a.dtype, jnp.floating))
+    middle = sizes[len(sizes) // 2]
+    want = {float("inf"): 2, 0: 2 + n_float, middle: 2 + sum(b >= middle for b in sizes)}
+    states = {}
+    for split, arrays in want.items():
+        live = LiveStep(model, params, batch_size=1, split_bytes=split)
+        state = live.init()
+        assert len(state) == arrays
+        outs = []
+        for t in range(frames.shape[1]):
+            state, out = live(state, frames[:, t])
+            outs.append(np.asarray(out.scores))
+        np.testing.assert_allclose(np.stack(outs, 1)[:, model.delay:], np.asarray(ref.scores)[:, model.delay:],
+                                   rtol=1e-6, atol=1e-7)
+        states[split] = live.unpack(state)
+    for a, b in zip(jax.tree.leaves(states[0]), jax.tree.leaves(states[float("inf")])):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    split2, split3 = LiveStep(model, params, batch_size=2, split_bytes=0), LiveStep(model, params, batch_size=3, split_bytes=0)
+    with pytest.raises(ValueError, match=r"the state is for 2 stream\(s\) but this LiveStep is for 3"):
+        split3(split2.init(), jnp.zeros((3, 32, 32, 3)))
+    with pytest.raises(ValueError, match=r"packed as 2 arrays but this LiveStep packs \d+ \(split_bytes=0\)"):
+        split2(LiveStep(model, params, batch_size=2, split_bytes=float("inf")).init(), jnp.zeros((2, 32, 32, 3)))
+    with pytest.raises(ValueError, match="split_bytes must be >= 0"):
+        LiveStep(model, params, split_bytes=-1)
+
+
 def test_live_step_rejects_bad_input(tiny):
     model, params, _, _ = tiny
     live = LiveStep(model, params, batch_size=2)
