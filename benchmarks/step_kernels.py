@@ -156,6 +156,25 @@ def load_trace(trace_dir: str):
     return path, events, pname, tname
 
 
+def host_summary(events, pname, tname, steps: int, top: int = 20) -> dict:
+    """Host work per step: the events on the host's threads (XLA runtime scopes, CUDA driver calls
+    such as ``cuLaunchKernel``/``cuGraphLaunch``/``cuGraphExecUpdate``), count and µs per step by name,
+    and the GPU-launching driver calls grouped."""
+    by_name = collections.defaultdict(lambda: [0, 0.0])
+    for e in events:
+        if e.get("ph") != "X":
+            continue
+        p = pname.get(e.get("pid"), "")
+        if "GPU" in p or "gpu" in p.lower():
+            continue
+        by_name[e["name"]][0] += 1
+        by_name[e["name"]][1] += float(e.get("dur", 0))
+    launches = {k: v for k, v in by_name.items() if re.match(r"cu(da)?(Launch|GraphLaunch|GraphExec|Graph|Memcpy|Memset|Event|Stream)", k)}
+    fmt = lambda items: {k: {"per_step": n / steps, "us_per_step": us / steps} for k, (n, us) in items}
+    return {"top_by_time": fmt(sorted(by_name.items(), key=lambda kv: -kv[1][1])[:top]),
+            "driver_calls": fmt(sorted(launches.items(), key=lambda kv: -kv[1][1]))}
+
+
 def parse_trace(trace_dir: str, steps: int, op_names: dict) -> dict:
     """Kernels (events on the GPU's ``Stream`` lines) of a ``jax.profiler`` perfetto trace."""
     loaded = load_trace(trace_dir)
@@ -212,6 +231,9 @@ def parse_trace(trace_dir: str, steps: int, op_names: dict) -> dict:
         by_kind[layer_kind(lay)][0] += n
         by_kind[layer_kind(lay)][1] += us
     top = sorted(by_op.items(), key=lambda kv: -kv[1][1])[:25]
+    host = host_summary(events, pname, tname, steps)
+    graphs = {e.get("args", {}).get("cuda_graph_id") for e in kern} - {None}
+    in_graph = sum(1 for e in kern if e.get("args", {}).get("cuda_graph_id") is not None)
     span = (max(e["ts"] + e.get("dur", 0) for e in kern) - min(e["ts"] for e in kern)) if kern else 0.0
     return {
         "file": os.path.basename(path), "lines": dict(lines.most_common(30)),
@@ -224,6 +246,8 @@ def parse_trace(trace_dir: str, steps: int, op_names: dict) -> dict:
                           for k, (n, us) in sorted(by_kind.items(), key=lambda kv: -kv[1][1])},
         "by_layer_top": {k: {"kernels_per_step": n / steps, "us_per_step": us / steps}
                          for k, (n, us) in sorted(by_layer.items(), key=lambda kv: -kv[1][1])[:30]},
+        "kernels_in_cuda_graphs_per_step": in_graph / steps, "cuda_graphs_seen": len(graphs),
+        "host": host,
         "sample_kernel_events": [{k: e.get(k) for k in ("name", "dur", "args")} for e in kern[:5]],
         "sample_xla_op_events": [{k: e.get(k) for k in ("name", "dur", "args")} for e in xla_ops[:3]],
     }
@@ -253,7 +277,8 @@ def _median_p99(fn, n):
 
 
 def measure(model_name: str, batch: int, dtype: str, *, options: dict, image_size: int | None, chunk: int,
-            repeats: int, trace_steps: int, dump_dir: str | None, label: str, timing: bool | None = None) -> dict:
+            repeats: int, trace_steps: int, dump_dir: str | None, label: str, timing: bool | None = None,
+            live_splits: tuple = ()) -> dict:
     import jax
     import jax.numpy as jnp
 
@@ -293,6 +318,9 @@ def measure(model_name: str, batch: int, dtype: str, *, options: dict, image_siz
     sc = hlo_counts(scan_c.as_text())
     scan_names = sc.pop("_op_names")
     res["scan_hlo"] = {"chunk": chunk, **sc}
+    if dump_dir:
+        with open(os.path.join(dump_dir, f"hlo_scan_{label}_b{batch}_{dtype}.txt"), "w") as f:
+            f.write(scan_c.as_text())
     if not (jax.devices()[0].platform != "cpu" if timing is None else timing):
         return res
 
@@ -330,6 +358,26 @@ def measure(model_name: str, batch: int, dtype: str, *, options: dict, image_siz
     if batch == 1:
         res["tree_state_call_ms_median_p99"] = _median_p99(tree_block, n)
     del tbox
+    # LiveStep with other packings (``split_bytes``): blocking median/p99 and pipelined ms per call
+    res["live_split_bytes"] = live.split_bytes
+    res["live_splits"] = []  # in run order (a split_bytes given twice is timed twice: the spread)
+    for sb in live_splits:
+        other = LiveStep(model, params, batch, dt, split_bytes=sb)
+        obox = {"s": other.init()}
+
+        def other_block():
+            obox["s"], o = other(obox["s"], frame)
+            jax.block_until_ready(o)
+        for _ in range(10):
+            other_block()
+        med = _median_p99(other_block, n)
+        t0 = time.perf_counter()
+        for _ in range(n // 2):
+            obox["s"], o = other(obox["s"], frame)
+        jax.block_until_ready(o)
+        res["live_splits"].append({"split_bytes": sb, "arrays": len(obox["s"]), "call_ms_median_p99": med,
+                                   "pipelined_ms_per_call": (time.perf_counter() - t0) / (n // 2) * 1e3})
+        del obox, other
     jax.block_until_ready(box["s"])
     t0 = time.perf_counter()
     npipe = 100 if batch == 1 else 20
@@ -369,6 +417,9 @@ def measure(model_name: str, batch: int, dtype: str, *, options: dict, image_siz
     with jax.profiler.trace(sdir, create_perfetto_trace=True):
         scan_run()
     res["trace_scan_per_frame"] = parse_trace(sdir, chunk, scan_names)
+    if dump_dir:
+        for fpath in glob.glob(os.path.join(sdir, "**", "*.json.gz"), recursive=True):
+            os.replace(fpath, os.path.join(dump_dir, f"trace_scan_{label}_b{batch}_{dtype}_{os.path.basename(fpath)}"))
     return res
 
 
@@ -401,6 +452,8 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-default", action="store_true", help="only the --variants (a crash-isolated run)")
     ap.add_argument("--dump", default=None, help="folder for the optimised HLO texts and traces")
     ap.add_argument("--timing", action="store_true", help="time and trace off GPUs too (tests the GPU path)")
+    ap.add_argument("--live-splits", default="", help="comma-separated LiveStep split_bytes to time beside the "
+                    "default (e.g. 'inf,0': all packed, nothing packed)")
     ap.add_argument("--out", default="results/step_kernels.json")
     args = ap.parse_args(argv)
 
@@ -427,7 +480,8 @@ def main(argv=None) -> int:
                 try:
                     r = measure(args.model, b, dtype, options=opts, image_size=args.image_size, chunk=args.chunk,
                                 repeats=args.repeats, trace_steps=args.trace_steps, dump_dir=args.dump, label=label,
-                                timing=True if args.timing else None)
+                                timing=True if args.timing else None,
+                                live_splits=tuple(float(x) for x in filter(None, args.live_splits.split(","))))
                 except Exception as e:  # a variant that fails to compile: recorded, the others still run
                     rows.append({"label": label, "options": opts, "batch": b, "dtype": dtype,
                                  "error": f"{type(e).__name__}: {str(e)[:2000]}"})
@@ -449,6 +503,9 @@ def main(argv=None) -> int:
                              f"{t.get('kernels_per_step', 0):.0f} kernels, {t.get('gpu_us_per_step', 0):.0f} µs/step; scan "
                              f"{ts.get('kernels_per_step', 0):.0f} kernels, {ts.get('gpu_us_per_step', 0):.0f} µs/frame | "
                              f"tree-state call {r.get('tree_state_call_ms_median_p99', [float('nan')])[0]:.3f} ms")
+                for v in r.get("live_splits", []):
+                    line += (f" | split_bytes={v['split_bytes']}: {v['arrays']} arrays, {v['call_ms_median_p99'][0]:.3f} ms, "
+                             f"pipelined {v['pipelined_ms_per_call']:.3f}")
                 print(line, flush=True)
                 if os.path.dirname(args.out):
                     os.makedirs(os.path.dirname(args.out), exist_ok=True)

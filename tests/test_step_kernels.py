@@ -17,9 +17,17 @@ def test_measure_counts_hlo_ops_on_cpu():
 
 def test_main_writes_results_with_environment(tmp_path):
     out = tmp_path / "r.json"
-    assert main(["--model", "cox3d_xs", "--image-size", "32", "--batch", "1", "--chunk", "2", "--out", str(out)]) == 0
+    assert main(["--model", "cox3d_xs", "--image-size", "32", "--batch", "1", "--chunk", "2", "--skip-default",
+                 "--variants", "small:depth_factor=0.3", "--timing", "--trace-steps", "0", "--repeats", "1",
+                 "--live-splits", "inf,0", "--out", str(out)]) == 0
     d = json.loads(out.read_text())
-    assert {"device", "jax", "date", "command"} <= set(d["env"]) and d["rows"][0]["roofline"]["state_bytes_per_stream"] > 0
+    r = d["rows"][0]
+    assert {"device", "jax", "date", "command"} <= set(d["env"]) and r["roofline"]["state_bytes_per_stream"] > 0
+    assert r["label"] == "small" and r["options"] == {"depth_factor": 0.3} and r["scan_frames_per_s"] > 0
+    # LiveStep timed with every float state array packed (2 buffers) and with none packed
+    packed, split = r["live_splits"]
+    assert (packed["split_bytes"], packed["arrays"]) == (float("inf"), 2) and split["split_bytes"] == 0
+    assert split["arrays"] > 2 and packed["call_ms_median_p99"][0] > 0 and split["pipelined_ms_per_call"] > 0
 
 
 def test_layer_of_op_names():
@@ -58,9 +66,12 @@ def test_parse_trace_counts_stream_kernels(tmp_path):
         ev += [{"ph": "X", "pid": 1, "tid": 7, "ts": 100 * s, "dur": 3.0, "name": "loop_fusion", "args": {"hlo_op": "f"}},
                {"ph": "X", "pid": 1, "tid": 7, "ts": 100 * s + 5, "dur": 1.0, "name": "gemm", "args": {"hlo_op": "g"}},
                {"ph": "X", "pid": 1, "tid": 7, "ts": 100 * s + 7, "dur": 2.0, "name": "co3d_depthwise_step__2",
-                "args": {"hlo_op": "command_buffer_3"}},
+                "args": {"hlo_op": "command_buffer_3", "cuda_graph_id": "9"}},
                {"ph": "X", "pid": 1, "tid": 8, "ts": 100 * s, "dur": 3.0, "name": "f"},
-               {"ph": "X", "pid": 2, "tid": 1, "ts": 100 * s, "dur": 50.0, "name": "host"}]
+               {"ph": "X", "pid": 2, "tid": 1, "ts": 100 * s, "dur": 50.0, "name": "host"},
+               {"ph": "X", "pid": 2, "tid": 1, "ts": 100 * s + 1, "dur": 4.0, "name": "cuGraphLaunch"},
+               {"ph": "X", "pid": 2, "tid": 1, "ts": 100 * s + 6, "dur": 2.0, "name": "cuLaunchKernel"},
+               {"ph": "X", "pid": 2, "tid": 1, "ts": 100 * s + 9, "dur": 2.0, "name": "cuLaunchKernel"}]
     d = tmp_path / "plugins" / "profile" / "run"
     d.mkdir(parents=True)
     with gzip.open(d / "host.trace.json.gz", "wt") as f:
@@ -70,3 +81,8 @@ def test_parse_trace_counts_stream_kernels(tmp_path):
     assert t["by_layer_kind"]["pallas:co3d_depthwise_step"] == {"kernels_per_step": 1.0, "us_per_step": 2.0}
     assert t["top_kernels"][0]["layer"] == "s2/res0/residual/branch2/b"
     assert t["by_layer_kind"]["branch2/b"]["us_per_step"] == 3.0
+    # one of the 3 kernels ran inside a CUDA graph; the host launched one graph and two kernels per step
+    assert t["kernels_in_cuda_graphs_per_step"] == 1.0 and t["cuda_graphs_seen"] == 1
+    assert t["host"]["driver_calls"] == {"cuLaunchKernel": {"per_step": 2.0, "us_per_step": 4.0},
+                                         "cuGraphLaunch": {"per_step": 1.0, "us_per_step": 4.0}}
+    assert t["host"]["top_by_time"]["host"] == {"per_step": 1.0, "us_per_step": 50.0}
