@@ -28,7 +28,7 @@ from .stream import reset_state
 
 
 # float state arrays of at least this many bytes (whole batch) are not packed by default. On one H200,
-# CoX3D-S_64 fp32 (results/README.md, "LiveStep: packing and the batch-1 call"): packing everything cost
+# CoX3D-S_64 fp32 (results/README.md, "Where a batch-1 `LiveStep` call goes, and `LiveStep`'s packing"): packing everything cost
 # 3.56 ms per call at batch 64 against 2.60 ms with every float array of 64 KB and up split; at batch 1
 # the blocking call was no faster split that way (more arrays cost host time), so the bar sits where a
 # batch-1 CoX3D-S state stays packed but for its stem.
@@ -50,10 +50,10 @@ class LiveStep:
         template = model.init_state(batch_size, dtype)
         leaves, self.treedef = jax.tree.flatten(template)
         self._specs = [(a.shape, a.dtype) for a in leaves]
-        self._is_float = [jnp.issubdtype(a.dtype, jnp.floating) for a in leaves]
         # 0: packed float, 1: packed int, 2: its own array
+        is_float = [jnp.issubdtype(a.dtype, jnp.floating) for a in leaves]
         self._where = [2 if f and a.size * self.dtype.itemsize >= self.split_bytes else int(not f)
-                       for a, f in zip(leaves, self._is_float)]
+                       for a, f in zip(leaves, is_float)]
         self._fresh = self.pack(template)
         self._frame_shape = (batch_size, *model.frame_shape)
         self._state_shapes = tuple(a.shape for a in self._fresh)
